@@ -1,0 +1,1 @@
+"""Developer tooling: local Azurite processes for tests, the demo and benchmarks."""

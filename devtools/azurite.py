@@ -1,0 +1,159 @@
+"""Start and stop private Azurite processes on free loopback ports.
+
+Each `AzuriteProcess` owns one Azurite blob service with its own data folder and the
+accounts it was given. It remembers its PID and only ever stops that PID, so tests and
+the demo never touch an Azurite somebody else started.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+AZURITE_BLOB_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
+
+# The well-known Azurite development key; devstoreaccount1 keeps it so that
+# UseDevelopmentStorage-style settings keep working.
+DEVSTORE_ACCOUNT = "devstoreaccount1"
+DEVSTORE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def account_key(account: str) -> str:
+    """A deterministic, valid (base64, 64 bytes) account key for a test account."""
+    return base64.b64encode(hashlib.sha512(("azurite-" + account).encode()).digest()).decode()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class AzuriteProcess:
+    """One Azurite blob service on loopback with the given accounts."""
+
+    accounts: tuple[str, ...]
+    location: Path | None = None
+    port: int = 0
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    _own_location: bool = False
+
+    def start(self) -> "AzuriteProcess":
+        if not AZURITE_BLOB_BIN.exists():
+            raise RuntimeError(
+                f"Azurite is not installed at {AZURITE_BLOB_BIN}; run `npm ci` in {REPO_ROOT}"
+            )
+        if self.location is None:
+            self.location = Path(tempfile.mkdtemp(prefix="azurite-"))
+            self._own_location = True
+        if not self.port:
+            self.port = free_port()
+        names = list(dict.fromkeys(self.accounts + (DEVSTORE_ACCOUNT,)))
+        env = dict(os.environ)
+        env["AZURITE_ACCOUNTS"] = ";".join(
+            f"{n}:{DEVSTORE_KEY if n == DEVSTORE_ACCOUNT else account_key(n)}" for n in names
+        )
+        log = open(self.location / "azurite.log", "ab")
+        self.process = subprocess.Popen(
+            [
+                str(AZURITE_BLOB_BIN),
+                "--blobHost", "127.0.0.1",
+                "--blobPort", str(self.port),
+                "--location", str(self.location),
+                "--silent",
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+                "--loose",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        log.close()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"Azurite exited with {self.process.returncode}; see {self.location}/azurite.log"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Azurite did not listen on 127.0.0.1:{self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        """Stop this process (and only it); keeps the data folder for a restart."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        # Azurite runs node under the npm shim in its own session: signal that group only.
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start again on the same port and data folder, as a region coming back."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_location and self.location is not None:
+            shutil.rmtree(self.location, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def endpoint(self, account: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{account}"
+
+    def connection_string(self, account: str) -> str:
+        key = DEVSTORE_KEY if account == DEVSTORE_ACCOUNT else account_key(account)
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
+            f"BlobEndpoint={self.endpoint(account)};"
+        )
+
+    def storage_options(self, account: str) -> dict[str, str]:
+        """deltalake (object_store) options for an account of this process."""
+        key = DEVSTORE_KEY if account == DEVSTORE_ACCOUNT else account_key(account)
+        return {
+            "account_name": account,
+            "account_key": key,
+            "azure_storage_endpoint": self.endpoint(account),
+            "allow_http": "true",
+        }
+
+    def __enter__(self) -> "AzuriteProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

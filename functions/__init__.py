@@ -1,0 +1,1 @@
+"""Thin trigger adapters: parse the trigger payload, call one shared entry point."""

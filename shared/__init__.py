@@ -1,0 +1,1 @@
+"""The Delta Lake replication library. Plain Python: never imports azure.functions."""

@@ -1,0 +1,344 @@
+"""TableStore over azure-storage-blob (works on flat and hierarchical-namespace accounts).
+
+Copies are server-side (Copy Blob from the source URL with a short-lived, read-only SAS
+scoped to that one blob) and fall back to streaming through this process when the
+service cannot reach the source (for example two separate Azurite processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
+
+from shared.delta_log import LAST_CHECKPOINT, LOG_DIR
+from shared.errors import DataFileMissing, ReplicaDiverged, ReplicaUnreachable
+from shared.table_store import LastCheckpoint, LogEntry
+
+log = logging.getLogger(__name__)
+
+SAS_LIFETIME = timedelta(minutes=10)
+_CLOCK_SKEW = timedelta(minutes=5)
+_COPY_POLL_SECONDS = 0.2
+COPY_TIMEOUT_SECONDS = 600
+# Error codes meaning "the service could not read the source URL" rather than "no source".
+_SOURCE_UNREACHABLE_CODES = {"CannotVerifyCopySource", "CopySourceCannotBeReached"}
+
+
+class _SourceSigner:
+    """Makes read-only, one-blob, short-lived SAS URLs for server-side copy from an account."""
+
+    def __init__(self, service: BlobServiceClient) -> None:
+        self._service = service
+        self._lock = threading.Lock()
+        self._delegation_key = None
+        self._delegation_expiry: datetime | None = None
+
+    def signed_url(self, container: str, blob: str) -> str | None:
+        client = self._service.get_blob_client(container, blob)
+        credential = self._service.credential
+        now = datetime.now(timezone.utc)
+        common = dict(
+            account_name=self._service.account_name,
+            container_name=container,
+            blob_name=blob,
+            permission=BlobSasPermissions(read=True),
+            start=now - _CLOCK_SKEW,
+            expiry=now + SAS_LIFETIME,
+        )
+        account_key = getattr(credential, "account_key", None)
+        if account_key:
+            return f"{client.url}?{generate_blob_sas(account_key=account_key, **common)}"
+        if credential is None:
+            # A SAS connection string: the client URL already carries the user's SAS.
+            return client.url if "?" in client.url else None
+        if hasattr(credential, "get_token"):
+            key = self._user_delegation_key(now)
+            return f"{client.url}?{generate_blob_sas(user_delegation_key=key, **common)}"
+        return None
+
+    def _user_delegation_key(self, now: datetime):
+        # One key serves many SAS tokens; refresh it well before it expires.
+        with self._lock:
+            if self._delegation_key is None or self._delegation_expiry - now < timedelta(minutes=30):
+                expiry = now + timedelta(hours=2)
+                self._delegation_key = self._service.get_user_delegation_key(now - _CLOCK_SKEW, expiry)
+                self._delegation_expiry = expiry
+            return self._delegation_key
+
+
+class _DownloadReader:
+    """File-like view of a download so uploads stream it in bounded blocks."""
+
+    def __init__(self, downloader) -> None:
+        self._downloader = downloader
+
+    def read(self, size: int = -1) -> bytes:
+        return self._downloader.read(size)
+
+
+class BlobTableStore:
+    """A Delta table at `<container>/<root>` in one storage account.
+
+    Args:
+        service: a client for the account (reused across invocations).
+        container: the container name.
+        root: the table's folder inside the container.
+        label: a name for logs and errors (the replica name or "source"); never a secret.
+        connection_name: the connection *name*, for messages.
+    """
+
+    def __init__(self, service: BlobServiceClient, container: str, root: str, *, label: str, connection_name: str) -> None:
+        self._service = service
+        self._container = service.get_container_client(container)
+        self.container = container
+        self.root = root.strip("/")
+        self.label = label
+        self.account_name = service.account_name
+        self.description = f"{label} ({connection_name}:{container}/{self.root})"
+        self._signer = _SourceSigner(service)
+        self._streaming_from: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- names ------------------------------------------------------------------
+    def _log_blob(self, name: str) -> str:
+        return f"{self.root}/{LOG_DIR}/{name}"
+
+    def _file_blob(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    @contextlib.contextmanager
+    def _storage(self, what: str):
+        """Map transport and service failures to ReplicaUnreachable (retryable)."""
+        try:
+            yield
+        except (ServiceRequestError, ServiceResponseError) as err:
+            raise ReplicaUnreachable(
+                f"{self.description}: storage did not answer while {what} ({type(err).__name__}); "
+                "it will be retried. Check the account is reachable."
+            ) from err
+        except HttpResponseError as err:
+            if isinstance(err, (ResourceNotFoundError, ResourceExistsError, ResourceModifiedError)):
+                raise
+            if err.status_code in (401, 403):
+                raise ReplicaUnreachable(
+                    f"{self.description}: storage refused access while {what} "
+                    f"(HTTP {err.status_code} {err.error_code}); grant the function's identity "
+                    "Storage Blob Data Reader on sources and Contributor on replicas."
+                ) from err
+            raise ReplicaUnreachable(
+                f"{self.description}: storage failed while {what} (HTTP {err.status_code} {err.error_code}); "
+                "it will be retried."
+            ) from err
+
+    # -- log ----------------------------------------------------------------------
+    def list_log(self, prefix: str = "") -> list[LogEntry]:
+        base = f"{self.root}/{LOG_DIR}/"
+        with self._storage("listing _delta_log"):
+            try:
+                blobs = list(self._container.list_blobs(name_starts_with=base + prefix))
+            except ResourceNotFoundError:
+                return []  # container absent: an empty replica
+        return [
+            LogEntry(b.name[len(base):], b.size, b.last_modified)
+            for b in blobs
+            if b.name.startswith(base)
+        ]
+
+    def get_log_file(self, name: str) -> bytes:
+        return self.get_file(f"{LOG_DIR}/{name}")
+
+    def create_log_file(self, name: str, data: bytes) -> bool:
+        blob = self._container.get_blob_client(self._log_blob(name))
+        with self._storage(f"writing _delta_log/{name}"):
+            try:
+                blob.upload_blob(data, overwrite=False)
+            except ResourceExistsError:
+                return False
+            except ResourceNotFoundError:
+                self._ensure_container()
+                try:
+                    blob.upload_blob(data, overwrite=False)
+                except ResourceExistsError:
+                    return False
+        return True
+
+    def get_last_checkpoint(self) -> LastCheckpoint | None:
+        blob = self._container.get_blob_client(self._log_blob(LAST_CHECKPOINT))
+        with self._storage("reading _last_checkpoint"):
+            try:
+                downloader = blob.download_blob()
+            except ResourceNotFoundError:
+                return None
+            return LastCheckpoint(downloader.readall(), downloader.properties.etag)
+
+    def put_last_checkpoint(self, data: bytes, *, replace_etag: str | None) -> bool:
+        blob = self._container.get_blob_client(self._log_blob(LAST_CHECKPOINT))
+        with self._storage("writing _last_checkpoint"):
+            try:
+                if replace_etag is None:
+                    blob.upload_blob(data, overwrite=False)
+                else:
+                    # The one overwrite replication does: only moving _last_checkpoint forward,
+                    # and only if nobody changed it since we read it.
+                    blob.upload_blob(data, overwrite=True, etag=replace_etag,
+                                     match_condition=MatchConditions.IfNotModified)
+            except (ResourceExistsError, ResourceModifiedError):
+                return False
+        return True
+
+    # -- files --------------------------------------------------------------------
+    def file_size(self, path: str) -> int | None:
+        blob = self._container.get_blob_client(self._file_blob(path))
+        with self._storage(f"reading properties of {path}"):
+            try:
+                return blob.get_blob_properties().size
+            except ResourceNotFoundError:
+                return None
+
+    def get_file(self, path: str) -> bytes:
+        blob = self._container.get_blob_client(self._file_blob(path))
+        with self._storage(f"reading {path}"):
+            try:
+                return blob.download_blob(max_concurrency=4).readall()
+            except ResourceNotFoundError as err:
+                raise FileNotFoundError(f"{self.description}: {path} does not exist") from err
+
+    def signed_read_url(self, path: str) -> str | None:
+        """A URL another account can copy `path` from. Carries a SAS: never log it."""
+        return self._signer.signed_url(self.container, self._file_blob(path))
+
+    def open_download(self, path: str):
+        blob = self._container.get_blob_client(self._file_blob(path))
+        with self._storage(f"reading {path}"):
+            try:
+                return blob.download_blob(max_concurrency=2)
+            except ResourceNotFoundError as err:
+                raise DataFileMissing(
+                    f"{self.description}: {path} is missing; a commit references it. If the "
+                    "primary was vacuumed past this version, re-seed the replica."
+                ) from err
+
+    def copy_file_from(self, source: "BlobTableStore", path: str, *, expected_size: int | None = None) -> int:
+        dst = self._container.get_blob_client(self._file_blob(path))
+        if source.account_name + "|" + source._service.url not in self._streaming_from:
+            url = source.signed_read_url(path)
+            if url is not None:
+                copied = self._server_side_copy(source, dst, url, path, expected_size)
+                if copied is not None:
+                    return copied
+        return self._stream_copy(source, dst, path, expected_size)
+
+    def _server_side_copy(self, source, dst, url: str, path: str, expected_size: int | None) -> int | None:
+        with self._storage(f"copying {path}"):
+            try:
+                try:
+                    result = dst.start_copy_from_url(url, match_condition=MatchConditions.IfMissing)
+                except ResourceNotFoundError as err:
+                    if err.error_code == "ContainerNotFound":
+                        self._ensure_container()
+                        result = dst.start_copy_from_url(url, match_condition=MatchConditions.IfMissing)
+                    else:
+                        raise
+            except ResourceExistsError:
+                return self._check_existing(source, dst, path, expected_size)
+            except HttpResponseError as err:
+                if err.error_code in _SOURCE_UNREACHABLE_CODES or err.status_code == 404:
+                    if source.file_size(path) is None:
+                        raise DataFileMissing(
+                            f"{source.description}: {path} is missing on the primary; a commit references it. "
+                            "If the primary was vacuumed past this version, re-seed the replica."
+                        ) from err
+                    key = source.account_name + "|" + source._service.url
+                    with self._lock:
+                        first = key not in self._streaming_from
+                        self._streaming_from.add(key)
+                    if first:
+                        log.info(
+                            "copy.streaming replica=%s source_account=%s reason=%s",
+                            self.label, source.account_name, err.error_code,
+                            extra={"replica": self.label, "source_account": source.account_name},
+                        )
+                    return None
+                raise
+            if result.get("copy_status") != "success":
+                self._wait_for_copy(dst, path)
+        return expected_size if expected_size is not None else (self.file_size(path) or 0)
+
+    def _wait_for_copy(self, dst, path: str) -> None:
+        deadline = time.monotonic() + COPY_TIMEOUT_SECONDS
+        delay = _COPY_POLL_SECONDS
+        while True:
+            status = dst.get_blob_properties().copy.status
+            if status == "success":
+                return
+            if status in ("failed", "aborted"):
+                raise ReplicaUnreachable(
+                    f"{self.description}: server-side copy of {path} {status}; it will be retried."
+                )
+            if time.monotonic() > deadline:
+                raise ReplicaUnreachable(
+                    f"{self.description}: server-side copy of {path} still pending after "
+                    f"{COPY_TIMEOUT_SECONDS}s; it will be retried."
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _check_existing(self, source, dst, path: str, expected_size: int | None) -> int:
+        """A blob already exists at `path`: a finished or running copy of ours, or a conflict."""
+        props = dst.get_blob_properties()
+        status = props.copy.status if props.copy else None
+        if status == "pending":
+            self._wait_for_copy(dst, path)
+            props = dst.get_blob_properties()
+        elif status in ("failed", "aborted"):
+            # A failed copy leaves an unusable blob; replacing it (only if unchanged) loses nothing.
+            dst.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified)
+            return self.copy_file_from(source, path, expected_size=expected_size)
+        want = expected_size if expected_size is not None else source.file_size(path)
+        if want is not None and props.size != want:
+            raise ReplicaDiverged(
+                f"{self.description}: {path} already exists with {props.size} bytes but the primary's "
+                f"has {want}; the replica has diverged. It will not be overwritten: inspect both and "
+                "restore the replica from a snapshot."
+            )
+        return 0
+
+    def _stream_copy(self, source: "BlobTableStore", dst, path: str, expected_size: int | None) -> int:
+        downloader = source.open_download(path)
+        size = downloader.size
+        with self._storage(f"uploading {path}"):
+            try:
+                if size <= 8 * 1024 * 1024:
+                    data = downloader.readall()
+                    try:
+                        dst.upload_blob(data, overwrite=False)
+                    except ResourceNotFoundError:
+                        self._ensure_container()
+                        dst.upload_blob(data, overwrite=False)
+                else:
+                    self._ensure_container()
+                    dst.upload_blob(_DownloadReader(downloader), length=size, overwrite=False, max_concurrency=2)
+            except ResourceExistsError:
+                return self._check_existing(source, dst, path, expected_size)
+        return size
+
+    def _ensure_container(self) -> None:
+        with self._storage("creating the container"):
+            try:
+                self._container.create_container()
+            except ResourceExistsError:
+                pass

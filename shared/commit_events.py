@@ -1,0 +1,77 @@
+"""Handle one storage event: route it to a table and replicate that table's log.
+
+This is the entry point `replicate_commit` calls.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.delta_log import LogFileKind
+from shared.errors import InvalidEvent
+from shared.events import parse_event, route_event
+from shared.replicator import ReplicaOutcome, ReplicaState
+from shared.runtime import ReplicationRuntime
+
+log = logging.getLogger(__name__)
+
+
+class EventDisposition(enum.Enum):
+    REJECTED = "rejected"  # not ours or unsafe: acknowledged, nothing written
+    IGNORED = "ignored"  # a configured table's non-log blob (data, temporary files)
+    HANDLED = "handled"
+
+
+@dataclass
+class EventResult:
+    disposition: EventDisposition
+    table: str | None = None
+    log_file: str | None = None
+    version: int | None = None
+    reason: str | None = None
+    outcomes: list[ReplicaOutcome] = field(default_factory=list)
+
+    @property
+    def retryable_failures(self) -> list[ReplicaOutcome]:
+        return [o for o in self.outcomes if o.retryable]
+
+
+def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any]) -> EventResult:
+    """Replicate what one BlobCreated/BlobRenamed event names.
+
+    An event for version N means "bring every replica up to at least N". Duplicate,
+    reordered and lost events converge because each replica's position is read from the
+    replica itself.
+
+    Returns:
+        The disposition and, when handled, one outcome per replica; never raises for a
+        replica's failure (the caller decides whether to ask for redelivery).
+    """
+    try:
+        event = parse_event(envelope)
+        ref = route_event(event, runtime.config, runtime.source_accounts)
+    except InvalidEvent as err:
+        log.info("event.rejected reason=%s", err, extra={"reason": str(err)})
+        return EventResult(EventDisposition.REJECTED, reason=str(err))
+    if ref is None:
+        log.debug("event.ignored account=%s container=%s path=%s", event.account, event.container, event.path)
+        return EventResult(EventDisposition.IGNORED, reason="not a replicable _delta_log file")
+    if ref.log_file.kind == LogFileKind.SIDECAR:
+        # Sidecars are copied with the checkpoint that references them.
+        return EventResult(EventDisposition.IGNORED, table=ref.table.name, log_file=ref.log_file.name,
+                           reason="sidecars are copied with their checkpoint")
+    started = time.monotonic()
+    replicator = runtime.replicators[ref.table.name]
+    outcomes = replicator.replicate(ref.version, log_file_kind=ref.log_file.kind)
+    result = EventResult(EventDisposition.HANDLED, table=ref.table.name, log_file=ref.log_file.name,
+                         version=ref.version, outcomes=outcomes)
+    states = ",".join(f"{o.replica}:{o.state.value}" for o in outcomes)
+    log.info("event.handled table=%s file=%s replicas=%s seconds=%.3f", ref.table.name, ref.log_file.name,
+             states, time.monotonic() - started,
+             extra={"table": ref.table.name, "log_file": ref.log_file.name, "version": ref.version})
+    return result

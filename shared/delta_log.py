@@ -1,0 +1,325 @@
+"""The Delta log's vocabulary: version <-> file names, commit actions -> referenced files.
+
+Follows the Delta protocol (PROTOCOL.md): commits `_delta_log/<20 digits>.json`,
+checkpoints (classic `<v>.checkpoint.parquet`, multi-part `<v>.checkpoint.<p>.<n>.parquet`,
+v2 `<v>.checkpoint.<uuid>.json|parquet` with sidecars in `_delta_log/_sidecars/`),
+`<v>.crc`, `_last_checkpoint`. Paths in actions are relative, URI-encoded paths or
+absolute URIs.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+from shared.errors import CommitIncomplete, InvalidCommit
+
+LOG_DIR = "_delta_log"
+SIDECAR_DIR = "_sidecars"
+LAST_CHECKPOINT = "_last_checkpoint"
+VERSION_DIGITS = 20
+
+
+class LogFileKind(enum.Enum):
+    COMMIT = "commit"
+    CHECKPOINT = "checkpoint"  # classic single file
+    CHECKPOINT_PART = "checkpoint_part"  # multi-part
+    CHECKPOINT_V2 = "checkpoint_v2"  # UUID-named (json or parquet)
+    CRC = "crc"
+    LAST_CHECKPOINT = "last_checkpoint"
+    SIDECAR = "sidecar"
+
+
+_LOG_NAME_RE = re.compile(
+    r"^(?P<version>\d{20})\."
+    r"(?:(?P<commit>json)"
+    r"|(?P<crc>crc)"
+    r"|checkpoint\.parquet(?P<classic>)"
+    r"|checkpoint\.(?P<part>\d{10})\.(?P<parts>\d{10})\.parquet"
+    r"|checkpoint\.(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\.(?:json|parquet))$"
+)
+_SIDECAR_RE = re.compile(r"^_sidecars/[A-Za-z0-9._-]+\.parquet$")
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """A replicable file in `_delta_log/`; `name` is relative to `_delta_log/`."""
+
+    name: str
+    kind: LogFileKind
+    version: int | None = None
+    part: int | None = None
+    parts: int | None = None
+
+
+def commit_name(version: int) -> str:
+    """`_delta_log`-relative name of a version's commit: `00000000000000000042.json`."""
+    if version < 0:
+        raise ValueError(f"a Delta version is never negative (got {version})")
+    return f"{version:020d}.json"
+
+
+def version_prefix(version: int) -> str:
+    return f"{version:020d}"
+
+
+def parse_log_name(name: str) -> LogFile | None:
+    """Classify a `_delta_log`-relative name; None for temporary, hidden or unknown files.
+
+    Example:
+        >>> parse_log_name("00000000000000000010.checkpoint.parquet").kind
+        <LogFileKind.CHECKPOINT: 'checkpoint'>
+    """
+    if name == LAST_CHECKPOINT:
+        return LogFile(name, LogFileKind.LAST_CHECKPOINT)
+    if _SIDECAR_RE.match(name):
+        return LogFile(name, LogFileKind.SIDECAR)
+    m = _LOG_NAME_RE.match(name)
+    if not m:
+        return None
+    version = int(m["version"])
+    if m["commit"]:
+        return LogFile(name, LogFileKind.COMMIT, version)
+    if m["crc"]:
+        return LogFile(name, LogFileKind.CRC, version)
+    if m["classic"] is not None:
+        return LogFile(name, LogFileKind.CHECKPOINT, version, 1, 1)
+    if m["part"]:
+        part, parts = int(m["part"]), int(m["parts"])
+        if not 1 <= part <= parts:
+            return None
+        return LogFile(name, LogFileKind.CHECKPOINT_PART, version, part, parts)
+    return LogFile(name, LogFileKind.CHECKPOINT_V2, version)
+
+
+def parse_commit(data: bytes, *, where: str) -> list[dict]:
+    """Parse a commit (newline-delimited JSON actions).
+
+    Raises:
+        CommitIncomplete: the commit is empty or not valid JSON lines. On the primary this
+            means the writer has not finished (ADLS CreateFile fires before content).
+    """
+    if not data.strip():
+        raise CommitIncomplete(f"{where} is empty; the commit is not complete yet. It will be retried.")
+    actions = []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CommitIncomplete(f"{where} is not UTF-8 text; not a complete commit yet. It will be retried.") from err
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            action = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CommitIncomplete(
+                f"{where} line {lineno} is not valid JSON ({err.msg}); the commit is incomplete "
+                "or corrupt. It will be retried; if it persists, inspect the primary's commit."
+            ) from err
+        if not isinstance(action, dict):
+            raise CommitIncomplete(f"{where} line {lineno} is not a JSON object; not a Delta commit.")
+        actions.append(action)
+    return actions
+
+
+# --- referenced files -------------------------------------------------------------
+
+_Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+_Z85_INDEX = {c: i for i, c in enumerate(_Z85)}
+
+
+def z85_decode(text: str) -> bytes:
+    """Decode Z85 (the Delta protocol's base85 for deletion-vector UUIDs)."""
+    if len(text) % 5:
+        raise ValueError("Z85 text length must be a multiple of 5")
+    out = bytearray()
+    for i in range(0, len(text), 5):
+        value = 0
+        for ch in text[i : i + 5]:
+            try:
+                value = value * 85 + _Z85_INDEX[ch]
+            except KeyError:
+                raise ValueError(f"invalid Z85 character {ch!r}") from None
+        if value > 0xFFFFFFFF:
+            raise ValueError("Z85 group out of range")
+        out += value.to_bytes(4, "big")
+    return bytes(out)
+
+
+def deletion_vector_path(dv: dict) -> str | None:
+    """The table-relative file of a deletion vector descriptor, or None when inline.
+
+    Storage type `u`: `<random prefix><20 char Z85 UUID>` -> `<prefix>/deletion_vector_<uuid>.bin`;
+    `p`: an absolute path (returned as is); `i`: inline, no file.
+    """
+    kind = dv.get("storageType")
+    value = dv.get("pathOrInlineDv")
+    if kind == "i":
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError("deletion vector without pathOrInlineDv")
+    if kind == "p":
+        return value
+    if kind == "u":
+        if len(value) < 20:
+            raise ValueError(f"deletion vector pathOrInlineDv {value!r} is too short for a UUID")
+        prefix, encoded = value[:-20], value[-20:]
+        name = f"deletion_vector_{uuid.UUID(bytes=z85_decode(encoded))}.bin"
+        return f"{prefix}/{name}" if prefix else name
+    raise ValueError(f"unknown deletion vector storageType {kind!r}")
+
+
+@dataclass(frozen=True)
+class ReferencedFile:
+    """A file an action needs: table-relative `path`, and `size` when the log records it."""
+
+    path: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class TableRoot:
+    """Identifies a table's root so absolute URIs in the log can be recognised as inside it."""
+
+    account: str
+    container: str
+    path: str
+
+    def relative(self, uri: str) -> str | None:
+        """The table-relative path of an absolute URI inside this table, else None."""
+        parsed = urlparse(uri)
+        scheme = parsed.scheme.lower()
+        host = (parsed.hostname or "").lower()
+        path = unquote(parsed.path).lstrip("/")
+        if scheme in ("abfss", "abfs", "wasbs", "wasb"):
+            # abfss://<container>@<account>.dfs.core.windows.net/<path>
+            container = unquote(parsed.username or "")
+            account = host.split(".")[0]
+        elif scheme in ("https", "http"):
+            if host in ("127.0.0.1", "localhost"):
+                account, _, path = path.partition("/")
+            else:
+                account = host.split(".")[0]
+            container, _, path = path.partition("/")
+        elif scheme in ("az", "adl", "azure"):
+            container, account = host, self.account if not parsed.username else host
+            if parsed.username:
+                container = unquote(parsed.username)
+        else:
+            return None
+        if account.lower() != self.account.lower() or container != self.container:
+            return None
+        root = self.path.strip("/") + "/"
+        if not path.startswith(root):
+            return None
+        return path[len(root):]
+
+
+def safe_relative_path(path: str, *, where: str) -> str:
+    """Check a decoded table-relative path stays inside the table and outside `_delta_log`.
+
+    Raises:
+        InvalidCommit: the path is empty, absolute, contains `.`/`..` segments or
+            backslashes, or points into `_delta_log` (data must never land in the log).
+    """
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or parts[0] == LOG_DIR
+    ):
+        raise InvalidCommit(
+            f"{where} references {path!r}, which is not a file inside the table; "
+            "refusing to replicate it. Inspect the primary's commit."
+        )
+    return path
+
+
+def referenced_files(actions: list[dict], root: TableRoot, *, allow_external: bool, where: str) -> list[ReferencedFile]:
+    """The table-relative files that `add`, `cdc` and deletion vectors of `actions` need.
+
+    Relative paths are URI-encoded in the log and are decoded here; absolute URIs inside
+    the table are made relative; absolute URIs elsewhere (shallow clones) raise unless
+    `allow_external`, and are then left where they are (readers fetch them from there).
+
+    Raises:
+        InvalidCommit: a path escapes the table, or an external URI is not allowed.
+    """
+    files: dict[str, ReferencedFile] = {}
+
+    def resolve(raw: str, size: int | None, what: str) -> None:
+        if not isinstance(raw, str):
+            raise InvalidCommit(f"{where}: {what} path is not a string")
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", raw):
+            rel = root.relative(raw)
+            if rel is None:
+                if allow_external:
+                    return
+                raise InvalidCommit(
+                    f"{where}: {what} references {raw.split('?')[0]!r} outside the table "
+                    "(a shallow clone?); refusing to replicate. Set allow_external_files for this "
+                    "table if replicas may read files from the primary's location."
+                )
+        else:
+            rel = unquote(raw)
+        rel = safe_relative_path(rel, where=f"{where}: {what}")
+        if rel not in files or files[rel].size is None:
+            files[rel] = ReferencedFile(rel, size if isinstance(size, int) else None)
+
+    for action in actions:
+        for key in ("add", "cdc"):
+            body = action.get(key)
+            if body is None:
+                continue
+            if not isinstance(body, dict) or "path" not in body:
+                raise InvalidCommit(f"{where}: {key} action without a path")
+            resolve(body["path"], body.get("size"), key)
+            dv = body.get("deletionVector") if key == "add" else None
+            if dv:
+                try:
+                    dv_path = deletion_vector_path(dv)
+                except (ValueError, TypeError) as err:
+                    raise InvalidCommit(f"{where}: invalid deletion vector ({err})") from err
+                if dv_path is not None:
+                    if dv.get("storageType") == "u":
+                        # Already a plain relative path built from a UUID; never URI-encoded.
+                        rel = safe_relative_path(dv_path, where=f"{where}: deletion vector")
+                        files.setdefault(rel, ReferencedFile(rel))
+                    else:
+                        resolve(dv_path, None, "deletion vector")
+    return list(files.values())
+
+
+def checkpoint_actions(data: bytes, *, is_json: bool) -> list[dict]:
+    """Actions of a checkpoint or sidecar file that matter for copying: add and sidecar.
+
+    Parquet checkpoints are read column-wise (only `add` and `sidecar`), so stats and
+    metadata of large checkpoints are never materialised as Python objects.
+    """
+    if is_json:
+        return [a for a in parse_commit(data, where="checkpoint") if "add" in a or "sidecar" in a]
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(io.BytesIO(data))
+    names = set(pf.schema_arrow.names)
+    actions: list[dict] = []
+    if "add" in names:
+        add_type = pf.schema_arrow.field("add").type
+        wanted = [f"add.{n}" for n in ("path", "size", "deletionVector") if add_type.get_field_index(n) >= 0]
+        table = pf.read(columns=wanted)
+        for row in table.column("add").to_pylist():
+            if row and row.get("path"):
+                actions.append({"add": row})
+    if "sidecar" in names:
+        for row in pf.read(columns=["sidecar"]).column("sidecar").to_pylist():
+            if row and row.get("path"):
+                actions.append({"sidecar": row})
+    return actions

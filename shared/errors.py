@@ -1,0 +1,45 @@
+"""The exception hierarchy. Every error says what happened, to what, and what to do."""
+
+
+class ReplicationError(Exception):
+    """Raised when replication cannot do its job; the base of every error here."""
+
+    retryable = False
+
+
+class ConfigError(ReplicationError, ValueError):
+    """Raised when the replication configuration or a connection setting is invalid."""
+
+
+class InvalidEvent(ReplicationError, ValueError):
+    """Raised when an Event Grid event is malformed or names something we must not touch."""
+
+
+class CommitNotFound(ReplicationError):
+    """Raised when a version has no commit on the primary (deleted, or never written)."""
+
+
+class CommitIncomplete(ReplicationError):
+    """Raised when a primary commit is empty or unparseable: not yet committed, retry later."""
+
+    retryable = True
+
+
+class InvalidCommit(ReplicationError):
+    """Raised when a commit is well-formed JSON but unsafe or too large to replicate."""
+
+
+class DataFileMissing(ReplicationError):
+    """Raised when a file a commit references is missing on the primary."""
+
+    retryable = True
+
+
+class ReplicaDiverged(ReplicationError):
+    """Raised when a replica holds a log or data file that differs from the primary's."""
+
+
+class ReplicaUnreachable(ReplicationError):
+    """Raised when a storage account does not answer or refuses our requests."""
+
+    retryable = True

@@ -1,0 +1,323 @@
+"""Bring every replica of one table up to a version: data files first, commit JSON last.
+
+Invariants protected here:
+- a replica's `_delta_log/<v>.json` is written only after every file that commit
+  references exists on the replica, and only after version v-1 exists there;
+- commits are written with the primary's exact bytes, by conditional create: an existing,
+  different commit means the replica diverged, and it is never overwritten;
+- checkpoint files are copied only once their version exists on the replica, and
+  `_last_checkpoint` only moves forward, written last;
+- one replica's failure never stops the others; the caller sees every outcome.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+from shared.config import TableConfig
+from shared.delta_log import (
+    LAST_CHECKPOINT,
+    LogFileKind,
+    ReferencedFile,
+    TableRoot,
+    commit_name,
+    parse_log_name,
+    version_prefix,
+)
+from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError
+from shared.source_log import SourceLog, complete_checkpoints
+from shared.table_store import LogEntry, TableStore
+
+log = logging.getLogger(__name__)
+
+# Versions whose files are copied together before their commits are written in order;
+# bounds memory and keeps the replica advancing steadily while it catches up.
+BATCH_VERSIONS = 32
+BATCH_FILES = 256
+
+
+class ReplicaState(enum.Enum):
+    UP_TO_DATE = "up_to_date"
+    REPLICATED = "replicated"
+    DIVERGED = "diverged"
+    ERROR = "error"
+
+
+@dataclass
+class ReplicaOutcome:
+    """What happened to one replica in one invocation."""
+
+    replica: str
+    state: ReplicaState
+    head_before: int | None = None
+    head_after: int | None = None
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    checkpoints: int = 0
+    error: ReplicationError | None = field(default=None, repr=False)
+
+    @property
+    def retryable(self) -> bool:
+        return self.error is not None and self.error.retryable
+
+
+def log_versions(entries: list[LogEntry]) -> set[int]:
+    """Versions a listing shows as present: commits and complete checkpoints."""
+    versions = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
+    return versions | set(complete_checkpoints(entries))
+
+
+def find_head(store: TableStore, near: int) -> int | None:
+    """The replica's head: its highest version, searching windows around `near` downwards.
+
+    Replicas are written in version order, so their versions form one contiguous run and
+    the highest version in the smallest window holding any version is the head (or at
+    least `near`). Costs one small listing when the replica is close to `near`.
+    """
+    digits = version_prefix(near)
+    for length in (19, 18, 17, 16, 0):
+        versions = log_versions(store.list_log(digits[:length]))
+        if versions:
+            return max(versions)
+    return None
+
+
+def find_source_head(source: SourceLog) -> int | None:
+    """The primary's newest version, listing forward from its `_last_checkpoint`."""
+    hint = source.last_checkpoint()
+    start = hint[0] if hint else 0
+    head = None
+    while True:
+        window = version_prefix(start)[:17]
+        versions = log_versions(source.listing(window))
+        if not versions:
+            break
+        head = max(versions)
+        window_end = int(window + "999")
+        if head < window_end:
+            break
+        start = window_end + 1
+    if head is None and start > 0:
+        versions = log_versions(source.listing(""))
+        head = max(versions) if versions else None
+    return head
+
+
+class TableReplicator:
+    """Replicates one table from its source to its replicas.
+
+    Args:
+        table: the table's configuration.
+        source: the primary's store.
+        replicas: replica name -> store, in configuration order.
+        root: the primary's table root, to recognise absolute URIs inside the table.
+        file_pool: a shared, bounded pool for file copies.
+    """
+
+    def __init__(self, table: TableConfig, source: TableStore, replicas: dict[str, TableStore],
+                 root: TableRoot, file_pool: ThreadPoolExecutor) -> None:
+        self.table = table
+        self.source_store = source
+        self.replicas = replicas
+        self.root = root
+        self._files = file_pool
+
+    def replicate(self, version: int | None, *, log_file_kind: LogFileKind | None = None) -> list[ReplicaOutcome]:
+        """Bring every replica up to at least `version` (None: the primary's head).
+
+        Args:
+            version: the version an event named, or None to catch up to the primary's head.
+            log_file_kind: the kind of log file the event named; checkpoint events (and
+                catch-up) also bring `_last_checkpoint` forward.
+
+        Returns:
+            One outcome per replica. Errors are captured per replica, never raised here.
+        """
+        if version is not None and version < 0:
+            raise ValueError(f"a Delta version is never negative (got {version})")
+        source = SourceLog(self.table, self.source_store, self.root)
+        target = version
+        if log_file_kind == LogFileKind.LAST_CHECKPOINT or version is None:
+            hint = source.last_checkpoint()
+            if version is None:
+                target = find_source_head(source)
+            elif hint is not None:
+                target = hint[0]
+        if target is None:
+            return [ReplicaOutcome(name, ReplicaState.UP_TO_DATE) for name in self.replicas]
+        checkpoint_kinds = (LogFileKind.CHECKPOINT, LogFileKind.CHECKPOINT_PART, LogFileKind.CHECKPOINT_V2,
+                            LogFileKind.LAST_CHECKPOINT)
+        always_sync = version is None or log_file_kind in checkpoint_kinds
+        with ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="replica") as pool:
+            futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync) for name, store in self.replicas.items()]
+            return [f.result() for f in futures]
+
+    # -- one replica ------------------------------------------------------------------
+    def _replicate_one(self, name: str, store: TableStore, source: SourceLog, target: int,
+                       always_sync: bool) -> ReplicaOutcome:
+        started = time.monotonic()
+        outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE)
+        fields = {"table": self.table.name, "replica": name}
+        try:
+            head = find_head(store, target)
+            outcome.head_before = head
+            if head is None or head < target:
+                head = self._catch_up(name, store, source, head, target, outcome)
+                outcome.state = ReplicaState.REPLICATED
+            if always_sync or outcome.checkpoints:
+                self._sync_checkpoint(name, store, source, head, outcome)
+            outcome.head_after = head
+        except ReplicaDiverged as err:
+            outcome.state, outcome.error = ReplicaState.DIVERGED, err
+            log.warning("replica.diverged table=%s replica=%s error=%s", self.table.name, name, err, extra=fields)
+        except ReplicationError as err:
+            outcome.state, outcome.error = ReplicaState.ERROR, err
+            log.warning("replica.failed table=%s replica=%s retryable=%s error=%s",
+                        self.table.name, name, err.retryable, err, extra=fields)
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def _catch_up(self, name: str, store: TableStore, source: SourceLog, head: int | None,
+                  target: int, outcome: ReplicaOutcome) -> int:
+        """Copy versions head+1..target; seed from a checkpoint when the log cannot supply them."""
+        start = 0 if head is None else head + 1
+        entries = source.entries_for(start, target)
+        present = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
+        if start not in present:
+            # Empty replica without version 0 on the primary, or a replica behind the
+            # primary's log cleanup: jump to the primary's newest checkpoint.
+            found = source.latest_checkpoint(at_least=start)
+            if found is None:
+                raise CommitNotFound(
+                    f"table {self.table.name}: replica {name} needs version {start}, which the primary "
+                    f"no longer has, and the primary has no checkpoint at or after it; re-create the replica."
+                )
+            head = self._seed(name, store, source, found[0], found[1], outcome)
+            if head >= target:
+                return head
+            start = head + 1
+            entries = source.entries_for(start, target)
+        checkpoints = complete_checkpoints(entries)
+        crcs = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.CRC}
+        version = start
+        while version <= target:
+            batch, nfiles = [], 0
+            while version <= target and len(batch) < BATCH_VERSIONS and nfiles < BATCH_FILES:
+                files = source.commit_files(version)
+                batch.append((version, files))
+                nfiles += len(files)
+                version += 1
+            failed = self._copy_files(store, source, [f for _, files in batch for f in files], outcome)
+            for v, files in batch:
+                if any(f.path in failed for f in files):
+                    raise failed[next(f.path for f in files if f.path in failed)]
+                self._write_commit(name, store, source, v, len(files))
+                head = v
+                if v in crcs:
+                    self._copy_log_files(store, source, [f"{v:020d}.crc"], outcome)
+                if v in checkpoints:
+                    self._copy_checkpoint(store, source, checkpoints[v], outcome)
+        return head
+
+    def _seed(self, name: str, store: TableStore, source: SourceLog, version: int,
+              names: list[str], outcome: ReplicaOutcome) -> int:
+        """Make the replica a table at `version` from the primary's checkpoint there."""
+        started = time.monotonic()
+        files = source.checkpoint_files(names)
+        failed = self._copy_files(store, source, files, outcome)
+        if failed:
+            raise next(iter(failed.values()))
+        self._copy_checkpoint(store, source, names, outcome)
+        try:
+            source.commit_bytes(version)
+            self._write_commit(name, store, source, version, 0)
+        except CommitNotFound:
+            pass  # the checkpoint alone defines the version
+        log.info("replica.seeded table=%s replica=%s version=%d files=%d seconds=%.2f",
+                 self.table.name, name, version, len(files), time.monotonic() - started,
+                 extra={"table": self.table.name, "replica": name, "version": version})
+        return version
+
+    # -- steps ------------------------------------------------------------------------
+    def _copy_files(self, store: TableStore, source: SourceLog, files: list[ReferencedFile],
+                    outcome: ReplicaOutcome) -> dict[str, ReplicationError]:
+        """Copy files in parallel; returns path -> error for the ones that failed."""
+        failed: dict[str, ReplicationError] = {}
+        unique = {f.path: f for f in files}
+        futures = {
+            self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size): f.path
+            for f in unique.values()
+        }
+        for future in as_completed(futures):
+            path = futures[future]
+            try:
+                copied = future.result()
+            except ReplicationError as err:
+                failed[path] = err
+                continue
+            if copied:
+                outcome.files += 1
+                outcome.bytes += copied
+                log.debug("file.copied table=%s path=%s bytes=%d", self.table.name, path, copied)
+        return failed
+
+    def _copy_log_files(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
+        files = [ReferencedFile(f"_delta_log/{n}") for n in names]
+        failed = self._copy_files(store, source, files, outcome)
+        if failed:
+            raise next(iter(failed.values()))
+
+    def _write_commit(self, name: str, store: TableStore, source: SourceLog, version: int, nfiles: int) -> None:
+        data = source.commit_bytes(version)
+        started = time.monotonic()
+        if not store.create_log_file(commit_name(version), data):
+            existing = store.get_log_file(commit_name(version))
+            if existing != data:
+                raise ReplicaDiverged(
+                    f"replica {name} of table {self.table.name} already has version {version} with "
+                    "different content; the replica has diverged. Inspect both commits and restore "
+                    "the replica from a snapshot. It will not be overwritten."
+                )
+            return
+        log.info("commit.replicated table=%s replica=%s version=%d files=%d seconds=%.3f",
+                 self.table.name, name, version, nfiles, time.monotonic() - started,
+                 extra={"table": self.table.name, "replica": name, "version": version, "files": nfiles})
+
+    def _copy_checkpoint(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
+        """Sidecars first, then the checkpoint parts: a reader never finds a part without its data."""
+        sidecars = [s for n in names if parse_log_name(n).kind == LogFileKind.CHECKPOINT_V2
+                    for s in source.checkpoint_sidecars(n)]
+        if sidecars:
+            self._copy_log_files(store, source, sidecars, outcome)
+        self._copy_log_files(store, source, names, outcome)
+        outcome.checkpoints += 1
+
+    def _sync_checkpoint(self, name: str, store: TableStore, source: SourceLog, head: int | None,
+                         outcome: ReplicaOutcome) -> None:
+        """Copy the primary's latest checkpoint and `_last_checkpoint` once the replica has its version."""
+        if head is None:
+            return
+        hint = source.last_checkpoint()
+        if hint is None or hint[0] > head:
+            return
+        version, data = hint
+        current = store.get_last_checkpoint()
+        if current is not None:
+            try:
+                if int(json.loads(current.data)["version"]) >= version:
+                    return
+            except (ValueError, KeyError, TypeError):
+                pass  # unreadable: replace it, the primary's is authoritative
+        found = complete_checkpoints(source.listing(version_prefix(version)))
+        if version not in found:
+            return
+        self._copy_checkpoint(store, source, found[version], outcome)
+        if store.put_last_checkpoint(data, replace_etag=current.etag if current else None):
+            log.info("checkpoint.replicated table=%s replica=%s version=%d", self.table.name, name, version,
+                     extra={"table": self.table.name, "replica": name, "version": version})

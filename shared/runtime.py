@@ -1,0 +1,91 @@
+"""Host-wide objects, built once per Functions host: configuration, clients, replicators.
+
+Clients and their connection pools are reused across invocations; replication state is
+not (each invocation reads positions from the replicas themselves).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from shared.blob_table_store import BlobTableStore
+from shared.clients import RequestCounter, build_blob_service_client
+from shared.config import ReplicationConfig, TableConfig, load_config, resolve_connection
+from shared.delta_log import TableRoot
+from shared.errors import ConfigError
+from shared.replicator import TableReplicator
+
+FILE_COPY_WORKERS = 16
+
+
+class ReplicationRuntime:
+    """Everything an invocation needs, resolved and validated up front.
+
+    Args:
+        config: the replication configuration.
+        environ: app settings for connection resolution (default: the process environment).
+        counter: optional request counter attached to every client (tests, benchmarks).
+
+    Raises:
+        ConfigError: a connection is not defined or malformed; names the field path.
+    """
+
+    def __init__(self, config: ReplicationConfig, environ: Mapping[str, str] | None = None, *,
+                 counter: RequestCounter | None = None) -> None:
+        self.config = config
+        self.counter = counter
+        self.settings = {}
+        problems = []
+        for i, table in enumerate(config.tables):
+            for where, loc in [("source", table.source)] + [(f"replicas[{j}]", r) for j, r in enumerate(table.replicas)]:
+                if loc.connection in self.settings:
+                    continue
+                try:
+                    self.settings[loc.connection] = resolve_connection(loc.connection, environ)
+                except ConfigError as err:
+                    problems.append(f"tables[{i}].{where}.connection: {err}")
+        if problems:
+            raise ConfigError("invalid replication configuration; fix these and restart: " + "; ".join(problems))
+        self.clients = {name: build_blob_service_client(s, counter=counter) for name, s in self.settings.items()}
+        self.source_accounts = {name: s.account_name for name, s in self.settings.items()}
+        self._file_pool = ThreadPoolExecutor(max_workers=FILE_COPY_WORKERS, thread_name_prefix="copy")
+        self.replicators = {t.name: self._build_replicator(t) for t in config.tables}
+
+    def store(self, table: TableConfig, location) -> BlobTableStore:
+        return BlobTableStore(self.clients[location.connection], location.container, location.path,
+                              label=location.name, connection_name=location.connection)
+
+    def _build_replicator(self, table: TableConfig) -> TableReplicator:
+        source = self.store(table, table.source)
+        replicas = {r.name: self.store(table, r) for r in table.replicas}
+        root = TableRoot(self.settings[table.source.connection].account_name, table.source.container, table.source.path)
+        return TableReplicator(table, source, replicas, root, self._file_pool)
+
+    def close(self) -> None:
+        self._file_pool.shutdown(wait=True)
+        for client in self.clients.values():
+            client.close()
+
+
+_runtime: ReplicationRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> ReplicationRuntime:
+    """The host's runtime, built from the environment on first use."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = ReplicationRuntime(load_config())
+        return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget the host's runtime (tests that change settings call this)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.close()
+        _runtime = None

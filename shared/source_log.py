@@ -1,0 +1,176 @@
+"""What one invocation reads from the primary's `_delta_log`, read once and shared by replicas."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import Future
+from typing import Callable, TypeVar
+
+from shared.config import TableConfig
+from shared.delta_log import (
+    LAST_CHECKPOINT,
+    LogFileKind,
+    ReferencedFile,
+    TableRoot,
+    checkpoint_actions,
+    commit_name,
+    parse_commit,
+    parse_log_name,
+    referenced_files,
+    version_prefix,
+)
+from shared.errors import CommitNotFound, InvalidCommit
+from shared.table_store import LogEntry, TableStore
+
+T = TypeVar("T")
+
+
+def window_prefix(low: int, high: int) -> str:
+    """The longest `_delta_log` name prefix shared by every version in [low, high]."""
+    a, b = version_prefix(low), version_prefix(high)
+    n = 0
+    while n < len(a) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def complete_checkpoints(entries: list[LogEntry]) -> dict[int, list[str]]:
+    """Version -> names of one complete checkpoint at that version, from a listing.
+
+    A multi-part checkpoint counts only with all its parts (readers must ignore partial
+    ones); with several candidates at one version, the classic or v2 file wins.
+    """
+    parts: dict[tuple[int, int], set[int]] = {}
+    names: dict[tuple[int, int], list[str]] = {}
+    found: dict[int, list[str]] = {}
+    for entry in entries:
+        lf = parse_log_name(entry.name)
+        if lf is None:
+            continue
+        if lf.kind in (LogFileKind.CHECKPOINT, LogFileKind.CHECKPOINT_V2):
+            found.setdefault(lf.version, [entry.name])
+        elif lf.kind == LogFileKind.CHECKPOINT_PART:
+            parts.setdefault((lf.version, lf.parts), set()).add(lf.part)
+            names.setdefault((lf.version, lf.parts), []).append(entry.name)
+    for (version, count), seen in parts.items():
+        if len(seen) == count and version not in found:
+            found[version] = sorted(names[(version, count)])
+    return found
+
+
+class SourceLog:
+    """Cached, thread-safe reads of the primary's log for one invocation.
+
+    Nothing outlives the invocation: a later event re-reads the primary.
+    """
+
+    def __init__(self, table: TableConfig, store: TableStore, root: TableRoot) -> None:
+        self.table = table
+        self.store = store
+        self.root = root
+        self._lock = threading.Lock()
+        self._futures: dict[object, Future] = {}
+
+    def _once(self, key: object, compute: Callable[[], T]) -> T:
+        with self._lock:
+            future = self._futures.get(key)
+            owner = future is None
+            if owner:
+                future = self._futures[key] = Future()
+        if owner:
+            try:
+                future.set_result(compute())
+            except BaseException as err:  # shared with waiters, re-raised below
+                future.set_exception(err)
+        return future.result()
+
+    def listing(self, prefix: str) -> list[LogEntry]:
+        return self._once(("list", prefix), lambda: self.store.list_log(prefix))
+
+    def entries_for(self, low: int, high: int) -> list[LogEntry]:
+        return self.listing(window_prefix(low, high))
+
+    def commit_bytes(self, version: int) -> bytes:
+        def read() -> bytes:
+            name = commit_name(version)
+            try:
+                data = self.store.get_log_file(name)
+            except FileNotFoundError as err:
+                raise CommitNotFound(
+                    f"table {self.table.name}: version {version} has no commit on the primary "
+                    f"({self.store.description}); it was never written or its log was cleaned up."
+                ) from err
+            if len(data) > self.table.max_commit_bytes:
+                raise InvalidCommit(
+                    f"table {self.table.name}: commit {version} is {len(data)} bytes, above "
+                    f"max_commit_bytes={self.table.max_commit_bytes}; not replicated. Raise the limit "
+                    "in the table's configuration if this commit is expected."
+                )
+            return data
+
+        return self._once(("commit", version), read)
+
+    def commit_files(self, version: int) -> list[ReferencedFile]:
+        def compute() -> list[ReferencedFile]:
+            where = f"table {self.table.name} version {version}"
+            actions = parse_commit(self.commit_bytes(version), where=f"{where} on the primary")
+            return referenced_files(actions, self.root, allow_external=self.table.allow_external_files, where=where)
+
+        return self._once(("files", version), compute)
+
+    def log_file(self, name: str) -> bytes:
+        return self._once(("log", name), lambda: self.store.get_log_file(name))
+
+    def last_checkpoint(self) -> tuple[int, bytes] | None:
+        def read():
+            current = self.store.get_last_checkpoint()
+            if current is None:
+                return None
+            try:
+                version = json.loads(current.data)["version"]
+            except (ValueError, KeyError, TypeError):
+                return None  # half-written or foreign: the listing is authoritative
+            return (int(version), current.data) if isinstance(version, int) else None
+
+        return self._once(("last_checkpoint",), read)
+
+    def checkpoint_sidecars(self, name: str) -> list[str]:
+        """`_delta_log`-relative names of the sidecars a v2 checkpoint references."""
+        def compute() -> list[str]:
+            actions = checkpoint_actions(self.log_file(name), is_json=name.endswith(".json"))
+            return [f"_sidecars/{a['sidecar']['path']}" for a in actions if "sidecar" in a]
+
+        return self._once(("sidecars", name), compute)
+
+    def checkpoint_files(self, names: list[str]) -> list[ReferencedFile]:
+        """Files the adds of a checkpoint (all parts and sidecars) reference."""
+        def compute() -> list[ReferencedFile]:
+            actions: list[dict] = []
+            for name in names:
+                actions += checkpoint_actions(self.log_file(name), is_json=name.endswith(".json"))
+                for sidecar in self.checkpoint_sidecars(name) if parse_log_name(name).kind == LogFileKind.CHECKPOINT_V2 else []:
+                    actions += checkpoint_actions(self.log_file(sidecar), is_json=False)
+            adds = [{"add": a["add"]} for a in actions if "add" in a]
+            where = f"table {self.table.name} checkpoint {names[0]}"
+            return referenced_files(adds, self.root, allow_external=self.table.allow_external_files, where=where)
+
+        return self._once(("checkpoint_files", tuple(names)), compute)
+
+    def latest_checkpoint(self, *, at_least: int = 0) -> tuple[int, list[str]] | None:
+        """The newest complete checkpoint at or after `at_least`, or None."""
+        hint = self.last_checkpoint()
+        if hint is not None and hint[0] >= at_least:
+            found = complete_checkpoints(self.listing(version_prefix(hint[0])))
+            if hint[0] in found:
+                return hint[0], found[hint[0]]
+        found = complete_checkpoints(self.listing(""))
+        candidates = [v for v in found if v >= at_least]
+        if not candidates:
+            return None
+        best = max(candidates)
+        return best, found[best]
+
+    @staticmethod
+    def is_last_checkpoint(name: str) -> bool:
+        return name == LAST_CHECKPOINT

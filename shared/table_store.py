@@ -1,0 +1,66 @@
+"""TableStore: the only storage surface replication logic sees.
+
+A few Delta-shaped operations on one table location (a source or a replica). Names in
+`_delta_log` are relative to `_delta_log/`; file paths are relative to the table root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One blob in `_delta_log/` as listed: name relative to `_delta_log/`."""
+
+    name: str
+    size: int
+    last_modified: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LastCheckpoint:
+    """The `_last_checkpoint` blob's bytes and the ETag to replace it conditionally."""
+
+    data: bytes
+    etag: str
+
+
+class TableStore(Protocol):
+    """Storage operations on one Delta table location."""
+
+    #: Human-readable location without secrets, e.g. "westeu:lake/delta/sales".
+    description: str
+
+    def list_log(self, prefix: str = "") -> list[LogEntry]:
+        """Entries of `_delta_log/` whose names start with `prefix`, in name order; empty when none."""
+
+    def get_log_file(self, name: str) -> bytes:
+        """Bytes of `_delta_log/<name>`. Raises FileNotFoundError when absent."""
+
+    def create_log_file(self, name: str, data: bytes) -> bool:
+        """Create `_delta_log/<name>` only if absent: True if created, False if it existed."""
+
+    def get_last_checkpoint(self) -> LastCheckpoint | None:
+        """`_last_checkpoint` with its ETag, or None when absent."""
+
+    def put_last_checkpoint(self, data: bytes, *, replace_etag: str | None) -> bool:
+        """Write `_last_checkpoint` if absent (`replace_etag` None) or unchanged since read.
+
+        Returns False when another writer got there first (nothing written).
+        """
+
+    def file_size(self, path: str) -> int | None:
+        """Size of a table-relative file, or None when absent."""
+
+    def get_file(self, path: str) -> bytes:
+        """Bytes of a table-relative file. Raises FileNotFoundError when absent."""
+
+    def copy_file_from(self, source: "TableStore", path: str, *, expected_size: int | None = None) -> int:
+        """Copy `path` from `source` unless present; the bytes copied (0 when it was present).
+
+        Never overwrites a complete file. Raises DataFileMissing if the source lacks it and
+        ReplicaDiverged if this store holds a different-sized file at `path`.
+        """

@@ -1,0 +1,47 @@
+"""Run-wide Azurite and per-test lakes: a primary and two replicas in unique containers."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from devtools.azurite import AZURITE_BLOB_BIN, AzuriteProcess
+from tests.lake import Lake
+
+ACCOUNTS = ("eastus", "westeu", "seasia")
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    """One Azurite for the run, started on a free port and stopped at the end."""
+    if not AZURITE_BLOB_BIN.exists():
+        pytest.exit(f"Azurite is missing ({AZURITE_BLOB_BIN}); run `npm ci` or use scripts/test.sh", returncode=2)
+    proc = AzuriteProcess(ACCOUNTS)
+    try:
+        proc.start()
+    except RuntimeError as err:
+        pytest.exit(f"cannot start Azurite: {err}", returncode=2)
+    yield proc
+    proc.close()
+
+
+@pytest.fixture
+def second_azurite():
+    """A separate Azurite process (another 'region') holding the seasia account."""
+    proc = AzuriteProcess(("seasia",)).start()
+    yield proc
+    proc.close()
+
+
+@pytest.fixture
+def lake(azurite, request):
+    lake = Lake(azurite, request.node.name)
+    yield lake
+    lake.close()
+
+
+@pytest.fixture
+def captured_logs(caplog):
+    caplog.set_level(logging.DEBUG)
+    return caplog
