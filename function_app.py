@@ -4,5 +4,5 @@ import azure.functions as func
 
 from functions import replicate_commit
 
-app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app = func.FunctionApp()
 app.register_functions(replicate_commit.bp)

@@ -61,13 +61,21 @@ def blob_renamed_event(account: str, container: str, source_blob: str, blob: str
 
 
 def log_blob_events(container_client, account: str, table_path: str, *, azurite_port: int | None = None,
-                    start_after: str | None = None) -> list[dict]:
-    """BlobCreated events for the blobs now in a table's `_delta_log/`, in name order."""
+                    start_after: str | None = None, seen: set | None = None) -> list[dict]:
+    """BlobCreated events for the blobs now in a table's `_delta_log/`, in name order.
+
+    `start_after` skips names up to it; `seen` (a set of (name, etag), updated here) skips
+    blobs already reported, which also catches a checkpoint that sorts before its commit.
+    """
     prefix = f"{table_path.strip('/')}/_delta_log/"
     events = []
     for blob in container_client.list_blobs(name_starts_with=prefix):
         if start_after is not None and blob.name <= start_after:
             continue
+        if seen is not None:
+            if (blob.name, blob.etag) in seen:
+                continue
+            seen.add((blob.name, blob.etag))
         events.append(blob_created_event(account, container_client.container_name, blob.name, size=blob.size,
                                          etag=blob.etag, azurite_port=azurite_port))
     return events

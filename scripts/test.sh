@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The test command: installs what it needs, then runs pytest. Azurite is started by the
-# test session itself on free loopback ports and stopped when it ends.
+# The test command: installs what it needs, then runs pytest (two workers by default).
+# Each test session starts its own Azurite on free loopback ports and stops it at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+if [ "$#" -eq 0 ]; then
+  set -- -n 2
+fi
 exec .venv/bin/python -m pytest "$@"

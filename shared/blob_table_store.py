@@ -153,7 +153,8 @@ class BlobTableStore:
             except ResourceNotFoundError:
                 return []  # container absent: an empty replica
         return [
-            LogEntry(b.name[len(base):], b.size, b.last_modified)
+            LogEntry(b.name[len(base):], b.size, b.last_modified,
+                     bytes(b.content_settings.content_md5) if b.content_settings.content_md5 else None)
             for b in blobs
             if b.name.startswith(base)
         ]

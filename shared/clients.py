@@ -13,7 +13,7 @@ from azure.storage.blob import BlobServiceClient, ExponentialRetry
 from shared.config import ConnectionSettings
 
 # Event Grid redelivers on failure, so a few quick retries beat the SDK's minutes-long default.
-_RETRY = dict(initial_backoff=0.5, increment_base=2, retry_total=3, random_jitter_range=0.5)
+_RETRY = dict(initial_backoff=0.25, increment_base=2, retry_total=2, random_jitter_range=0.2)
 _TRANSFER = dict(
     max_single_put_size=8 * 1024 * 1024,
     max_block_size=8 * 1024 * 1024,

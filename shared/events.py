@@ -123,10 +123,11 @@ def split_blob_url(url: str) -> tuple[str, str, str]:
     if not account or not container or not name:
         raise InvalidEvent("event URL does not name an account, a container and a blob")
     decoded = unquote(name)
-    for candidate in (decoded, unquote(decoded)):
-        parts = candidate.split("/")
-        if any(p in ("", ".", "..") for p in parts) or "\\" in candidate or "\x00" in candidate:
-            raise InvalidEvent(f"event blob path {_printable(name)!r} has '.', '..' or empty segments; refusing it")
+    if any(p in ("", ".", "..") for p in decoded.split("/")) or "\\" in decoded or "\x00" in decoded:
+        raise InvalidEvent(f"event blob path {_printable(name)!r} has '.', '..' or empty segments; refusing it")
+    # Double-encoded traversal (%252e%252e) would become '..' for anything decoding again.
+    if any(p in (".", "..") for p in unquote(decoded).replace("\\", "/").split("/")):
+        raise InvalidEvent(f"event blob path {_printable(name)!r} hides '..' behind percent-encoding; refusing it")
     return unquote(account), unquote(container), decoded
 
 

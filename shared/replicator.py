@@ -73,19 +73,23 @@ def log_versions(entries: list[LogEntry]) -> set[int]:
     return versions | set(complete_checkpoints(entries))
 
 
-def find_head(store: TableStore, near: int) -> int | None:
+def find_head(store: TableStore, near: int) -> tuple[int | None, list[LogEntry]]:
     """The replica's head: its highest version, searching windows around `near` downwards.
 
     Replicas are written in version order, so their versions form one contiguous run and
     the highest version in the smallest window holding any version is the head (or at
     least `near`). Costs one small listing when the replica is close to `near`.
+
+    Returns:
+        The head (None for an empty replica) and the listing it was found in.
     """
     digits = version_prefix(near)
     for length in (19, 18, 17, 16, 0):
-        versions = log_versions(store.list_log(digits[:length]))
+        entries = store.list_log(digits[:length])
+        versions = log_versions(entries)
         if versions:
-            return max(versions)
-    return None
+            return max(versions), entries
+    return None, []
 
 
 def find_source_head(source: SourceLog) -> int | None:
@@ -165,9 +169,11 @@ class TableReplicator:
         outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE)
         fields = {"table": self.table.name, "replica": name}
         try:
-            head = find_head(store, target)
+            head, entries = find_head(store, target)
             outcome.head_before = head
             if head is None or head < target:
+                if head is not None:
+                    self._check_head_matches(name, store, source, head, target, entries)
                 head = self._catch_up(name, store, source, head, target, outcome)
                 outcome.state = ReplicaState.REPLICATED
             if always_sync or outcome.checkpoints:
@@ -187,7 +193,8 @@ class TableReplicator:
                   target: int, outcome: ReplicaOutcome) -> int:
         """Copy versions head+1..target; seed from a checkpoint when the log cannot supply them."""
         start = 0 if head is None else head + 1
-        entries = source.entries_for(start, target)
+        # Listing from the head itself shares one request with the divergence check.
+        entries = source.entries_for(start if head is None else head, target)
         present = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
         if start not in present:
             # Empty replica without version 0 on the primary, or a replica behind the
@@ -224,6 +231,29 @@ class TableReplicator:
                 if v in checkpoints:
                     self._copy_checkpoint(store, source, checkpoints[v], outcome)
         return head
+
+    def _check_head_matches(self, name: str, store: TableStore, source: SourceLog, head: int, target: int,
+                            entries: list[LogEntry]) -> None:
+        """Refuse to build on a head commit that is not the primary's (a foreign write).
+
+        Compares size and Content-MD5 from the listings; reads both commits only when an
+        MD5 is missing (ADLS writes have none) and the sizes agree.
+        """
+        mine = next((e for e in entries if e.name == commit_name(head)), None)
+        if mine is None:
+            return  # head defined by a checkpoint alone (seeded); nothing to compare
+        theirs = next((e for e in source.entries_for(head, target) if e.name == mine.name), None)
+        if theirs is None:
+            return  # the primary cleaned up this commit; nothing left to compare with
+        same = mine.size == theirs.size
+        if same and not (mine.content_md5 and theirs.content_md5 and mine.content_md5 == theirs.content_md5):
+            same = store.get_log_file(mine.name) == source.commit_bytes(head)
+        if not same:
+            raise ReplicaDiverged(
+                f"replica {name} of table {self.table.name} has version {head} with different content "
+                "from the primary's; the replica has diverged. Inspect both commits and restore the "
+                "replica from a snapshot. It will not be overwritten."
+            )
 
     def _seed(self, name: str, store: TableStore, source: SourceLog, version: int,
               names: list[str], outcome: ReplicaOutcome) -> int:

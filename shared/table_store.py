@@ -18,6 +18,7 @@ class LogEntry:
     name: str
     size: int
     last_modified: datetime | None = None
+    content_md5: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -137,3 +137,37 @@ class Lake:
 
 def commit_actions(data: bytes) -> list[dict]:
     return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
+
+PARTITIONS = ["us east", "50% off", "a=b", "münchen", "東京 tokyo"]
+
+
+def batch(start: int, count: int) -> pa.Table:
+    ids = list(range(start, start + count))
+    return pa.table({
+        "id": pa.array(ids, pa.int64()),
+        "region": pa.array([PARTITIONS[i % len(PARTITIONS)] for i in ids]),
+        "amount": pa.array([float(i) * 1.5 for i in ids]),
+    })
+
+
+def build_rich_table(lake: Lake, *, appends: int = 14) -> None:
+    """A primary with >= 22 commits: appends, delete, update, merge, compaction,
+    checkpoints, change data files, partition values with spaces, %, = and unicode."""
+    lake.write(batch(0, 10), mode="overwrite", partition_by=["region"],
+               configuration={"delta.enableChangeDataFeed": "true"})
+    for i in range(1, appends // 2):
+        lake.write(batch(i * 10, 10), partition_by=["region"])
+    lake.table().delete("id % 7 = 0")
+    lake.table().update(updates={"amount": "amount + 100"}, predicate="region = 'a=b'")
+    lake.table().create_checkpoint()
+    source = batch(5, 20)
+    (lake.table().merge(source, predicate="t.id = s.id", source_alias="s", target_alias="t")
+        .when_matched_update_all().when_not_matched_insert_all().execute())
+    for i in range(appends // 2, appends):
+        lake.write(batch(i * 10, 10), partition_by=["region"])
+    lake.table().optimize.compact()
+    lake.table().delete("region = '50% off' AND id < 30")
+    lake.table().create_checkpoint()
+    lake.write(batch(1000, 5), partition_by=["region"])
+    lake.write(batch(2000, 5), partition_by=["region"])
