@@ -22,15 +22,20 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
+from azure.storage.blob import BlobLeaseClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
 from shared.delta_log import LAST_CHECKPOINT, LOG_DIR
-from shared.errors import DataFileMissing, ReplicaDiverged, ReplicaUnreachable
+from shared.errors import DataFileMissing, ReplicaBusy, ReplicaDiverged, ReplicaUnreachable
 from shared.table_store import LastCheckpoint, LogEntry
 
 log = logging.getLogger(__name__)
 
 SAS_LIFETIME = timedelta(minutes=10)
+# The replication lease lives beside the log, in a folder Delta readers and VACUUM ignore
+# (names starting with '_' are hidden from both).
+LEASE_BLOB = "_replication/lease"
+LEASE_SECONDS = 15  # short, so a crashed holder frees the replica quickly; renewed while held
+LEASE_WAIT_SECONDS = 60
 _CLOCK_SKEW = timedelta(minutes=5)
 _COPY_POLL_SECONDS = 0.2
 COPY_TIMEOUT_SECONDS = 600
@@ -200,6 +205,66 @@ class BlobTableStore:
             except (ResourceExistsError, ResourceModifiedError):
                 return False
         return True
+
+    # -- lease --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def replication_lease(self, *, wait_seconds: float = LEASE_WAIT_SECONDS):
+        """Hold this table location's replication lease; yields True if we had to wait for it.
+
+        Serialises replication into one replica so concurrent invocations do not copy the
+        same files twice. Correctness never depends on it (writes are conditional); it
+        only saves work. Renewed in the background while held; released on exit.
+
+        Raises:
+            ReplicaBusy: another invocation held it for longer than `wait_seconds`.
+        """
+        blob = self._container.get_blob_client(self._file_blob(LEASE_BLOB))
+        lease = BlobLeaseClient(blob)
+        deadline = time.monotonic() + wait_seconds
+        delay, waited = 0.05, False
+        with self._storage("acquiring the replication lease"):
+            while True:
+                try:
+                    lease.acquire(lease_duration=LEASE_SECONDS)
+                    break
+                except ResourceNotFoundError:
+                    self._ensure_container()
+                    try:
+                        blob.upload_blob(b"", overwrite=False)
+                    except ResourceExistsError:
+                        pass
+                except (ResourceExistsError, HttpResponseError) as err:
+                    if err.status_code != 409:
+                        raise
+                    if time.monotonic() > deadline:
+                        raise ReplicaBusy(
+                            f"{self.description}: another invocation has held the replication lease for "
+                            f"over {wait_seconds:.0f}s; this event will be retried."
+                        ) from err
+                    waited = True
+                    time.sleep(delay)
+                    delay = min(delay * 1.5, 1.0)
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(LEASE_SECONDS / 3):
+                try:
+                    lease.renew()
+                except Exception as err:  # noqa: BLE001 - the holder learns on its next write
+                    log.warning("lease.renew_failed replica=%s error=%s", self.label, type(err).__name__)
+                    return
+
+        renewer = threading.Thread(target=renew, name="lease-renew", daemon=True)
+        renewer.start()
+        try:
+            yield waited
+        finally:
+            stop.set()
+            renewer.join()
+            try:
+                lease.release()
+            except Exception:  # noqa: BLE001 - it expires by itself within LEASE_SECONDS
+                pass
 
     # -- files --------------------------------------------------------------------
     def file_size(self, path: str) -> int | None:

@@ -39,6 +39,12 @@ class ReplicaDiverged(ReplicationError):
     """Raised when a replica holds a log or data file that differs from the primary's."""
 
 
+class ReplicaBusy(ReplicationError):
+    """Raised when another invocation holds a replica's replication lease for too long."""
+
+    retryable = True
+
+
 class ReplicaUnreachable(ReplicationError):
     """Raised when a storage account does not answer or refuses our requests."""
 

@@ -29,6 +29,7 @@ from shared.delta_log import (
     parse_log_name,
     version_prefix,
 )
+from shared import failpoints
 from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError
 from shared.source_log import SourceLog, complete_checkpoints
 from shared.table_store import LogEntry, TableStore
@@ -172,10 +173,15 @@ class TableReplicator:
             head, entries = find_head(store, target)
             outcome.head_before = head
             if head is None or head < target:
-                if head is not None:
-                    self._check_head_matches(name, store, source, head, target, entries)
-                head = self._catch_up(name, store, source, head, target, outcome)
-                outcome.state = ReplicaState.REPLICATED
+                with store.replication_lease() as waited:
+                    if waited:
+                        # Whoever held the lease may have done our work already.
+                        head, entries = find_head(store, target)
+                    if head is None or head < target:
+                        if head is not None:
+                            self._check_head_matches(name, store, source, head, target, entries)
+                        head = self._catch_up(name, store, source, head, target, outcome)
+                        outcome.state = ReplicaState.REPLICATED
             if always_sync or outcome.checkpoints:
                 self._sync_checkpoint(name, store, source, head, outcome)
             outcome.head_after = head
@@ -224,7 +230,9 @@ class TableReplicator:
             for v, files in batch:
                 if any(f.path in failed for f in files):
                     raise failed[next(f.path for f in files if f.path in failed)]
+                failpoints.hit(failpoints.COMMIT_BEFORE)
                 self._write_commit(name, store, source, v, len(files))
+                failpoints.hit(failpoints.COMMIT_AFTER)
                 head = v
                 if v in crcs:
                     self._copy_log_files(store, source, [f"{v:020d}.crc"], outcome)
@@ -260,7 +268,7 @@ class TableReplicator:
         """Make the replica a table at `version` from the primary's checkpoint there."""
         started = time.monotonic()
         files = source.checkpoint_files(names)
-        failed = self._copy_files(store, source, files, outcome)
+        failed = self._copy_files(store, source, files, outcome, failpoint=failpoints.SEED_FILE)
         if failed:
             raise next(iter(failed.values()))
         self._copy_checkpoint(store, source, names, outcome)
@@ -276,7 +284,7 @@ class TableReplicator:
 
     # -- steps ------------------------------------------------------------------------
     def _copy_files(self, store: TableStore, source: SourceLog, files: list[ReferencedFile],
-                    outcome: ReplicaOutcome) -> dict[str, ReplicationError]:
+                    outcome: ReplicaOutcome, *, failpoint: str = failpoints.FILE_COPIED) -> dict[str, ReplicationError]:
         """Copy files in parallel; returns path -> error for the ones that failed."""
         failed: dict[str, ReplicationError] = {}
         unique = {f.path: f for f in files}
@@ -291,6 +299,7 @@ class TableReplicator:
             except ReplicationError as err:
                 failed[path] = err
                 continue
+            failpoints.hit(failpoint)
             if copied:
                 outcome.files += 1
                 outcome.bytes += copied
@@ -348,6 +357,7 @@ class TableReplicator:
         if version not in found:
             return
         self._copy_checkpoint(store, source, found[version], outcome)
+        failpoints.hit(failpoints.CHECKPOINT_COPIED)
         if store.put_last_checkpoint(data, replace_etag=current.etag if current else None):
             log.info("checkpoint.replicated table=%s replica=%s version=%d", self.table.name, name, version,
                      extra={"table": self.table.name, "replica": name, "version": version})

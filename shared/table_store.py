@@ -59,6 +59,9 @@ class TableStore(Protocol):
     def get_file(self, path: str) -> bytes:
         """Bytes of a table-relative file. Raises FileNotFoundError when absent."""
 
+    def replication_lease(self):
+        """Context manager holding this location's replication lease; yields True if it waited."""
+
     def copy_file_from(self, source: "TableStore", path: str, *, expected_size: int | None = None) -> int:
         """Copy `path` from `source` unless present; the bytes copied (0 when it was present).
 

@@ -1,0 +1,46 @@
+"""Named points in the replication sequence where fault-injection tests can act.
+
+Disarmed (the default) a failpoint costs one dictionary lookup. Tests arm one to kill the
+process or raise at an exact step boundary, to prove a crash there leaves no torn replica.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+FILE_COPIED = "file.copied"  # after one data/log file reached a replica
+COMMIT_BEFORE = "commit.before"  # a commit's files are all there; the commit is not yet written
+COMMIT_AFTER = "commit.after"  # a commit was written; its crc/checkpoint not yet
+CHECKPOINT_COPIED = "checkpoint.copied"  # checkpoint parts copied; _last_checkpoint not yet
+SEED_FILE = "seed.file"  # one file of a checkpoint seed copied
+
+_lock = threading.Lock()
+_armed: dict[str, list] = {}
+
+
+def arm(name: str, *, after: int, action: Callable[[], None]) -> None:
+    """Run `action` the `after`-th time `name` is hit (1 = the first time)."""
+    if after < 1:
+        raise ValueError("after counts hits from 1")
+    with _lock:
+        _armed[name] = [after, action]
+
+
+def disarm_all() -> None:
+    with _lock:
+        _armed.clear()
+
+
+def hit(name: str) -> None:
+    """Mark that the sequence passed `name`."""
+    if not _armed:
+        return
+    with _lock:
+        entry = _armed.get(name)
+        if entry is None:
+            return
+        entry[0] -= 1
+        fire = entry[0] == 0
+    if fire:
+        entry[1]()
