@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import threading
 
-from azure.core.pipeline.policies import SansIOHTTPPolicy
-from azure.storage.blob import BlobServiceClient, ExponentialRetry
+from azure.storage.blob import BlobServiceClient, LinearRetry
 
 from shared.config import ConnectionSettings
 
 # Event Grid redelivers on failure, so a few quick retries beat the SDK's minutes-long default.
-_RETRY = dict(initial_backoff=0.25, increment_base=2, retry_total=2, random_jitter_range=0.2)
+_RETRY = dict(backoff=0.5, retry_total=2, random_jitter_range=0.2)
 _TRANSFER = dict(
     max_single_put_size=8 * 1024 * 1024,
     max_block_size=8 * 1024 * 1024,
@@ -24,15 +23,15 @@ _TRANSFER = dict(
 )
 
 
-class RequestCounter(SansIOHTTPPolicy):
-    """Counts HTTP requests sent through a client (benchmarks and tests read it)."""
+class RequestCounter:
+    """Counts HTTP requests (every attempt) sent through clients; benchmarks and tests read it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.count = 0
         self.by_method: dict[str, int] = {}
 
-    def on_request(self, request) -> None:  # noqa: D401 - azure-core hook
+    def __call__(self, request) -> None:  # the storage SDK's raw_request_hook
         method = request.http_request.method
         with self._lock:
             self.count += 1
@@ -51,9 +50,9 @@ def build_blob_service_client(settings: ConnectionSettings, *, counter: RequestC
         >>> build_blob_service_client(resolve_connection("WESTEU_STORAGE"))
     """
     options = dict(_TRANSFER)
-    options["retry_policy"] = ExponentialRetry(**_RETRY)
+    options["retry_policy"] = LinearRetry(**_RETRY)
     if counter is not None:
-        options["per_call_policies"] = [counter]
+        options["raw_request_hook"] = counter
     if settings.connection_string:
         return BlobServiceClient.from_connection_string(settings.connection_string, **options)
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential

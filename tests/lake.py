@@ -30,15 +30,15 @@ class Lake:
     """Source table in eastus; replicas westeu and seasia (optionally in another Azurite)."""
 
     def __init__(self, azurite: AzuriteProcess, test_name: str, *, replica_process: AzuriteProcess | None = None,
-                 table_overrides: dict | None = None) -> None:
-        self.azurite = azurite
+                 primary_process: AzuriteProcess | None = None, table_overrides: dict | None = None) -> None:
+        self.azurite = primary_process or azurite
         self.replica_process = replica_process or azurite
         slug = re.sub(r"[^a-z0-9]", "", test_name.lower())[:20] or "t"
         self.container = f"{slug}-{uuid.uuid4().hex[:10]}"
         self.table_path = TABLE_PATH
-        self.processes = {"eastus": azurite, "westeu": azurite, "seasia": self.replica_process}
+        self.processes = {"eastus": self.azurite, "westeu": azurite, "seasia": self.replica_process}
         self.environ = {
-            "EASTUS_STORAGE": azurite.connection_string("eastus"),
+            "EASTUS_STORAGE": self.azurite.connection_string("eastus"),
             "WESTEU_STORAGE": azurite.connection_string("westeu"),
             "SEASIA_STORAGE": self.replica_process.connection_string("seasia"),
         }
