@@ -2,7 +2,8 @@
 
 import azure.functions as func
 
-from functions import replicate_commit
+from functions import check_replication_lag, replicate_commit, replication_status
 
-app = func.FunctionApp()
-app.register_functions(replicate_commit.bp)
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+for module in (replicate_commit, check_replication_lag, replication_status):
+    app.register_functions(module.bp)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AZURITE_BLOB_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
+AZURITE_TABLE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-table"
 
 # The well-known Azurite development key; devstoreaccount1 keeps it so that
 # UseDevelopmentStorage-style settings keep working.
@@ -48,7 +49,10 @@ class AzuriteProcess:
     accounts: tuple[str, ...]
     location: Path | None = None
     port: int = 0
+    with_table: bool = False
+    table_port: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
+    table_process: subprocess.Popen | None = field(default=None, repr=False)
     _own_location: bool = False
 
     def start(self) -> "AzuriteProcess":
@@ -83,28 +87,46 @@ class AzuriteProcess:
             env=env,
             start_new_session=True,
         )
+        if self.with_table:
+            if not self.table_port:
+                self.table_port = free_port()
+            self.table_process = subprocess.Popen(
+                [str(AZURITE_TABLE_BIN), "--tableHost", "127.0.0.1", "--tablePort", str(self.table_port),
+                 "--location", str(self.location), "--silent", "--disableTelemetry", "--skipApiVersionCheck",
+                 "--loose"],
+                stdout=open(self.location / "azurite-table.log", "ab"), stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
+            )
         log.close()
-        self._wait_ready()
+        self._wait_ready(self.process, self.port)
+        if self.table_process is not None:
+            self._wait_ready(self.table_process, self.table_port)
         return self
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
+    def _wait_ready(self, process: subprocess.Popen, port: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise RuntimeError(
-                    f"Azurite exited with {self.process.returncode}; see {self.location}/azurite.log"
+                    f"Azurite exited with {process.returncode}; see the logs in {self.location}"
                 )
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"Azurite did not listen on 127.0.0.1:{self.port} within {timeout}s")
+        raise RuntimeError(f"Azurite did not listen on 127.0.0.1:{port} within {timeout}s")
 
     def stop(self) -> None:
         """Stop this process (and only it); keeps the data folder for a restart."""
+        table, self.table_process = self.table_process, None
+        self._stop_one(table)
         proc, self.process = self.process, None
+        self._stop_one(proc)
+
+    @staticmethod
+    def _stop_one(proc: subprocess.Popen | None) -> None:
         if proc is None or proc.poll() is not None:
             return
         # Azurite runs node under the npm shim in its own session: signal that group only.
@@ -137,9 +159,10 @@ class AzuriteProcess:
 
     def connection_string(self, account: str) -> str:
         key = DEVSTORE_KEY if account == DEVSTORE_ACCOUNT else account_key(account)
+        table = f"TableEndpoint=http://127.0.0.1:{self.table_port}/{account};" if self.with_table else ""
         return (
             f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
-            f"BlobEndpoint={self.endpoint(account)};"
+            f"BlobEndpoint={self.endpoint(account)};{table}"
         )
 
     def storage_options(self, account: str) -> dict[str, str]:

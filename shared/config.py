@@ -413,3 +413,65 @@ def _from_connection_string(name: str, value: str) -> ConnectionSettings:
             "for identity-based access instead"
         )
     return ConnectionSettings(name=name, account_name=account, blob_service_url=url, connection_string=value)
+
+
+STATUS_CONNECTION_SETTING = "STATUS_CONNECTION"
+DEFAULT_STATUS_CONNECTION = "AzureWebJobsStorage"
+ALERT_ENDPOINT_SETTING = "ALERT_TOPIC_ENDPOINT"
+ALERT_KEY_SETTING = "ALERT_TOPIC_KEY"
+
+
+@dataclass(frozen=True)
+class TableServiceSettings:
+    """How to reach the Azure Table service for status rows. The connection string is secret."""
+
+    name: str
+    connection_string: str | None = field(default=None, repr=False)
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where alerts go; `key` is secret (None means identity-based)."""
+
+    endpoint: str
+    key: str | None = field(default=None, repr=False)
+
+
+def resolve_status_connection(environ: Mapping[str, str] | None = None) -> TableServiceSettings:
+    """STATUS_CONNECTION (default AzureWebJobsStorage): a connection string, or
+    `<NAME>__tableServiceUri` for identity-based access.
+
+    Raises:
+        ConfigError: the named connection is not defined.
+    """
+    env = os.environ if environ is None else environ
+    name = (env.get(STATUS_CONNECTION_SETTING) or DEFAULT_STATUS_CONNECTION).strip()
+    value = (env.get(name) or "").strip()
+    if value == "UseDevelopmentStorage=true":
+        value = (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+            "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+        )
+    if value:
+        return TableServiceSettings(name=name, connection_string=value)
+    uri = (env.get(f"{name}__tableServiceUri") or "").strip()
+    if uri:
+        return TableServiceSettings(name=name, endpoint=uri.rstrip("/"))
+    raise ConfigError(
+        f"{STATUS_CONNECTION_SETTING}: setting {name} is not defined; set it to a storage connection "
+        f"string or set {name}__tableServiceUri for identity-based access"
+    )
+
+
+def resolve_alerts(environ: Mapping[str, str] | None = None) -> AlertSettings | None:
+    """ALERT_TOPIC_ENDPOINT (+ ALERT_TOPIC_KEY, or identity); None when alerts are off."""
+    env = os.environ if environ is None else environ
+    endpoint = (env.get(ALERT_ENDPOINT_SETTING) or "").strip()
+    if not endpoint:
+        return None
+    parsed = urlparse(endpoint)
+    if parsed.scheme not in ("https", "http") or not parsed.netloc or parsed.query:
+        raise ConfigError(f"{ALERT_ENDPOINT_SETTING} must be an Event Grid topic URL without a query string")
+    return AlertSettings(endpoint=endpoint, key=(env.get(ALERT_KEY_SETTING) or "").strip() or None)

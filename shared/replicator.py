@@ -179,7 +179,7 @@ class TableReplicator:
                         head, entries = find_head(store, target)
                     if head is None or head < target:
                         if head is not None:
-                            self._check_head_matches(name, store, source, head, target, entries)
+                            self.check_head_matches(name, store, source, head, target, entries)
                         head = self._catch_up(name, store, source, head, target, outcome)
                         outcome.state = ReplicaState.REPLICATED
             if always_sync or outcome.checkpoints:
@@ -240,7 +240,7 @@ class TableReplicator:
                     self._copy_checkpoint(store, source, checkpoints[v], outcome)
         return head
 
-    def _check_head_matches(self, name: str, store: TableStore, source: SourceLog, head: int, target: int,
+    def check_head_matches(self, name: str, store: TableStore, source: SourceLog, head: int, target: int,
                             entries: list[LogEntry]) -> None:
         """Refuse to build on a head commit that is not the primary's (a foreign write).
 

@@ -12,7 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shared.blob_table_store import BlobTableStore
 from shared.clients import RequestCounter, build_blob_service_client
-from shared.config import ReplicationConfig, TableConfig, load_config, resolve_connection
+from shared.config import (
+    ReplicationConfig,
+    TableConfig,
+    load_config,
+    resolve_alerts,
+    resolve_connection,
+    resolve_status_connection,
+)
 from shared.delta_log import TableRoot
 from shared.errors import ConfigError
 from shared.replicator import TableReplicator
@@ -36,6 +43,9 @@ class ReplicationRuntime:
                  counter: RequestCounter | None = None) -> None:
         self.config = config
         self.counter = counter
+        self._environ = environ
+        self._status = None
+        self._alerts = None
         self.settings = {}
         problems = []
         for i, table in enumerate(config.tables):
@@ -62,6 +72,43 @@ class ReplicationRuntime:
         replicas = {r.name: self.store(table, r) for r in table.replicas}
         root = TableRoot(self.settings[table.source.connection].account_name, table.source.container, table.source.path)
         return TableReplicator(table, source, replicas, root, self._file_pool)
+
+    def status_store(self):
+        """The ReplicationStatus table (STATUS_CONNECTION), built on first use."""
+        if self._status is None:
+            from azure.data.tables import TableServiceClient
+
+            from shared.status import StatusStore
+
+            settings = resolve_status_connection(self._environ)
+            if settings.connection_string:
+                service = TableServiceClient.from_connection_string(settings.connection_string)
+            else:
+                from azure.identity import DefaultAzureCredential
+
+                service = TableServiceClient(settings.endpoint, credential=DefaultAzureCredential())
+            self._status = StatusStore(service)
+        return self._status
+
+    def alert_publisher(self):
+        """The alert publisher, or None when ALERT_TOPIC_ENDPOINT is not set."""
+        if self._alerts is None:
+            settings = resolve_alerts(self._environ)
+            if settings is None:
+                return None
+            from azure.core.credentials import AzureKeyCredential
+            from azure.eventgrid import EventGridPublisherClient
+
+            from shared.alerts import AlertPublisher
+
+            if settings.key:
+                credential = AzureKeyCredential(settings.key)
+            else:
+                from azure.identity import DefaultAzureCredential
+
+                credential = DefaultAzureCredential()
+            self._alerts = AlertPublisher(EventGridPublisherClient(settings.endpoint, credential))
+        return self._alerts
 
     def close(self) -> None:
         self._file_pool.shutdown(wait=True)

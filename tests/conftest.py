@@ -12,12 +12,26 @@ from tests.lake import Lake
 ACCOUNTS = ("eastus", "westeu", "seasia")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the long randomized fault-injection tests (marked slow)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="long randomized run: pass --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def azurite():
     """One Azurite for the run, started on a free port and stopped at the end."""
     if not AZURITE_BLOB_BIN.exists():
         pytest.exit(f"Azurite is missing ({AZURITE_BLOB_BIN}); run `npm ci` or use scripts/test.sh", returncode=2)
-    proc = AzuriteProcess(ACCOUNTS)
+    proc = AzuriteProcess(ACCOUNTS, with_table=True)
     try:
         proc.start()
     except RuntimeError as err:

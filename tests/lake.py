@@ -38,10 +38,12 @@ class Lake:
         self.table_path = TABLE_PATH
         self.processes = {"eastus": self.azurite, "westeu": azurite, "seasia": self.replica_process}
         self.environ = {
+            "AzureWebJobsStorage": azurite.connection_string("devstoreaccount1"),
             "EASTUS_STORAGE": self.azurite.connection_string("eastus"),
             "WESTEU_STORAGE": azurite.connection_string("westeu"),
             "SEASIA_STORAGE": self.replica_process.connection_string("seasia"),
         }
+        self.status_table = "Status" + uuid.uuid4().hex[:12]
         self.clients = {a: BlobServiceClient.from_connection_string(self.environ[f"{a.upper()}_STORAGE"])
                         for a in ("eastus", "westeu", "seasia")}
         self.clients["eastus"].create_container(self.container)

@@ -126,3 +126,17 @@ def test_sigkill_at_a_step_boundary_then_redelivery_converges(azurite, request, 
               f"{len(reader.observations)} versions, {reader.not_yet_a_table} not-yet-a-table, torn={len(reader.torn)}")
     finally:
         lake.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(12))
+def test_randomized_crash_points_converge(azurite, request, seed):
+    """Random failpoint, hit count and starting head; run with --run-slow."""
+    import random
+
+    rng = random.Random(seed)
+    failpoint = rng.choice([failpoints.FILE_COPIED, failpoints.COMMIT_BEFORE, failpoints.COMMIT_AFTER,
+                            failpoints.CHECKPOINT_COPIED])
+    replica_head = rng.randint(0, 5)
+    after = 1 if failpoint == failpoints.CHECKPOINT_COPIED else rng.randint(1, 4)
+    test_sigkill_at_a_step_boundary_then_redelivery_converges(azurite, request, failpoint, after, replica_head, False)

@@ -6,34 +6,13 @@ import json
 from datetime import datetime, timezone
 
 import azure.functions as func
-from azure.functions.decorators.core import BindingDirection
 import pytest
 
-import function_app
 from devtools.events import blob_created_event
 from functions.replicate_commit import replicate_commit
 from shared import runtime as runtime_module
 from shared.errors import ReplicaUnreachable
 from tests.lake import batch
-
-_INDEXED = None
-
-
-def indexed_functions() -> dict:
-    # get_functions() re-registers on every call, so index once per run.
-    global _INDEXED
-    if _INDEXED is None:
-        _INDEXED = {f.get_function_name(): f for f in function_app.app.get_functions()}
-    return _INDEXED
-
-
-def test_function_app_indexes_replicate_commit_as_an_event_grid_trigger():
-    functions = indexed_functions()
-    assert "replicate_commit" in functions
-    bindings = [b.get_dict_repr() for b in functions["replicate_commit"].get_bindings()]
-    assert bindings == [{"direction": BindingDirection.IN, "type": "eventGridTrigger", "name": "event"}]
-    assert functions["replicate_commit"].get_user_function().__module__ == "functions.replicate_commit"
-
 
 def as_trigger_event(envelope: dict) -> func.EventGridEvent:
     return func.EventGridEvent(

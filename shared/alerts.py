@@ -1,0 +1,60 @@
+"""DeltaReplication.* events to ALERT_TOPIC_ENDPOINT, one per state transition."""
+
+from __future__ import annotations
+
+import logging
+
+from azure.eventgrid import EventGridEvent, EventGridPublisherClient
+
+from shared.lag import ReplicaHealth, ReplicaLag
+from shared.status import ALERT_OK
+
+log = logging.getLogger(__name__)
+
+LAG_THRESHOLD_EXCEEDED = "DeltaReplication.LagThresholdExceeded"
+DIVERGED = "DeltaReplication.Diverged"
+RECOVERED = "DeltaReplication.Recovered"
+
+ALERT_LAG = "lag_exceeded"
+ALERT_DIVERGED = "diverged"
+
+
+def alert_state(lag: ReplicaLag, threshold_seconds: int) -> str:
+    """The alert state a measurement puts a replica in."""
+    if lag.status == ReplicaHealth.DIVERGED:
+        return ALERT_DIVERGED
+    if lag.lag_seconds > threshold_seconds:
+        return ALERT_LAG
+    return ALERT_OK
+
+
+def transition_event(previous: str, current: str) -> str | None:
+    """The event type to publish when the alert state changes, or None."""
+    if previous == current:
+        return None
+    return {ALERT_LAG: LAG_THRESHOLD_EXCEEDED, ALERT_DIVERGED: DIVERGED, ALERT_OK: RECOVERED}[current]
+
+
+class AlertPublisher:
+    """Publishes alert events with azure-eventgrid (Event Grid schema)."""
+
+    def __init__(self, client: EventGridPublisherClient) -> None:
+        self._client = client
+
+    def publish(self, event_type: str, lag: ReplicaLag, threshold_seconds: int) -> None:
+        """Send one alert; raises azure.core errors so the caller keeps the old state and retries."""
+        event = EventGridEvent(
+            subject=f"tables/{lag.table}/replicas/{lag.replica}",
+            event_type=event_type,
+            data_version="1.0",
+            data={
+                "table": lag.table, "replica": lag.replica, "status": lag.status.value,
+                "sourceVersion": lag.source_version, "replicaVersion": lag.replica_version,
+                "versionLag": lag.version_lag, "lagSeconds": lag.lag_seconds,
+                "lagThresholdSeconds": threshold_seconds, "checkedAt": lag.checked_at.isoformat(),
+                "detail": lag.detail,
+            },
+        )
+        self._client.send([event])
+        log.info("alert.published type=%s table=%s replica=%s", event_type, lag.table, lag.replica,
+                 extra={"event_type": event_type, "table": lag.table, "replica": lag.replica})

@@ -1,0 +1,117 @@
+"""The ReplicationStatus Azure Table: one row per table and replica.
+
+PartitionKey = table name, RowKey = replica name; columns SourceVersion, ReplicaVersion,
+VersionLag, LagSeconds, Status, CheckedAt, Detail, and AlertState (the last alert sent,
+so alerts fire once per transition).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableServiceClient, UpdateMode
+
+from shared.errors import ReplicaUnreachable
+from shared.lag import ReplicaLag
+
+STATUS_TABLE = "ReplicationStatus"
+ALERT_OK = "ok"
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    table: str
+    replica: str
+    source_version: int | None
+    replica_version: int | None
+    version_lag: int
+    lag_seconds: float
+    status: str
+    checked_at: str
+    detail: str
+    alert_state: str = ALERT_OK
+
+    def as_json(self) -> dict:
+        return {
+            "table": self.table, "replica": self.replica, "sourceVersion": self.source_version,
+            "replicaVersion": self.replica_version, "versionLag": self.version_lag,
+            "lagSeconds": self.lag_seconds, "status": self.status, "checkedAt": self.checked_at,
+            "detail": self.detail,
+        }
+
+
+def _version(value) -> int | None:
+    return None if value is None or value == -1 else int(value)
+
+
+class StatusStore:
+    """Rows of the ReplicationStatus table.
+
+    Args:
+        service: a TableServiceClient for the status connection.
+    """
+
+    def __init__(self, service: TableServiceClient, *, table_name: str = STATUS_TABLE) -> None:
+        self._service = service
+        self._table = service.get_table_client(table_name)
+        self._created = False
+
+    def _ensure_table(self) -> None:
+        if not self._created:
+            try:
+                self._service.create_table(self._table.table_name)
+            except ResourceExistsError:
+                pass
+            self._created = True
+
+    def get_row(self, table: str, replica: str) -> StatusRow | None:
+        try:
+            entity = self._table.get_entity(table, replica)
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as err:
+            raise ReplicaUnreachable(f"status table: cannot read ({err.status_code} {err.error_code})") from err
+        return self._row(entity)
+
+    def list_rows(self, *, table: str | None = None) -> list[StatusRow]:
+        """Every row, or one table's rows; empty when the status table does not exist yet."""
+        try:
+            if table is None:
+                entities = list(self._table.list_entities())
+            else:
+                entities = list(self._table.query_entities("PartitionKey eq @pk", parameters={"pk": table}))
+        except ResourceNotFoundError:
+            return []
+        return sorted((self._row(e) for e in entities), key=lambda r: (r.table, r.replica))
+
+    def put_row(self, lag: ReplicaLag, *, alert_state: str) -> None:
+        self._ensure_table()
+        self._table.upsert_entity({
+            "PartitionKey": lag.table,
+            "RowKey": lag.replica,
+            "SourceVersion": -1 if lag.source_version is None else lag.source_version,
+            "ReplicaVersion": -1 if lag.replica_version is None else lag.replica_version,
+            "VersionLag": lag.version_lag,
+            "LagSeconds": float(lag.lag_seconds),
+            "Status": lag.status.value,
+            "CheckedAt": lag.checked_at.isoformat(),
+            "Detail": lag.detail,
+            "AlertState": alert_state,
+        }, mode=UpdateMode.REPLACE)
+
+    @staticmethod
+    def _row(entity) -> StatusRow:
+        return StatusRow(
+            table=entity["PartitionKey"], replica=entity["RowKey"],
+            source_version=_version(entity.get("SourceVersion")),
+            replica_version=_version(entity.get("ReplicaVersion")),
+            version_lag=int(entity.get("VersionLag", 0)), lag_seconds=float(entity.get("LagSeconds", 0.0)),
+            status=entity.get("Status", ""), checked_at=str(entity.get("CheckedAt", "")),
+            detail=entity.get("Detail", ""), alert_state=entity.get("AlertState", ALERT_OK),
+        )
+
+
+def checked_at_text(value: datetime) -> str:
+    return value.isoformat()

@@ -1,0 +1,43 @@
+"""function_app indexes every function with the contract's names, triggers and bindings."""
+
+from azure.functions.decorators.core import AuthLevel, BindingDirection
+from azure.functions.decorators.http import HttpMethod
+
+import function_app
+
+_INDEXED = None
+
+
+def indexed() -> dict:
+    # get_functions() re-registers on every call, so index once per run.
+    global _INDEXED
+    if _INDEXED is None:
+        _INDEXED = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    return _INDEXED
+
+
+def bindings(name: str) -> list[dict]:
+    return [b.get_dict_repr() for b in indexed()[name].get_bindings()]
+
+
+def test_function_names_are_module_names():
+    for name, function in indexed().items():
+        assert function.get_user_function().__module__ == f"functions.{name}"
+        assert function.get_user_function().__name__ == name
+
+
+def test_replicate_commit_is_an_event_grid_trigger():
+    assert bindings("replicate_commit") == [{"direction": BindingDirection.IN, "type": "eventGridTrigger", "name": "event"}]
+
+
+def test_check_replication_lag_runs_on_the_lag_check_schedule():
+    assert bindings("check_replication_lag") == [{"direction": BindingDirection.IN, "type": "timerTrigger",
+                                                 "name": "timer", "schedule": "%LAG_CHECK_SCHEDULE%",
+                                                 "runOnStartup": False}]
+
+
+def test_replication_status_is_http_get_status_with_function_auth():
+    trigger, output = bindings("replication_status")
+    assert trigger == {"direction": BindingDirection.IN, "type": "httpTrigger", "name": "req",
+                       "methods": [HttpMethod.GET], "authLevel": AuthLevel.FUNCTION, "route": "status"}
+    assert output["type"] == "http"

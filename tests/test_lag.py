@@ -1,0 +1,111 @@
+"""check_replication_lag's job on real Azurite: status rows, healing, alerts once per transition."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from azure.data.tables import TableServiceClient
+
+from shared.config import parse_config
+from shared.health_check import check_replication
+from shared.lag import ReplicaHealth
+from shared.runtime import ReplicationRuntime
+from shared.status import StatusStore
+from tests.alert_sink import AlertSink
+from tests.lake import Lake, batch
+
+
+def status_store(lake: Lake) -> StatusStore:
+    return StatusStore(TableServiceClient.from_connection_string(lake.environ["AzureWebJobsStorage"]),
+                       table_name=lake.status_table)
+
+
+def rows_by_replica(store: StatusStore) -> dict:
+    return {r.replica: r for r in store.list_rows(table="sales")}
+
+
+def test_status_rows_for_caught_up_lagging_unreachable_and_diverged(azurite, second_azurite, request):
+    lake = Lake(azurite, request.node.name, replica_process=second_azurite)
+    try:
+        lake.config_doc["tables"][0]["replicas"].append(
+            {"name": "westeu2", "connection": "WESTEU_STORAGE", "container": lake.container, "path": "delta/copy2"})
+        lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+        lake.write(batch(5, 5), partition_by=["region"])
+        lake.deliver_all(lake.events())  # everyone at version 1
+        # westeu2 diverges: a foreign version 2.
+        lake.clients["westeu"].get_blob_client(lake.container, f"delta/copy2/_delta_log/{2:020d}.json").upload_blob(b'{"commitInfo":{}}\n')
+        for i in range(2, 5):
+            lake.write(batch(i * 5, 5), partition_by=["region"])  # primary at 4
+        lake.deliver(lake.events()[-3])  # westeu/seasia to version 2
+        store = status_store(lake)
+        check_replication(lake.runtime, store, None, heal=False)
+        assert rows_by_replica(store)["seasia"].status == "lagging"
+        second_azurite.stop()  # seasia unreachable
+        check_replication(lake.runtime, store, None, heal=False)
+        rows = rows_by_replica(store)
+        assert (rows["westeu"].status, rows["westeu"].version_lag, rows["westeu"].replica_version) == ("lagging", 2, 2)
+        assert rows["westeu"].lag_seconds > 0 and rows["westeu"].source_version == 4
+        assert rows["seasia"].status == "unreachable" and "seasia" in rows["seasia"].detail
+        assert rows["westeu2"].status == "diverged" and "diverged" in rows["westeu2"].detail
+        check_replication(lake.runtime, store, None, heal=True)
+        rows = rows_by_replica(store)
+        assert (rows["westeu"].status, rows["westeu"].version_lag, rows["westeu"].lag_seconds) == ("healthy", 0, 0.0)
+        assert rows["seasia"].status == "unreachable"
+        assert rows["seasia"].replica_version == 2, "an unreachable replica keeps its last known version"
+        assert rows["westeu2"].status == "diverged"
+    finally:
+        second_azurite.start() if not second_azurite.running else None
+        lake.close()
+
+
+def test_timer_heals_a_replica_whose_events_were_all_lost(lake):
+    lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+    for i in range(1, 8):
+        lake.write(batch(i * 5, 5), partition_by=["region"])
+    lake.table().create_checkpoint()
+    assert lake.head("westeu") is None
+    store = status_store(lake)
+    lags = check_replication(lake.runtime, store, None)
+    assert {(l.replica, l.status) for l in lags} == {("westeu", ReplicaHealth.HEALTHY), ("seasia", ReplicaHealth.HEALTHY)}
+    lake.assert_replicas_equal(every_version=True)
+    assert lake.blob_bytes("westeu", "_delta_log/_last_checkpoint") == lake.blob_bytes("eastus", "_delta_log/_last_checkpoint")
+
+
+def test_alerts_once_per_transition_and_recovered_after_lag_clears(azurite, second_azurite, request):
+    lake = Lake(azurite, request.node.name, replica_process=second_azurite,
+                table_overrides={"lag_threshold_seconds": 60})
+    try:
+        with AlertSink() as sink:
+            lake.environ.update({"ALERT_TOPIC_ENDPOINT": sink.endpoint, "ALERT_TOPIC_KEY": "test-topic-key"})
+            runtime = ReplicationRuntime(parse_config(lake.config_doc), lake.environ)
+            store = status_store(lake)
+            lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+            check_replication(runtime, store, runtime.alert_publisher())
+            assert sink.events == []  # healthy from the start: nothing to say
+            second_azurite.stop()
+            lake.write(batch(5, 5), partition_by=["region"])
+            later = datetime.now(timezone.utc) + timedelta(minutes=5)  # the outage has lasted 5 minutes
+            for _ in range(3):
+                check_replication(runtime, store, runtime.alert_publisher(), now=later)
+            assert sink.types() == ["DeltaReplication.LagThresholdExceeded"]
+            event = sink.events[0]
+            assert event["subject"] == "tables/sales/replicas/seasia"
+            assert event["data"]["status"] == "unreachable" and event["data"]["lagSeconds"] > 60
+            assert sink.headers[0].get("aeg-sas-key") == "test-topic-key"
+            second_azurite.start()
+            for _ in range(2):
+                check_replication(runtime, store, runtime.alert_publisher(), now=later)
+            assert sink.types() == ["DeltaReplication.LagThresholdExceeded", "DeltaReplication.Recovered"]
+            assert lake.head("seasia") == 1
+            # A divergence is announced once too.
+            lake.clients["westeu"].get_blob_client(lake.container, f"{lake.table_path}/_delta_log/{2:020d}.json").upload_blob(b"{}\n")
+            lake.write(batch(10, 5), partition_by=["region"])
+            for _ in range(2):
+                check_replication(runtime, store, runtime.alert_publisher())
+            assert sink.types()[2:] == ["DeltaReplication.Diverged"]
+            assert sink.events[2]["subject"] == "tables/sales/replicas/westeu"
+            runtime.close()
+    finally:
+        second_azurite.start() if not second_azurite.running else None
+        lake.close()
