@@ -2,8 +2,17 @@
 
 import azure.functions as func
 
-from functions import check_replication_lag, replicate_commit, replication_status
+from functions import (
+    apply_retention,
+    check_replication_lag,
+    maintain_snapshots,
+    replicate_commit,
+    replication_status,
+)
+from shared.telemetry import configure_telemetry
+
+configure_telemetry()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for module in (replicate_commit, check_replication_lag, replication_status):
+for module in (replicate_commit, check_replication_lag, maintain_snapshots, apply_retention, replication_status):
     app.register_functions(module.bp)

@@ -206,6 +206,49 @@ class BlobTableStore:
                 return False
         return True
 
+    # -- whole-table operations (maintenance: snapshots, retention) ------------------
+    def list_files(self, prefix: str = "") -> list[LogEntry]:
+        """Every blob under the table root (paths relative to it), in name order."""
+        base = f"{self.root}/"
+        with self._storage("listing the table"):
+            try:
+                blobs = list(self._container.list_blobs(name_starts_with=base + prefix))
+            except ResourceNotFoundError:
+                return []
+        return [LogEntry(b.name[len(base):], b.size, b.last_modified) for b in blobs]
+
+    def list_subfolders(self) -> list[str]:
+        """Names of the folders directly under the table root."""
+        base = f"{self.root}/"
+        with self._storage("listing folders"):
+            try:
+                items = list(self._container.walk_blobs(name_starts_with=base, delimiter="/"))
+            except ResourceNotFoundError:
+                return []
+        return sorted(i.name[len(base):].rstrip("/") for i in items if i.name.endswith("/"))
+
+    def delete_files(self, paths: list[str]) -> int:
+        """Delete table-relative files; succeeds for files already gone. Returns how many existed.
+
+        Only the retention path (retention.py, snapshots.py) calls this.
+        """
+        deleted = 0
+        for path in paths:
+            blob = self._container.get_blob_client(self._file_blob(path))
+            with self._storage(f"deleting {path}"):
+                try:
+                    blob.delete_blob()
+                    deleted += 1
+                except ResourceNotFoundError:
+                    pass
+        return deleted
+
+    def child(self, folder: str, *, label: str | None = None) -> "BlobTableStore":
+        """A store rooted at `<root>/<folder>` in the same container."""
+        store = BlobTableStore(self._service, self.container, f"{self.root}/{folder}", label=label or self.label,
+                               connection_name=self.description.split("(", 1)[1].split(":", 1)[0])
+        return store
+
     # -- lease --------------------------------------------------------------------
     @contextlib.contextmanager
     def replication_lease(self, *, wait_seconds: float = LEASE_WAIT_SECONDS):

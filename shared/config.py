@@ -34,9 +34,19 @@ class LocationConfig:
     connection: str
     container: str
     path: str
+    retention: "RetentionConfig | None" = None
 
     def describe(self) -> str:
         return f"{self.connection}:{self.container}/{self.path}"
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long a replica keeps history. Neither limit set: follow the primary."""
+
+    retention_hours: int | None = None
+    retain_versions: int | None = None
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,7 +192,8 @@ _TABLE_KEYS = {
     "name", "source", "replicas", "lag_threshold_seconds", "snapshots",
     "allow_external_files", "max_commit_bytes",
 }
-_LOCATION_KEYS = {"name", "connection", "container", "path"}
+_LOCATION_KEYS = {"name", "connection", "container", "path", "retention"}
+_RETENTION_KEYS = {"retention_hours", "retain_versions", "dry_run"}
 _SNAPSHOT_KEYS = {"replica", "container", "path", "keep_last"}
 
 
@@ -270,7 +281,7 @@ def _location(obj: Any, where: str, errors: _Errors, *, named: bool) -> Location
     if not isinstance(obj, dict):
         errors.add(where, "expected an object with connection, container and path")
         return None
-    _unknown_keys(obj, _LOCATION_KEYS if named else _LOCATION_KEYS - {"name"}, where, errors)
+    _unknown_keys(obj, _LOCATION_KEYS if named else _LOCATION_KEYS - {"name", "retention"}, where, errors)
     name = _name(obj.get("name"), f"{where}.name", errors) if named else "source"
     connection = obj.get("connection")
     if not isinstance(connection, str) or not _SETTING_RE.match(connection):
@@ -284,9 +295,30 @@ def _location(obj: Any, where: str, errors: _Errors, *, named: bool) -> Location
         )
         container = None
     path = _table_path(obj.get("path"), f"{where}.path", errors)
+    retention = None
+    if named and obj.get("retention") is not None:
+        retention = _retention(obj["retention"], f"{where}.retention", errors)
     if None in (name, connection, container, path):
         return None
-    return LocationConfig(name=name, connection=connection, container=container, path=path)
+    return LocationConfig(name=name, connection=connection, container=container, path=path, retention=retention)
+
+
+def _retention(obj: Any, where: str, errors: _Errors) -> RetentionConfig | None:
+    if not isinstance(obj, dict):
+        errors.add(where, "expected an object with retention_hours and/or retain_versions (and dry_run)")
+        return None
+    _unknown_keys(obj, _RETENTION_KEYS, where, errors)
+    hours = obj.get("retention_hours")
+    versions = obj.get("retain_versions")
+    if hours is not None:
+        hours = _positive_int(hours, f"{where}.retention_hours", errors)
+    if versions is not None:
+        versions = _positive_int(versions, f"{where}.retain_versions", errors)
+    dry_run = obj.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        errors.add(f"{where}.dry_run", f"expected true or false, got {dry_run!r}")
+        return None
+    return RetentionConfig(retention_hours=hours, retain_versions=versions, dry_run=dry_run)
 
 
 def _snapshots(obj: Any, where: str, errors: _Errors, replicas: list[LocationConfig]) -> SnapshotConfig | None:
@@ -475,3 +507,12 @@ def resolve_alerts(environ: Mapping[str, str] | None = None) -> AlertSettings | 
     if parsed.scheme not in ("https", "http") or not parsed.netloc or parsed.query:
         raise ConfigError(f"{ALERT_ENDPOINT_SETTING} must be an Event Grid topic URL without a query string")
     return AlertSettings(endpoint=endpoint, key=(env.get(ALERT_KEY_SETTING) or "").strip() or None)
+
+
+TELEMETRY_SETTING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+
+
+def resolve_telemetry(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Application Insights connection string (secret), or None: metrics are then not exported."""
+    env = os.environ if environ is None else environ
+    return (env.get(TELEMETRY_SETTING) or "").strip() or None

@@ -14,6 +14,7 @@ COMMIT_BEFORE = "commit.before"  # a commit's files are all there; the commit is
 COMMIT_AFTER = "commit.after"  # a commit was written; its crc/checkpoint not yet
 CHECKPOINT_COPIED = "checkpoint.copied"  # checkpoint parts copied; _last_checkpoint not yet
 SEED_FILE = "seed.file"  # one file of a checkpoint seed copied
+SNAPSHOT_FILE = "snapshot.file"  # one file of a snapshot copied
 
 _lock = threading.Lock()
 _armed: dict[str, list] = {}

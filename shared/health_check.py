@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from shared import metrics
 from shared.alerts import AlertPublisher, alert_state, transition_event
 from shared.lag import ReplicaLag, measure_table
 from shared.status import ALERT_OK, StatusStore
@@ -43,6 +44,7 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
                                 lag.replica, type(err).__name__)
                     state = before
             status.put_row(lag, alert_state=state)
+            metrics.record_lag(lag)
             level = logging.INFO if lag.status.value in ("healthy", "lagging") else logging.WARNING
             log.log(level, "lag.checked table=%s replica=%s status=%s source_version=%s replica_version=%s "
                     "version_lag=%d lag_seconds=%.1f", lag.table, lag.replica, lag.status.value,

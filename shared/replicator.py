@@ -29,7 +29,7 @@ from shared.delta_log import (
     parse_log_name,
     version_prefix,
 )
-from shared import failpoints
+from shared import failpoints, metrics
 from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError
 from shared.source_log import SourceLog, complete_checkpoints
 from shared.table_store import LogEntry, TableStore
@@ -96,11 +96,27 @@ def find_head(store: TableStore, near: int) -> tuple[int | None, list[LogEntry]]
 def find_source_head(source: SourceLog) -> int | None:
     """The primary's newest version, listing forward from its `_last_checkpoint`."""
     hint = source.last_checkpoint()
-    start = hint[0] if hint else 0
+    return _forward_head(source.listing, hint[0] if hint else 0)
+
+
+def find_latest_version(store: TableStore) -> int | None:
+    """A store's newest version with no version to search near (maintenance paths)."""
+    start = 0
+    current = store.get_last_checkpoint()
+    if current is not None:
+        try:
+            start = int(json.loads(current.data)["version"])
+        except (ValueError, KeyError, TypeError):
+            start = 0
+    return _forward_head(store.list_log, start)
+
+
+def _forward_head(listing, start: int) -> int | None:
+    """Highest version, listing 1000-version windows forward from `start`."""
     head = None
     while True:
         window = version_prefix(start)[:17]
-        versions = log_versions(source.listing(window))
+        versions = log_versions(listing(window))
         if not versions:
             break
         head = max(versions)
@@ -109,7 +125,7 @@ def find_source_head(source: SourceLog) -> int | None:
             break
         start = window_end + 1
     if head is None and start > 0:
-        versions = log_versions(source.listing(""))
+        versions = log_versions(listing(""))
         head = max(versions) if versions else None
     return head
 
@@ -193,6 +209,7 @@ class TableReplicator:
             log.warning("replica.failed table=%s replica=%s retryable=%s error=%s",
                         self.table.name, name, err.retryable, err, extra=fields)
         outcome.seconds = time.monotonic() - started
+        metrics.record_outcome(self.table.name, outcome)
         return outcome
 
     def _catch_up(self, name: str, store: TableStore, source: SourceLog, head: int | None,

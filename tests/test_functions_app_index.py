@@ -41,3 +41,9 @@ def test_replication_status_is_http_get_status_with_function_auth():
     assert trigger == {"direction": BindingDirection.IN, "type": "httpTrigger", "name": "req",
                        "methods": [HttpMethod.GET], "authLevel": AuthLevel.FUNCTION, "route": "status"}
     assert output["type"] == "http"
+
+
+def test_maintenance_timers_run_on_their_schedules():
+    assert bindings("maintain_snapshots")[0]["schedule"] == "%SNAPSHOT_SCHEDULE%"
+    assert bindings("apply_retention")[0]["schedule"] == "%RETENTION_SCHEDULE%"
+    assert {b["type"] for name in ("maintain_snapshots", "apply_retention") for b in bindings(name)} == {"timerTrigger"}

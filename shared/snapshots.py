@@ -1,0 +1,115 @@
+"""Point-in-time snapshots of a replica as self-contained Delta tables, with keep_last retention.
+
+A snapshot lives at `<snapshots.path>/<UTC yyyymmddTHHMMSSZ>/` in the replica's account:
+the data and deletion-vector files active at the replica's version, copied, and a fresh
+log whose version 0 holds protocol, metaData and those add actions. It is complete only
+once that commit exists (written last); anything else under the folder is an interrupted
+snapshot, never counted, and removed by the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import unquote
+
+from shared import failpoints
+from shared.delta_log import ReferencedFile, commit_name, deletion_vector_path, safe_relative_path
+from shared.replicator import find_latest_version
+from shared.table_state import state_commit, table_state
+
+log = logging.getLogger(__name__)
+
+_STAMP_RE = re.compile(r"^\d{8}T\d{6}Z$")
+
+
+@dataclass
+class SnapshotResult:
+    table: str
+    replica: str
+    created: str | None = None
+    version: int | None = None
+    files: int = 0
+    kept: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    removed_incomplete: list[str] = field(default_factory=list)
+
+
+def snapshot_files(state) -> list[ReferencedFile]:
+    files = {}
+    for add in state.adds.values():
+        path = add["path"]
+        if "://" in path:
+            continue  # external file: the snapshot reads it where it is, as the table does
+        rel = safe_relative_path(unquote(path), where="snapshot")
+        files[rel] = ReferencedFile(rel, add.get("size"))
+        dv = add.get("deletionVector")
+        if dv:
+            dv_path = deletion_vector_path(dv)
+            if dv_path is not None and "://" not in dv_path:
+                files[dv_path] = ReferencedFile(dv_path)
+    return list(files.values())
+
+
+def maintain_table_snapshots(runtime, table, *, now: datetime | None = None) -> SnapshotResult:
+    """Remove interrupted snapshots, take one at the replica's current version, keep the newest keep_last."""
+    config = table.snapshots
+    replicator = runtime.replicators[table.name]
+    replica_store = replicator.replicas[config.replica]
+    replica_loc = table.replica(config.replica)
+    from shared.blob_table_store import BlobTableStore
+
+    root = BlobTableStore(runtime.clients[replica_loc.connection], config.container, config.path,
+                          label=f"snapshots of {table.name}", connection_name=replica_loc.connection)
+    result = SnapshotResult(table.name, config.replica)
+    complete, incomplete = [], []
+    for folder in root.list_subfolders():
+        if not _STAMP_RE.match(folder):
+            continue
+        (complete if root.child(folder).file_size(f"_delta_log/{commit_name(0)}") is not None else incomplete).append(folder)
+    for folder in incomplete:
+        _delete_folder(root, folder)
+        result.removed_incomplete.append(folder)
+        log.info("snapshot.removed_incomplete table=%s folder=%s", table.name, folder)
+
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    head = find_latest_version(replica_store)
+    if head is not None and stamp not in complete:
+        started = time.monotonic()
+        state = table_state(replica_store, head)
+        target = root.child(stamp)
+        files = snapshot_files(state)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def copy(f: ReferencedFile) -> None:
+            target.copy_file_from(replica_store, f.path, expected_size=f.size)
+            failpoints.hit(failpoints.SNAPSHOT_FILE)
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(copy, files))
+        commit = state_commit(state, timestamp_ms=int(time.time() * 1000), operation="SNAPSHOT",
+                              parameters={"table": table.name, "replica": config.replica, "version": str(head)})
+        target.create_log_file(commit_name(0), commit)
+        complete.append(stamp)
+        result.created, result.version, result.files = stamp, head, len(files)
+        log.info("snapshot.created table=%s replica=%s folder=%s version=%d files=%d seconds=%.2f", table.name,
+                 config.replica, stamp, head, len(files), time.monotonic() - started,
+                 extra={"table": table.name, "replica": config.replica, "version": head})
+    complete.sort()
+    keep = complete[-config.keep_last:]
+    for folder in complete[:-config.keep_last]:
+        _delete_folder(root, folder)
+        result.deleted.append(folder)
+        log.info("snapshot.deleted table=%s folder=%s", table.name, folder)
+    result.kept = keep
+    return result
+
+
+def _delete_folder(root, folder: str) -> None:
+    store = root.child(folder)
+    # The commit goes first, so a half-deleted snapshot is already "incomplete", never a torn table.
+    store.delete_files([f"_delta_log/{commit_name(0)}"])
+    store.delete_files([f.name for f in store.list_files()])
