@@ -1,10 +1,11 @@
 """Demo: replicate a live Delta table from eastus to westeu and seasia on local Azurite.
 
 Starts two private Azurite processes (seasia is its own "region", so copies to it stream
-through the function instead of server-side), writes a Delta table with deltalake,
-delivers each new `_delta_log` blob as a real Event Grid BlobCreated event to the
-`replicate_commit` function, prints each replica's version as it advances, and checks
-that every replica reads the same rows as the primary at every version.
+through the function instead of server-side), writes a Delta table with deltalake, and
+runs the local event relay, which turns each new `_delta_log` blob into a real Event Grid
+BlobCreated event for the `replicate_commit` function. After every write it prints each
+replica's status (version and state, as `python -m cli status` shows them), and at the end
+checks that every replica reads the same rows as the primary at every version.
 
 Run: bash scripts/demo.sh
 """
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from datetime import datetime, timezone
 
 import azure.functions as func
@@ -23,7 +25,6 @@ from azure.storage.blob import BlobServiceClient
 from deltalake import DeltaTable, write_deltalake
 
 from devtools.azurite import AzuriteProcess
-from devtools.events import log_blob_events
 
 CONTAINER = "lake"
 TABLE_PATH = "delta/sales"
@@ -65,22 +66,30 @@ def main() -> int:
         reset_runtime()
         source = BlobServiceClient.from_connection_string(settings["EASTUS_STORAGE"])
         source.create_container(CONTAINER)
-        container = source.get_container_client(CONTAINER)
         uri = f"az://{CONTAINER}/{TABLE_PATH}"
         options = {"eastus": primary_region.storage_options("eastus"),
                    "westeu": primary_region.storage_options("westeu"),
                    "seasia": far_region.storage_options("seasia")}
-        seen: set = set()
+        from shared.lag import measure_table
+        from shared.relay import LogRelay
+        from shared.runtime import get_runtime
+
+        def deliver(envelope: dict) -> None:
+            # What the Functions host does with an Event Grid delivery: build the event, call the function.
+            replicate_commit(func.EventGridEvent(
+                id=envelope["id"], data=envelope["data"], topic=envelope["topic"],
+                subject=envelope["subject"], event_type=envelope["eventType"],
+                event_time=datetime.now(timezone.utc), data_version=""))
+
+        state = tempfile.NamedTemporaryFile(prefix="relay-", suffix=".json", delete=False).name
+        os.unlink(state)
+        relay = LogRelay(get_runtime(), state, deliver)
 
         def replicate(step: str) -> None:
-            events = log_blob_events(container, "eastus", TABLE_PATH, azurite_port=primary_region.port, seen=seen)
-            for envelope in events:
-                replicate_commit(func.EventGridEvent(
-                    id=envelope["id"], data=envelope["data"], topic=envelope["topic"],
-                    subject=envelope["subject"], event_type=envelope["eventType"],
-                    event_time=datetime.now(timezone.utc), data_version=""))
-            versions = {a: DeltaTable(uri, storage_options=o).version() for a, o in options.items()}
-            print(f"{step:<34} events={len(events):<2} " + "  ".join(f"{a}=v{v}" for a, v in versions.items()))
+            events = relay.poll()
+            lags = measure_table(get_runtime().replicators["sales"])
+            status = "  ".join(f"{l.replica}=v{l.replica_version} ({l.status.value})" for l in lags)
+            print(f"{step:<28} events={events:<2} eastus=v{lags[0].source_version}  {status}")
 
         print("Replicating az://lake/delta/sales from eastus to westeu (same Azurite) and seasia (another one)\n")
         write_deltalake(uri, _batch(0, 20), partition_by=["region"], storage_options=options["eastus"],

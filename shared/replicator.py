@@ -61,6 +61,7 @@ class ReplicaOutcome:
     bytes: int = 0
     seconds: float = 0.0
     checkpoints: int = 0
+    progress: object = field(default=None, repr=False)  # callable(replica, files, bytes) or None
     error: ReplicationError | None = field(default=None, repr=False)
 
     @property
@@ -149,7 +150,8 @@ class TableReplicator:
         self.root = root
         self._files = file_pool
 
-    def replicate(self, version: int | None, *, log_file_kind: LogFileKind | None = None) -> list[ReplicaOutcome]:
+    def replicate(self, version: int | None, *, log_file_kind: LogFileKind | None = None,
+                  progress=None) -> list[ReplicaOutcome]:
         """Bring every replica up to at least `version` (None: the primary's head).
 
         Args:
@@ -176,14 +178,15 @@ class TableReplicator:
                             LogFileKind.LAST_CHECKPOINT)
         always_sync = version is None or log_file_kind in checkpoint_kinds
         with ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="replica") as pool:
-            futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync) for name, store in self.replicas.items()]
+            futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress)
+                       for name, store in self.replicas.items()]
             return [f.result() for f in futures]
 
     # -- one replica ------------------------------------------------------------------
     def _replicate_one(self, name: str, store: TableStore, source: SourceLog, target: int,
-                       always_sync: bool) -> ReplicaOutcome:
+                       always_sync: bool, progress=None) -> ReplicaOutcome:
         started = time.monotonic()
-        outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE)
+        outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE, progress=progress)
         fields = {"table": self.table.name, "replica": name}
         try:
             head, entries = find_head(store, target)
@@ -320,6 +323,8 @@ class TableReplicator:
             if copied:
                 outcome.files += 1
                 outcome.bytes += copied
+                if outcome.progress is not None:
+                    outcome.progress(outcome.replica, 1, copied)
                 log.debug("file.copied table=%s path=%s bytes=%d", self.table.name, path, copied)
         return failed
 
