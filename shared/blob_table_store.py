@@ -7,6 +7,7 @@ service cannot reach the source (for example two separate Azurite processes).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import threading
@@ -22,7 +23,13 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobLeaseClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
+from azure.storage.blob import (
+    BlobBlock,
+    BlobLeaseClient,
+    BlobSasPermissions,
+    BlobServiceClient,
+    generate_blob_sas,
+)
 
 from shared.delta_log import LAST_CHECKPOINT, LOG_DIR
 from shared.errors import DataFileMissing, ReplicaBusy, ReplicaDiverged, ReplicaUnreachable
@@ -31,6 +38,7 @@ from shared.table_store import LastCheckpoint, LogEntry
 log = logging.getLogger(__name__)
 
 SAS_LIFETIME = timedelta(minutes=10)
+STREAM_BLOCK_BYTES = 8 * 1024 * 1024  # the clients' max_chunk_get_size: one block per chunk
 # The replication lease lives beside the log, in a folder Delta readers and VACUUM ignore
 # (names starting with '_' are hidden from both).
 LEASE_BLOB = "_replication/lease"
@@ -83,6 +91,41 @@ class _SourceSigner:
                 self._delegation_key = self._service.get_user_delegation_key(now - _CLOCK_SKEW, expiry)
                 self._delegation_expiry = expiry
             return self._delegation_key
+
+
+class _LeaseKeeper:
+    """One daemon thread renewing every held replication lease (no thread per lease)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._leases: dict[int, tuple] = {}
+        self._thread: threading.Thread | None = None
+
+    def hold(self, lease, label: str) -> None:
+        with self._lock:
+            self._leases[id(lease)] = (lease, label, time.monotonic() + LEASE_SECONDS / 3)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+                self._thread.start()
+
+    def drop(self, lease) -> None:
+        with self._lock:
+            self._leases.pop(id(lease), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.5)
+            now = time.monotonic()
+            with self._lock:
+                due = [(k, v) for k, v in self._leases.items() if v[2] <= now]
+            for key, (lease, label, _) in due:
+                try:
+                    lease.renew()
+                except Exception as err:  # noqa: BLE001 - the holder's conditional writes still protect it
+                    log.warning("lease.renew_failed replica=%s error=%s", label, type(err).__name__)
+                with self._lock:
+                    if key in self._leases:
+                        self._leases[key] = (lease, label, time.monotonic() + LEASE_SECONDS / 3)
 
 
 class _DownloadReader:
@@ -163,6 +206,30 @@ class BlobTableStore:
             for b in blobs
             if b.name.startswith(base)
         ]
+
+    def log_entry(self, name: str) -> LogEntry | None:
+        """Properties of `_delta_log/<name>` (one HEAD request), or None when absent."""
+        blob = self._container.get_blob_client(self._log_blob(name))
+        with self._storage(f"reading properties of _delta_log/{name}"):
+            try:
+                props = blob.get_blob_properties()
+            except ResourceNotFoundError:
+                return None
+        md5 = props.content_settings.content_md5
+        return LogEntry(name, props.size, props.last_modified, bytes(md5) if md5 else None)
+
+    def log_exists(self) -> bool:
+        """Whether `_delta_log/` holds any blob (one single-result listing)."""
+        base = f"{self.root}/{LOG_DIR}/"
+        with self._storage("listing _delta_log"):
+            try:
+                for _ in self._container.list_blobs(name_starts_with=base, results_per_page=1).by_page():
+                    for _blob in _:
+                        return True
+                    return False
+            except ResourceNotFoundError:
+                return False
+        return False
 
     def get_log_file(self, name: str) -> bytes:
         return self.get_file(f"{LOG_DIR}/{name}")
@@ -287,23 +354,11 @@ class BlobTableStore:
                     waited = True
                     time.sleep(delay)
                     delay = min(delay * 1.5, 1.0)
-        stop = threading.Event()
-
-        def renew() -> None:
-            while not stop.wait(LEASE_SECONDS / 3):
-                try:
-                    lease.renew()
-                except Exception as err:  # noqa: BLE001 - the holder learns on its next write
-                    log.warning("lease.renew_failed replica=%s error=%s", self.label, type(err).__name__)
-                    return
-
-        renewer = threading.Thread(target=renew, name="lease-renew", daemon=True)
-        renewer.start()
+        _LEASE_KEEPER.hold(lease, self.label)
         try:
             yield waited
         finally:
-            stop.set()
-            renewer.join()
+            _LEASE_KEEPER.drop(lease)
             try:
                 lease.release()
             except Exception:  # noqa: BLE001 - it expires by itself within LEASE_SECONDS
@@ -334,7 +389,8 @@ class BlobTableStore:
         blob = self._container.get_blob_client(self._file_blob(path))
         with self._storage(f"reading {path}"):
             try:
-                return blob.download_blob(max_concurrency=2)
+                # One connection, chunk by chunk: parallel download would buffer ahead.
+                return blob.download_blob(max_concurrency=1)
             except ResourceNotFoundError as err:
                 raise DataFileMissing(
                     f"{self.description}: {path} is missing; a commit references it. If the "
@@ -427,11 +483,16 @@ class BlobTableStore:
         return 0
 
     def _stream_copy(self, source: "BlobTableStore", dst, path: str, expected_size: int | None) -> int:
+        """Download and upload through this process, one 8 MiB block in flight at a time.
+
+        Memory stays bounded by the block size whatever the file size; the blob appears only
+        at the final Put Block List, which is conditional on it not existing yet.
+        """
         downloader = source.open_download(path)
         size = downloader.size
         with self._storage(f"uploading {path}"):
             try:
-                if size <= 8 * 1024 * 1024:
+                if size <= STREAM_BLOCK_BYTES:
                     data = downloader.readall()
                     try:
                         dst.upload_blob(data, overwrite=False)
@@ -440,7 +501,12 @@ class BlobTableStore:
                         dst.upload_blob(data, overwrite=False)
                 else:
                     self._ensure_container()
-                    dst.upload_blob(_DownloadReader(downloader), length=size, overwrite=False, max_concurrency=2)
+                    blocks = []
+                    for index, chunk in enumerate(downloader.chunks()):
+                        block_id = base64.b64encode(f"{index:08d}".encode()).decode()
+                        dst.stage_block(block_id, chunk, length=len(chunk))
+                        blocks.append(BlobBlock(block_id=block_id))
+                    dst.commit_block_list(blocks, match_condition=MatchConditions.IfMissing)
             except ResourceExistsError:
                 return self._check_existing(source, dst, path, expected_size)
         return size
@@ -451,3 +517,6 @@ class BlobTableStore:
                 self._container.create_container()
             except ResourceExistsError:
                 pass
+
+
+_LEASE_KEEPER = _LeaseKeeper()

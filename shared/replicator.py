@@ -61,6 +61,7 @@ class ReplicaOutcome:
     bytes: int = 0
     seconds: float = 0.0
     checkpoints: int = 0
+    log_bytes: int = 0  # checkpoints, sidecars and .crc copied (data bytes are in `bytes`)
     progress: object = field(default=None, repr=False)  # callable(replica, files, bytes) or None
     error: ReplicationError | None = field(default=None, repr=False)
 
@@ -85,12 +86,23 @@ def find_head(store: TableStore, near: int) -> tuple[int | None, list[LogEntry]]
     Returns:
         The head (None for an empty replica) and the listing it was found in.
     """
-    digits = version_prefix(near)
-    for length in (19, 18, 17, 16, 0):
-        entries = store.list_log(digits[:length])
-        versions = log_versions(entries)
-        if versions:
-            return max(versions), entries
+    entries = store.list_log(version_prefix(near)[:19])
+    versions = log_versions(entries)
+    if versions:
+        return max(versions), entries  # the common case: one listing of 10 versions
+    if not store.log_exists():
+        return None, []  # an empty replica: one more request, not a search
+    size = 10
+    while size <= 10**19:
+        window = near // size
+        for w in (window - 1,) if size == 10 else (window, window - 1):
+            if w < 0:
+                continue
+            entries = store.list_log(version_prefix(w * size)[:21 - len(str(size))])
+            versions = log_versions(entries)
+            if versions:
+                return max(versions), entries
+        size *= 10
     return None, []
 
 
@@ -143,12 +155,14 @@ class TableReplicator:
     """
 
     def __init__(self, table: TableConfig, source: TableStore, replicas: dict[str, TableStore],
-                 root: TableRoot, file_pool: ThreadPoolExecutor) -> None:
+                 root: TableRoot, file_pool: ThreadPoolExecutor, task_pool: ThreadPoolExecutor | None = None) -> None:
         self.table = table
         self.source_store = source
         self.replicas = replicas
         self.root = root
         self._files = file_pool
+        # Long-lived: starting threads per invocation costs milliseconds per commit.
+        self._tasks = task_pool or ThreadPoolExecutor(max_workers=16, thread_name_prefix="replica")
 
     def replicate(self, version: int | None, *, log_file_kind: LogFileKind | None = None,
                   progress=None) -> list[ReplicaOutcome]:
@@ -177,10 +191,20 @@ class TableReplicator:
         checkpoint_kinds = (LogFileKind.CHECKPOINT, LogFileKind.CHECKPOINT_PART, LogFileKind.CHECKPOINT_V2,
                             LogFileKind.LAST_CHECKPOINT)
         always_sync = version is None or log_file_kind in checkpoint_kinds
-        with ThreadPoolExecutor(max_workers=len(self.replicas), thread_name_prefix="replica") as pool:
-            futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress)
-                       for name, store in self.replicas.items()]
-            return [f.result() for f in futures]
+        pool = self._tasks
+        # Read ahead what the usual next step (the replica one version behind) needs, while
+        # the replicas' heads are being looked up: it takes those round trips off the path.
+        # SourceLog computes each read once, in whichever thread asks first, so a queued
+        # read-ahead never blocks a replica task.
+        prefetch = [pool.submit(source.entries_for, max(target - 1, 0), target)]
+        if version is not None and log_file_kind == LogFileKind.COMMIT:
+            prefetch.append(pool.submit(source.commit_bytes, target))
+        futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress)
+                   for name, store in self.replicas.items()]
+        outcomes = [f.result() for f in futures]
+        for f in prefetch:
+            f.exception()  # errors were (or will be) raised where the result is used
+        return outcomes
 
     # -- one replica ------------------------------------------------------------------
     def _replicate_one(self, name: str, store: TableStore, source: SourceLog, target: int,
@@ -189,9 +213,15 @@ class TableReplicator:
         outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE, progress=progress)
         fields = {"table": self.table.name, "replica": name}
         try:
-            head, entries = find_head(store, target)
+            head, entries = self._locate_head(store, target)
             outcome.head_before = head
-            if head is None or head < target:
+            if head is not None and head == target - 1:
+                # One version to go, the steady state: no lease. Concurrent duplicates can at
+                # worst copy this one commit's files twice; the conditional commit decides.
+                self.check_head_matches(name, store, source, head, target, entries)
+                head = self._catch_up(name, store, source, head, target, outcome)
+                outcome.state = ReplicaState.REPLICATED
+            elif head is None or head < target:
                 with store.replication_lease() as waited:
                     if waited:
                         # Whoever held the lease may have done our work already.
@@ -222,6 +252,11 @@ class TableReplicator:
         # Listing from the head itself shares one request with the divergence check.
         entries = source.entries_for(start if head is None else head, target)
         present = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
+        if target not in present and target not in complete_checkpoints(entries):
+            raise CommitNotFound(
+                f"table {self.table.name}: version {target} has no commit on the primary "
+                f"({self.source_store.description}); it was never written, or was deleted."
+            )
         if start not in present:
             # Empty replica without version 0 on the primary, or a replica behind the
             # primary's log cleanup: jump to the primary's newest checkpoint.
@@ -259,6 +294,19 @@ class TableReplicator:
                 if v in checkpoints:
                     self._copy_checkpoint(store, source, checkpoints[v], outcome)
         return head
+
+    def _locate_head(self, store: TableStore, target: int) -> tuple[int | None, list[LogEntry]]:
+        """Two HEAD requests (in parallel) answer the common cases; otherwise search listings."""
+        if target == 0:
+            return find_head(store, target)
+        at = self._tasks.submit(store.log_entry, commit_name(target))
+        before = store.log_entry(commit_name(target - 1))
+        current = at.result()
+        if current is not None:
+            return target, [current]  # already there (a duplicate or late event)
+        if before is not None:
+            return target - 1, [before]
+        return find_head(store, target)
 
     def check_head_matches(self, name: str, store: TableStore, source: SourceLog, head: int, target: int,
                             entries: list[LogEntry]) -> None:
@@ -304,7 +352,8 @@ class TableReplicator:
 
     # -- steps ------------------------------------------------------------------------
     def _copy_files(self, store: TableStore, source: SourceLog, files: list[ReferencedFile],
-                    outcome: ReplicaOutcome, *, failpoint: str = failpoints.FILE_COPIED) -> dict[str, ReplicationError]:
+                    outcome: ReplicaOutcome, *, failpoint: str = failpoints.FILE_COPIED,
+                    log_files: bool = False) -> dict[str, ReplicationError]:
         """Copy files in parallel; returns path -> error for the ones that failed."""
         failed: dict[str, ReplicationError] = {}
         unique = {f.path: f for f in files}
@@ -320,7 +369,9 @@ class TableReplicator:
                 failed[path] = err
                 continue
             failpoints.hit(failpoint)
-            if copied:
+            if copied and log_files:
+                outcome.log_bytes += copied
+            elif copied:
                 outcome.files += 1
                 outcome.bytes += copied
                 if outcome.progress is not None:
@@ -330,7 +381,7 @@ class TableReplicator:
 
     def _copy_log_files(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
         files = [ReferencedFile(f"_delta_log/{n}") for n in names]
-        failed = self._copy_files(store, source, files, outcome)
+        failed = self._copy_files(store, source, files, outcome, log_files=True)
         if failed:
             raise next(iter(failed.values()))
 

@@ -25,6 +25,7 @@ from shared.errors import ConfigError
 from shared.replicator import TableReplicator
 
 FILE_COPY_WORKERS = 16
+TASK_WORKERS = 32  # replica updates and read-aheads of concurrent invocations
 
 
 class ReplicationRuntime:
@@ -61,6 +62,7 @@ class ReplicationRuntime:
         self.clients = {name: build_blob_service_client(s, counter=counter) for name, s in self.settings.items()}
         self.source_accounts = {name: s.account_name for name, s in self.settings.items()}
         self._file_pool = ThreadPoolExecutor(max_workers=FILE_COPY_WORKERS, thread_name_prefix="copy")
+        self._task_pool = ThreadPoolExecutor(max_workers=TASK_WORKERS, thread_name_prefix="replica")
         self.replicators = {t.name: self._build_replicator(t) for t in config.tables}
 
     def store(self, table: TableConfig, location) -> BlobTableStore:
@@ -71,7 +73,7 @@ class ReplicationRuntime:
         source = self.store(table, table.source)
         replicas = {r.name: self.store(table, r) for r in table.replicas}
         root = TableRoot(self.settings[table.source.connection].account_name, table.source.container, table.source.path)
-        return TableReplicator(table, source, replicas, root, self._file_pool)
+        return TableReplicator(table, source, replicas, root, self._file_pool, self._task_pool)
 
     def status_store(self):
         """The ReplicationStatus table (STATUS_CONNECTION), built on first use."""
@@ -112,6 +114,7 @@ class ReplicationRuntime:
 
     def close(self) -> None:
         self._file_pool.shutdown(wait=True)
+        self._task_pool.shutdown(wait=True)
         for client in self.clients.values():
             client.close()
 

@@ -26,13 +26,20 @@ from shared.table_store import LogEntry, TableStore
 T = TypeVar("T")
 
 
-def window_prefix(low: int, high: int) -> str:
-    """The longest `_delta_log` name prefix shared by every version in [low, high]."""
-    a, b = version_prefix(low), version_prefix(high)
-    n = 0
-    while n < len(a) and a[n] == b[n]:
-        n += 1
-    return a[:n]
+def window_prefixes(low: int, high: int, *, most: int = 3) -> list[str]:
+    """Few `_delta_log` name prefixes that together cover every version in [low, high].
+
+    Uses the finest decimal windows (10 versions, then 100, ...) that need at most `most`
+    listings, so a listing costs O(high - low), also across boundaries like 999 -> 1000
+    where a single common prefix would cover the whole log.
+    """
+    if low > high:
+        low, high = high, low
+    size = 10
+    while high // size - low // size >= most and size < 10**20:
+        size *= 10
+    digits = 20 - len(str(size)) + 1
+    return [version_prefix(w * size)[:digits] for w in range(low // size, high // size + 1)]
 
 
 def complete_checkpoints(entries: list[LogEntry]) -> dict[int, list[str]]:
@@ -89,7 +96,11 @@ class SourceLog:
         return self._once(("list", prefix), lambda: self.store.list_log(prefix))
 
     def entries_for(self, low: int, high: int) -> list[LogEntry]:
-        return self.listing(window_prefix(low, high))
+        """Listing entries covering versions low..high (and possibly a few around them)."""
+        entries: list[LogEntry] = []
+        for prefix in window_prefixes(low, high):
+            entries += self.listing(prefix)
+        return entries
 
     def commit_bytes(self, version: int) -> bytes:
         def read() -> bytes:

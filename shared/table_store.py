@@ -38,6 +38,12 @@ class TableStore(Protocol):
     def list_log(self, prefix: str = "") -> list[LogEntry]:
         """Entries of `_delta_log/` whose names start with `prefix`, in name order; empty when none."""
 
+    def log_entry(self, name: str) -> LogEntry | None:
+        """Properties of one `_delta_log` blob, or None when absent."""
+
+    def log_exists(self) -> bool:
+        """Whether `_delta_log/` holds anything at all (one cheap request)."""
+
     def get_log_file(self, name: str) -> bytes:
         """Bytes of `_delta_log/<name>`. Raises FileNotFoundError when absent."""
 

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# One command for the benchmarks: installs what they need (the test setup, matplotlib,
+# rclone from Debian's packages), then runs them. Figures land in bench/out/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+if ! command -v rclone >/dev/null; then
+  (apt-get install -y -q rclone || (apt-get update -q && apt-get install -y -q rclone)) >/dev/null
+fi
+exec .venv/bin/python -m bench "$@"

@@ -1,0 +1,50 @@
+"""Peak memory of streaming one large file between two Azurite processes (run as a subprocess).
+
+Prints JSON: baseline and peak RSS in MiB, file size, seconds.
+"""
+
+import json
+import os
+import sys
+import time
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mib() -> float:
+    return _status_mib("VmRSS")
+
+
+def peak_rss_mib() -> float:
+    # VmHWM belongs to this process image; ru_maxrss would carry the parent's peak across exec.
+    return _status_mib("VmHWM")
+
+
+def main() -> int:
+    job = json.loads(sys.stdin.read())
+    from shared.blob_table_store import BlobTableStore
+    from shared.clients import build_blob_service_client
+    from shared.config import resolve_connection
+
+    source = BlobTableStore(build_blob_service_client(resolve_connection("SRC", job["env"])), job["container"],
+                            "t", label="source", connection_name="SRC")
+    replica = BlobTableStore(build_blob_service_client(resolve_connection("DST", job["env"])), job["container"],
+                             "t", label="replica", connection_name="DST")
+    baseline = rss_mib()
+    started = time.monotonic()
+    copied = replica.copy_file_from(source, job["path"], expected_size=job["size"])
+    seconds = time.monotonic() - started
+    peak = peak_rss_mib()
+    print(json.dumps({"baseline_mib": baseline, "peak_mib": peak, "bytes": copied, "seconds": seconds,
+                      "streamed": bool(replica._streaming_from)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
