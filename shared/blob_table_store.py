@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 SAS_LIFETIME = timedelta(minutes=10)
 STREAM_BLOCK_BYTES = 8 * 1024 * 1024  # the clients' max_chunk_get_size: one block per chunk
+# Small files go through the function (one GET, one conditional PUT, done when it returns);
+# cross-account Copy Blob is asynchronous and may need status polling, which costs more
+# than it saves below a few MiB.
+SMALL_FILE_BYTES = 4 * 1024 * 1024
 # The replication lease lives beside the log, in a folder Delta readers and VACUUM ignore
 # (names starting with '_' are hidden from both).
 LEASE_BLOB = "_replication/lease"
@@ -399,7 +403,8 @@ class BlobTableStore:
 
     def copy_file_from(self, source: "BlobTableStore", path: str, *, expected_size: int | None = None) -> int:
         dst = self._container.get_blob_client(self._file_blob(path))
-        if source.account_name + "|" + source._service.url not in self._streaming_from:
+        small = expected_size is not None and expected_size <= SMALL_FILE_BYTES
+        if not small and source.account_name + "|" + source._service.url not in self._streaming_from:
             url = source.signed_read_url(path)
             if url is not None:
                 copied = self._server_side_copy(source, dst, url, path, expected_size)
