@@ -20,6 +20,7 @@ import queue
 import shutil
 import statistics
 import subprocess
+import signal
 import sys
 import threading
 import time
@@ -357,6 +358,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 def main() -> int:
+    # A SIGTERM unwinds normally, so the Azurite processes this started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,1000", help="table sizes (commits) to measure at")
     parser.add_argument("--samples", type=int, default=3, help="measured commits per size and method")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -43,6 +44,8 @@ def _batch(start: int, n: int) -> pa.Table:
 
 
 def main() -> int:
+    # A SIGTERM unwinds normally, so the Azurite processes this started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     with AzuriteProcess(("eastus", "westeu")) as primary_region, AzuriteProcess(("seasia",)) as far_region:
         settings = {

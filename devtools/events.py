@@ -6,12 +6,9 @@ deltalake wrote to Azurite (which emits no events of its own).
 
 from __future__ import annotations
 
-import itertools
-import uuid
-from datetime import datetime, timezone
 from urllib.parse import quote
 
-_SEQUENCER = itertools.count(1)
+from shared.events import blob_created_envelope
 
 
 def blob_url(account: str, container: str, blob: str, *, azurite_port: int | None = None, dfs: bool = False) -> str:
@@ -25,28 +22,8 @@ def blob_url(account: str, container: str, blob: str, *, azurite_port: int | Non
 def blob_created_event(account: str, container: str, blob: str, *, size: int = 0, etag: str = "0x0",
                        azurite_port: int | None = None, api: str = "PutBlob", dfs: bool = False) -> dict:
     """An Event Grid-schema Microsoft.Storage.BlobCreated event."""
-    return {
-        "id": str(uuid.uuid4()),
-        "topic": f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/lake/providers/"
-                 f"Microsoft.Storage/storageAccounts/{account}",
-        "subject": f"/blobServices/default/containers/{container}/blobs/{blob}",
-        "eventType": "Microsoft.Storage.BlobCreated",
-        "eventTime": datetime.now(timezone.utc).isoformat(),
-        "dataVersion": "",
-        "metadataVersion": "1",
-        "data": {
-            "api": api,
-            "clientRequestId": str(uuid.uuid4()),
-            "requestId": str(uuid.uuid4()),
-            "eTag": etag,
-            "contentType": "application/octet-stream",
-            "contentLength": size,
-            "blobType": "BlockBlob",
-            "url": blob_url(account, container, blob, azurite_port=azurite_port, dfs=dfs),
-            "sequencer": f"{next(_SEQUENCER):032x}",
-            "storageDiagnostics": {"batchId": str(uuid.uuid4())},
-        },
-    }
+    url = blob_url(account, container, blob, azurite_port=azurite_port, dfs=dfs)
+    return blob_created_envelope(account, url, container, blob, size=size, etag=etag, api=api)
 
 
 def blob_renamed_event(account: str, container: str, source_blob: str, blob: str, *,

@@ -7,9 +7,12 @@ Azurite path-style (`http://127.0.0.1:<port>/<account>/<container>/<path>`).
 
 from __future__ import annotations
 
+import itertools
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -180,3 +183,36 @@ def route_event(event: BlobEvent, config: ReplicationConfig, source_accounts: Ma
         f"event for blob {_printable(event.path)!r} in {event.account}/{event.container}, "
         "which is under no configured table"
     )
+
+
+_sequencer = itertools.count(1)
+
+
+def blob_created_envelope(account: str, url: str, container: str, blob: str, *, size: int, etag: str,
+                          api: str = "PutBlob") -> dict:
+    """A Microsoft.Storage.BlobCreated event in the Event Grid schema, shaped as Azure Storage sends it.
+
+    The local relay and the tests use it to stand in for Event Grid, which Azurite lacks.
+    """
+    return {
+        "id": str(uuid.uuid4()),
+        "topic": f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local/providers/"
+                 f"Microsoft.Storage/storageAccounts/{account}",
+        "subject": f"/blobServices/default/containers/{container}/blobs/{blob}",
+        "eventType": BLOB_CREATED,
+        "eventTime": datetime.now(timezone.utc).isoformat(),
+        "dataVersion": "",
+        "metadataVersion": "1",
+        "data": {
+            "api": api,
+            "clientRequestId": str(uuid.uuid4()),
+            "requestId": str(uuid.uuid4()),
+            "eTag": etag,
+            "contentType": "application/octet-stream",
+            "contentLength": size,
+            "blobType": "BlockBlob",
+            "url": url,
+            "sequencer": f"{next(_sequencer):032x}",
+            "storageDiagnostics": {"batchId": str(uuid.uuid4())},
+        },
+    }

@@ -8,13 +8,10 @@ Azurite) resumes where it was; delivery is at least once, which replication tole
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
@@ -22,9 +19,9 @@ from urllib.parse import quote
 from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError, ServiceResponseError
 
 from shared.delta_log import LAST_CHECKPOINT, LOG_DIR, parse_log_name
+from shared.events import blob_created_envelope
 
 log = logging.getLogger(__name__)
-_sequencer = itertools.count(1)
 
 
 @dataclass
@@ -38,33 +35,6 @@ class TableCursor:
     def as_json(self) -> dict:
         return {"version_prefix": self.version_prefix, "seen_at_prefix": list(self.seen_at_prefix),
                 "last_checkpoint_etag": self.last_checkpoint_etag}
-
-
-def blob_created_envelope(account: str, service_url: str, container: str, blob: str, *, size: int,
-                          etag: str) -> dict:
-    """A Microsoft.Storage.BlobCreated event in the Event Grid schema, as Azure Storage sends it."""
-    return {
-        "id": str(uuid.uuid4()),
-        "topic": f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local/providers/"
-                 f"Microsoft.Storage/storageAccounts/{account}",
-        "subject": f"/blobServices/default/containers/{container}/blobs/{blob}",
-        "eventType": "Microsoft.Storage.BlobCreated",
-        "eventTime": datetime.now(timezone.utc).isoformat(),
-        "dataVersion": "",
-        "metadataVersion": "1",
-        "data": {
-            "api": "PutBlob",
-            "clientRequestId": str(uuid.uuid4()),
-            "requestId": str(uuid.uuid4()),
-            "eTag": etag,
-            "contentType": "application/octet-stream",
-            "contentLength": size,
-            "blobType": "BlockBlob",
-            "url": f"{service_url.rstrip('/')}/{quote(container)}/{quote(blob)}",
-            "sequencer": f"{next(_sequencer):032x}",
-            "storageDiagnostics": {"batchId": str(uuid.uuid4())},
-        },
-    }
 
 
 class LogRelay:
@@ -123,8 +93,9 @@ class LogRelay:
                     continue
             elif name[:20] == cursor.version_prefix and name in cursor.seen_at_prefix:
                 continue
-            event = blob_created_envelope(client.account_name, client.url.split("?")[0], table.source.container,
-                                          blob.name, size=blob.size, etag=blob.etag)
+            url = f"{client.url.split('?')[0].rstrip('/')}/{quote(table.source.container)}/{quote(blob.name)}"
+            event = blob_created_envelope(client.account_name, url, table.source.container, blob.name,
+                                          size=blob.size, etag=blob.etag)
             self.deliver(event)  # raises: stop here, the cursor has not moved past this blob
             delivered += 1
             if name == LAST_CHECKPOINT:

@@ -196,10 +196,13 @@ class TableReplicator:
         # the replicas' heads are being looked up: it takes those round trips off the path.
         # SourceLog computes each read once, in whichever thread asks first, so a queued
         # read-ahead never blocks a replica task.
-        prefetch = [pool.submit(source.entries_for, max(target - 1, 0), target)]
-        if version is not None and log_file_kind == LogFileKind.COMMIT:
-            prefetch.append(pool.submit(source.commit_bytes, target))
-        futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress)
+        fast = version is not None and log_file_kind == LogFileKind.COMMIT and target > 0
+        if fast:
+            prefetch = [pool.submit(source.commit_bytes, target), pool.submit(source.commit_entry, target - 1)]
+        else:
+            prefetch = [pool.submit(source.entries_for, max(target - 1, 0), target)]
+        crc = log_file_kind == LogFileKind.CRC
+        futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress, fast, crc)
                    for name, store in self.replicas.items()]
         outcomes = [f.result() for f in futures]
         for f in prefetch:
@@ -208,18 +211,26 @@ class TableReplicator:
 
     # -- one replica ------------------------------------------------------------------
     def _replicate_one(self, name: str, store: TableStore, source: SourceLog, target: int,
-                       always_sync: bool, progress=None) -> ReplicaOutcome:
+                       always_sync: bool, progress=None, fast: bool = False, crc: bool = False) -> ReplicaOutcome:
         started = time.monotonic()
         outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE, progress=progress)
         fields = {"table": self.table.name, "replica": name}
         try:
             head, entries = self._locate_head(store, target)
             outcome.head_before = head
-            if head is not None and head == target - 1:
-                # One version to go, the steady state: no lease. Concurrent duplicates can at
-                # worst copy this one commit's files twice; the conditional commit decides.
-                self.check_head_matches(name, store, source, head, target, entries)
-                head = self._catch_up(name, store, source, head, target, outcome)
+            if head is not None and head == target - 1 and fast:
+                # One version to go, the steady state: no lease and no listing. Concurrent
+                # duplicates can at worst copy this one commit's files twice; the conditional
+                # commit decides. Checkpoints and .crc files come with their own events.
+                self.check_head_matches(name, store, source, head, target, entries, by_listing=False)
+                files = source.commit_files(target)
+                failed = self._copy_files(store, source, files, outcome)
+                if failed:
+                    raise next(iter(failed.values()))
+                failpoints.hit(failpoints.COMMIT_BEFORE)
+                self._write_commit(name, store, source, target, len(files))
+                failpoints.hit(failpoints.COMMIT_AFTER)
+                head = target
                 outcome.state = ReplicaState.REPLICATED
             elif head is None or head < target:
                 with store.replication_lease() as waited:
@@ -231,6 +242,8 @@ class TableReplicator:
                             self.check_head_matches(name, store, source, head, target, entries)
                         head = self._catch_up(name, store, source, head, target, outcome)
                         outcome.state = ReplicaState.REPLICATED
+            if crc and head is not None and head >= target:
+                self._copy_crc(store, source, target, outcome)
             if always_sync or outcome.checkpoints:
                 self._sync_checkpoint(name, store, source, head, outcome)
             outcome.head_after = head
@@ -309,7 +322,7 @@ class TableReplicator:
         return find_head(store, target)
 
     def check_head_matches(self, name: str, store: TableStore, source: SourceLog, head: int, target: int,
-                            entries: list[LogEntry]) -> None:
+                           entries: list[LogEntry], *, by_listing: bool = True) -> None:
         """Refuse to build on a head commit that is not the primary's (a foreign write).
 
         Compares size and Content-MD5 from the listings; reads both commits only when an
@@ -318,7 +331,10 @@ class TableReplicator:
         mine = next((e for e in entries if e.name == commit_name(head)), None)
         if mine is None:
             return  # head defined by a checkpoint alone (seeded); nothing to compare
-        theirs = next((e for e in source.entries_for(head, target) if e.name == mine.name), None)
+        if by_listing:
+            theirs = next((e for e in source.entries_for(head, target) if e.name == mine.name), None)
+        else:
+            theirs = source.commit_entry(head)
         if theirs is None:
             return  # the primary cleaned up this commit; nothing left to compare with
         same = mine.size == theirs.size
@@ -384,6 +400,12 @@ class TableReplicator:
         failed = self._copy_files(store, source, files, outcome, log_files=True)
         if failed:
             raise next(iter(failed.values()))
+
+    def _copy_crc(self, store: TableStore, source: SourceLog, version: int, outcome: ReplicaOutcome) -> None:
+        """A `.crc` event for a version the replica already has: copy the file if the primary has it."""
+        name = f"{version:020d}.crc"
+        if source.store.log_entry(name) is not None:
+            self._copy_log_files(store, source, [name], outcome)
 
     def _write_commit(self, name: str, store: TableStore, source: SourceLog, version: int, nfiles: int) -> None:
         data = source.commit_bytes(version)

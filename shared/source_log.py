@@ -122,6 +122,10 @@ class SourceLog:
 
         return self._once(("commit", version), read)
 
+    def commit_entry(self, version: int) -> LogEntry | None:
+        """The primary's commit blob properties (one HEAD), or None when it is gone."""
+        return self._once(("entry", version), lambda: self.store.log_entry(commit_name(version)))
+
     def commit_files(self, version: int) -> list[ReferencedFile]:
         def compute() -> list[ReferencedFile]:
             where = f"table {self.table.name} version {version}"
