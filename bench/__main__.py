@@ -67,10 +67,12 @@ class Workload:
         self.client.create_container(container)
         self.version = -1
         self.next_id = 0
+        self.step = 0
 
     def commit(self) -> int:
         """One user commit: mostly appends (one file, one partition), some deletes and updates."""
-        v = self.version + 1
+        v = self.step
+        self.step += 1
         if v == 0:
             write_deltalake(self.uri, batch(0), partition_by=["region"], storage_options=self.options,
                             configuration={"delta.checkpointInterval": "10", "delta.enableChangeDataFeed": "true"})

@@ -13,6 +13,7 @@ Invariants protected here:
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import time
@@ -38,8 +39,7 @@ log = logging.getLogger(__name__)
 
 # Versions whose files are copied together before their commits are written in order;
 # bounds memory and keeps the replica advancing steadily while it catches up.
-BATCH_VERSIONS = 32
-BATCH_FILES = 256
+BATCH_VERSIONS = 64
 
 
 class ReplicaState(enum.Enum):
@@ -68,6 +68,13 @@ class ReplicaOutcome:
     @property
     def retryable(self) -> bool:
         return self.error is not None and self.error.retryable
+
+
+@dataclass
+class _Batch:
+    versions: list = field(default_factory=list)  # (version, referenced files), in order
+    copies: dict = field(default_factory=dict)  # copy future -> path
+    error: ReplicationError | None = None
 
 
 def log_versions(entries: list[LogEntry]) -> set[int]:
@@ -218,6 +225,9 @@ class TableReplicator:
         try:
             head, entries = self._locate_head(store, target)
             outcome.head_before = head
+            if fast and head == target and entries and entries[0].name == commit_name(target):
+                # A duplicate or late event: the commit is there; make sure it is the primary's.
+                self._check_commit_matches(name, store, source, target, entries[0])
             if head is not None and head == target - 1 and fast:
                 # One version to go, the steady state: no lease and no listing. Concurrent
                 # duplicates can at worst copy this one commit's files twice; the conditional
@@ -286,17 +296,20 @@ class TableReplicator:
             entries = source.entries_for(start, target)
         checkpoints = complete_checkpoints(entries)
         crcs = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.CRC}
-        version = start
-        while version <= target:
-            batch, nfiles = [], 0
-            while version <= target and len(batch) < BATCH_VERSIONS and nfiles < BATCH_FILES:
-                files = source.commit_files(version)
-                batch.append((version, files))
-                nfiles += len(files)
-                version += 1
-            failed = self._copy_files(store, source, [f for _, files in batch for f in files], outcome)
-            for v, files in batch:
+        batches = [list(range(v, min(v + BATCH_VERSIONS, target + 1))) for v in range(start, target + 1, BATCH_VERSIONS)]
+        # Pipelined: the next batch's commits are read and its files copied while this batch's
+        # commits are written, in order. Files landing early are harmless: nothing references
+        # them until their own commit exists.
+        upcoming = self._start_batch(store, source, batches[0], outcome)
+        for index in range(len(batches)):
+            current = upcoming
+            upcoming = None
+            if index + 1 < len(batches) and current.error is None:
+                upcoming = self._start_batch(store, source, batches[index + 1], outcome)
+            failed = self._finish_copies(current.copies, outcome)
+            for v, files in current.versions:
                 if any(f.path in failed for f in files):
+                    self._abandon(upcoming)
                     raise failed[next(f.path for f in files if f.path in failed)]
                 failpoints.hit(failpoints.COMMIT_BEFORE)
                 self._write_commit(name, store, source, v, len(files))
@@ -306,7 +319,56 @@ class TableReplicator:
                     self._copy_log_files(store, source, [f"{v:020d}.crc"], outcome)
                 if v in checkpoints:
                     self._copy_checkpoint(store, source, checkpoints[v], outcome)
+            if current.error is not None:
+                self._abandon(upcoming)
+                raise current.error
         return head
+
+    def _start_batch(self, store: TableStore, source: SourceLog, versions: list[int], outcome: ReplicaOutcome):
+        """Read a batch's commits in parallel, then start copying their files."""
+        reads = [(v, self._files.submit(source.commit_files, v)) for v in versions]
+        batch = _Batch()
+        for v, future in reads:
+            try:
+                files = future.result()
+            except ReplicationError as err:
+                batch.error = err  # versions before it are still written; then this is raised
+                break
+            batch.versions.append((v, files))
+        unique = {f.path: f for _, files in batch.versions for f in files}
+        batch.copies = {
+            self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size): f.path
+            for f in unique.values()
+        }
+        return batch
+
+    def _finish_copies(self, copies: dict, outcome: ReplicaOutcome, *, failpoint: str = failpoints.FILE_COPIED,
+                       log_files: bool = False) -> dict[str, ReplicationError]:
+        failed: dict[str, ReplicationError] = {}
+        for future in as_completed(copies):
+            path = copies[future]
+            try:
+                copied = future.result()
+            except ReplicationError as err:
+                failed[path] = err
+                continue
+            failpoints.hit(failpoint)
+            if copied and log_files:
+                outcome.log_bytes += copied
+            elif copied:
+                outcome.files += 1
+                outcome.bytes += copied
+                if outcome.progress is not None:
+                    outcome.progress(outcome.replica, 1, copied)
+                log.debug("file.copied table=%s path=%s bytes=%d", self.table.name, path, copied)
+        return failed
+
+    @staticmethod
+    def _abandon(batch) -> None:
+        """Wait for a started batch's copies before raising, so no copy outlives the invocation."""
+        if batch is not None:
+            for future in batch.copies:
+                future.exception()
 
     def _locate_head(self, store: TableStore, target: int) -> tuple[int | None, list[LogEntry]]:
         """Two HEAD requests (in parallel) answer the common cases; otherwise search listings."""
@@ -320,6 +382,18 @@ class TableReplicator:
         if before is not None:
             return target - 1, [before]
         return find_head(store, target)
+
+    def _check_commit_matches(self, name: str, store: TableStore, source: SourceLog, version: int,
+                              mine: LogEntry) -> None:
+        data = source.commit_bytes(version)
+        if mine.size == len(data) and mine.content_md5 == hashlib.md5(data).digest():  # noqa: S324 - content check
+            return
+        if mine.size != len(data) or store.get_log_file(commit_name(version)) != data:
+            raise ReplicaDiverged(
+                f"replica {name} of table {self.table.name} has version {version} with different content "
+                "from the primary's; the replica has diverged. Inspect both commits and restore the "
+                "replica from a snapshot. It will not be overwritten."
+            )
 
     def check_head_matches(self, name: str, store: TableStore, source: SourceLog, head: int, target: int,
                            entries: list[LogEntry], *, by_listing: bool = True) -> None:
@@ -371,29 +445,12 @@ class TableReplicator:
                     outcome: ReplicaOutcome, *, failpoint: str = failpoints.FILE_COPIED,
                     log_files: bool = False) -> dict[str, ReplicationError]:
         """Copy files in parallel; returns path -> error for the ones that failed."""
-        failed: dict[str, ReplicationError] = {}
         unique = {f.path: f for f in files}
-        futures = {
+        copies = {
             self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size): f.path
             for f in unique.values()
         }
-        for future in as_completed(futures):
-            path = futures[future]
-            try:
-                copied = future.result()
-            except ReplicationError as err:
-                failed[path] = err
-                continue
-            failpoints.hit(failpoint)
-            if copied and log_files:
-                outcome.log_bytes += copied
-            elif copied:
-                outcome.files += 1
-                outcome.bytes += copied
-                if outcome.progress is not None:
-                    outcome.progress(outcome.replica, 1, copied)
-                log.debug("file.copied table=%s path=%s bytes=%d", self.table.name, path, copied)
-        return failed
+        return self._finish_copies(copies, outcome, failpoint=failpoint, log_files=log_files)
 
     def _copy_log_files(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
         files = [ReferencedFile(f"_delta_log/{n}") for n in names]

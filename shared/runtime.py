@@ -24,7 +24,7 @@ from shared.delta_log import TableRoot
 from shared.errors import ConfigError
 from shared.replicator import TableReplicator
 
-FILE_COPY_WORKERS = 16
+FILE_COPY_WORKERS = 32
 TASK_WORKERS = 32  # replica updates and read-aheads of concurrent invocations
 
 

@@ -189,3 +189,30 @@ def test_diverged_replica_is_reported_and_left_untouched(lake, captured_logs):
     assert {k: v for k, v in after.items() if k in before} == before
     assert lake.blob_bytes("westeu", f"_delta_log/{2:020d}.json") == foreign
     assert any("replica.diverged" in r.getMessage() for r in captured_logs.records)
+
+
+def test_a_foreign_commit_is_reported_even_when_its_own_event_is_the_only_one(lake):
+    lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+    lake.deliver_all(lake.events())
+    foreign = b'{"commitInfo":{"timestamp":1,"operation":"FOREIGN"}}\n'
+    lake.clients["westeu"].get_blob_client(lake.container, f"{lake.table_path}/_delta_log/{1:020d}.json").upload_blob(foreign)
+    lake.write(batch(5, 5), partition_by=["region"])
+    (result,) = lake.deliver_all(lake.events()[-1:])
+    states = {o.replica: o.state for o in result.outcomes}
+    assert states == {"westeu": ReplicaState.DIVERGED, "seasia": ReplicaState.REPLICATED}
+
+
+def test_crc_files_follow_their_commit_whichever_event_comes_first(lake):
+    lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+    lake.write(batch(5, 5), partition_by=["region"])
+    # Writers such as Spark add <v>.crc after <v>.json; deltalake does not, so add one as Spark would.
+    crc = b'{"tableSizeBytes":1,"numFiles":2,"numMetadata":1,"numProtocol":1}'
+    container = lake.clients["eastus"].get_container_client(lake.container)
+    container.upload_blob(f"{lake.table_path}/_delta_log/{1:020d}.crc", crc)
+    events = {e["subject"].rsplit("/", 1)[1]: e for e in lake.events()}
+    lake.deliver(events[f"{0:020d}.json"])
+    lake.deliver(events[f"{1:020d}.json"])
+    assert f"{1:020d}.crc" not in lake.log_names("westeu")
+    lake.deliver(events[f"{1:020d}.crc"])
+    for account in ("westeu", "seasia"):
+        assert lake.blob_bytes(account, f"_delta_log/{1:020d}.crc") == crc
