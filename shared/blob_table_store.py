@@ -401,9 +401,12 @@ class BlobTableStore:
                     "primary was vacuumed past this version, re-seed the replica."
                 ) from err
 
-    def copy_file_from(self, source: "BlobTableStore", path: str, *, expected_size: int | None = None) -> int:
+    def copy_file_from(self, source: "BlobTableStore", path: str, *, expected_size: int | None = None,
+                       bulk: bool = False) -> int:
         dst = self._container.get_blob_client(self._file_blob(path))
-        small = expected_size is not None and expected_size <= SMALL_FILE_BYTES
+        # Latency path (one commit): small files stream, done when the PUT returns. Bulk path
+        # (catch-up, seeding): one Copy Blob request per file halves the requests sent.
+        small = not bulk and expected_size is not None and expected_size <= SMALL_FILE_BYTES
         if not small and source.account_name + "|" + source._service.url not in self._streaming_from:
             url = source.signed_read_url(path)
             if url is not None:
@@ -477,7 +480,7 @@ class BlobTableStore:
         elif status in ("failed", "aborted"):
             # A failed copy leaves an unusable blob; replacing it (only if unchanged) loses nothing.
             dst.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified)
-            return self.copy_file_from(source, path, expected_size=expected_size)
+            return self.copy_file_from(source, path, expected_size=expected_size, bulk=True)
         want = expected_size if expected_size is not None else source.file_size(path)
         if want is not None and props.size != want:
             raise ReplicaDiverged(

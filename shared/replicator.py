@@ -337,7 +337,7 @@ class TableReplicator:
             batch.versions.append((v, files))
         unique = {f.path: f for _, files in batch.versions for f in files}
         batch.copies = {
-            self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size): f.path
+            self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size, bulk=True): f.path
             for f in unique.values()
         }
         return batch
@@ -426,7 +426,7 @@ class TableReplicator:
         """Make the replica a table at `version` from the primary's checkpoint there."""
         started = time.monotonic()
         files = source.checkpoint_files(names)
-        failed = self._copy_files(store, source, files, outcome, failpoint=failpoints.SEED_FILE)
+        failed = self._copy_files(store, source, files, outcome, failpoint=failpoints.SEED_FILE, bulk=True)
         if failed:
             raise next(iter(failed.values()))
         self._copy_checkpoint(store, source, names, outcome)
@@ -443,18 +443,18 @@ class TableReplicator:
     # -- steps ------------------------------------------------------------------------
     def _copy_files(self, store: TableStore, source: SourceLog, files: list[ReferencedFile],
                     outcome: ReplicaOutcome, *, failpoint: str = failpoints.FILE_COPIED,
-                    log_files: bool = False) -> dict[str, ReplicationError]:
+                    log_files: bool = False, bulk: bool = False) -> dict[str, ReplicationError]:
         """Copy files in parallel; returns path -> error for the ones that failed."""
         unique = {f.path: f for f in files}
         copies = {
-            self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size): f.path
+            self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size, bulk=bulk): f.path
             for f in unique.values()
         }
         return self._finish_copies(copies, outcome, failpoint=failpoint, log_files=log_files)
 
     def _copy_log_files(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
-        files = [ReferencedFile(f"_delta_log/{n}") for n in names]
-        failed = self._copy_files(store, source, files, outcome, log_files=True)
+        files = [ReferencedFile(f"_delta_log/{n}", source.sizes.get(n)) for n in names]
+        failed = self._copy_files(store, source, files, outcome, log_files=True, bulk=True)
         if failed:
             raise next(iter(failed.values()))
 

@@ -78,6 +78,7 @@ class SourceLog:
         self.root = root
         self._lock = threading.Lock()
         self._futures: dict[object, Future] = {}
+        self.sizes: dict[str, int] = {}  # `_delta_log` name -> size, from the listings made
 
     def _once(self, key: object, compute: Callable[[], T]) -> T:
         with self._lock:
@@ -93,7 +94,10 @@ class SourceLog:
         return future.result()
 
     def listing(self, prefix: str) -> list[LogEntry]:
-        return self._once(("list", prefix), lambda: self.store.list_log(prefix))
+        entries = self._once(("list", prefix), lambda: self.store.list_log(prefix))
+        for entry in entries:
+            self.sizes[entry.name] = entry.size
+        return entries
 
     def entries_for(self, low: int, high: int) -> list[LogEntry]:
         """Listing entries covering versions low..high (and possibly a few around them)."""

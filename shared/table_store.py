@@ -68,8 +68,11 @@ class TableStore(Protocol):
     def replication_lease(self):
         """Context manager holding this location's replication lease; yields True if it waited."""
 
-    def copy_file_from(self, source: "TableStore", path: str, *, expected_size: int | None = None) -> int:
+    def copy_file_from(self, source: "TableStore", path: str, *, expected_size: int | None = None,
+                       bulk: bool = False) -> int:
         """Copy `path` from `source` unless present; the bytes copied (0 when it was present).
+
+        `bulk` favours throughput (many files) over the latency of one file.
 
         Never overwrites a complete file. Raises DataFileMissing if the source lacks it and
         ReplicaDiverged if this store holds a different-sized file at `path`.
