@@ -71,6 +71,12 @@ class Workload:
 
     def commit(self) -> int:
         """One user commit: mostly appends (one file, one partition), some deletes and updates."""
+        before = self.version
+        while self.version == before:
+            self._operation()  # a delete or update that matches nothing commits nothing: go on
+        return self.version
+
+    def _operation(self) -> None:
         v = self.step
         self.step += 1
         if v == 0:
@@ -86,9 +92,7 @@ class Workload:
             data = data.set_column(1, "region", pa.array([REGIONS[v % 4]] * len(data)))
             write_deltalake(self.uri, data, mode="append", partition_by=["region"], storage_options=self.options)
         self.next_id += 20
-        # A delete or update that matches nothing writes no commit: ask the table.
         self.version = DeltaTable(self.uri, storage_options=self.options).version()
-        return self.version
 
     def event(self, version: int) -> dict:
         return blob_created_event("eastus", self.container, f"t/_delta_log/{version:020d}.json",
