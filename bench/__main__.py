@@ -307,7 +307,7 @@ def measure_sustained(seconds: float, rate: float) -> dict:
                     for v in range(0, reached + 1):
                         done.setdefault(v, finished)
 
-        workers = [threading.Thread(target=worker) for _ in range(4)]
+        workers = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
         for t in workers:
             t.start()
         interval = 1.0 / rate
