@@ -4,7 +4,6 @@ Prints JSON: baseline and peak RSS in MiB, file size, seconds.
 """
 
 import json
-import os
 import sys
 import time
 

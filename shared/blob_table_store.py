@@ -132,16 +132,6 @@ class _LeaseKeeper:
                         self._leases[key] = (lease, label, time.monotonic() + LEASE_SECONDS / 3)
 
 
-class _DownloadReader:
-    """File-like view of a download so uploads stream it in bounded blocks."""
-
-    def __init__(self, downloader) -> None:
-        self._downloader = downloader
-
-    def read(self, size: int = -1) -> bytes:
-        return self._downloader.read(size)
-
-
 class BlobTableStore:
     """A Delta table at `<container>/<root>` in one storage account.
 
@@ -160,6 +150,7 @@ class BlobTableStore:
         self.root = root.strip("/")
         self.label = label
         self.account_name = service.account_name
+        self.connection_name = connection_name
         self.description = f"{label} ({connection_name}:{container}/{self.root})"
         self._signer = _SourceSigner(service)
         self._streaming_from: set[str] = set()
@@ -316,9 +307,8 @@ class BlobTableStore:
 
     def child(self, folder: str, *, label: str | None = None) -> "BlobTableStore":
         """A store rooted at `<root>/<folder>` in the same container."""
-        store = BlobTableStore(self._service, self.container, f"{self.root}/{folder}", label=label or self.label,
-                               connection_name=self.description.split("(", 1)[1].split(":", 1)[0])
-        return store
+        return BlobTableStore(self._service, self.container, f"{self.root}/{folder}", label=label or self.label,
+                              connection_name=self.connection_name)
 
     # -- lease --------------------------------------------------------------------
     @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Any
 from shared.delta_log import LogFileKind
 from shared.errors import InvalidEvent
 from shared.events import parse_event, route_event
-from shared.replicator import ReplicaOutcome, ReplicaState
+from shared.replicator import ReplicaOutcome
 from shared.runtime import ReplicationRuntime
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,13 @@ CONFIG_SETTING = "REPLICATION_CONFIG"
 CONFIG_FILE_SETTING = "REPLICATION_CONFIG_FILE"
 DEFAULT_MAX_COMMIT_BYTES = 256 * 1024 * 1024
 
+# What "UseDevelopmentStorage=true" means: Azurite's well-known account on its default ports.
+DEVELOPMENT_STORAGE = (
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+)
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _SETTING_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -407,11 +414,7 @@ def _account_from_url(parsed) -> str:
 
 def _from_connection_string(name: str, value: str) -> ConnectionSettings:
     if value == "UseDevelopmentStorage=true":
-        value = (
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-            "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
-        )
+        value = DEVELOPMENT_STORAGE
     parts: dict[str, str] = {}
     for piece in value.split(";"):
         if not piece.strip():
@@ -481,11 +484,7 @@ def resolve_status_connection(environ: Mapping[str, str] | None = None) -> Table
     name = (env.get(STATUS_CONNECTION_SETTING) or DEFAULT_STATUS_CONNECTION).strip()
     value = (env.get(name) or "").strip()
     if value == "UseDevelopmentStorage=true":
-        value = (
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-            "TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
-        )
+        value = DEVELOPMENT_STORAGE
     if value:
         return TableServiceSettings(name=name, connection_string=value)
     uri = (env.get(f"{name}__tableServiceUri") or "").strip()

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from shared.config import TableConfig
 from shared.delta_log import (
-    LAST_CHECKPOINT,
     LogFileKind,
     ReferencedFile,
     TableRoot,
@@ -374,7 +373,8 @@ class TableReplicator:
         """Two HEAD requests (in parallel) answer the common cases; otherwise search listings."""
         if target == 0:
             return find_head(store, target)
-        at = self._tasks.submit(store.log_entry, commit_name(target))
+        # The file pool, not the task pool this runs in: a task waiting on its own pool can deadlock.
+        at = self._files.submit(store.log_entry, commit_name(target))
         before = store.log_entry(commit_name(target - 1))
         current = at.result()
         if current is not None:

@@ -10,7 +10,6 @@ replication lease, so it never races a commit whose files are being copied.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone

@@ -9,7 +9,6 @@ from typing import Callable, TypeVar
 
 from shared.config import TableConfig
 from shared.delta_log import (
-    LAST_CHECKPOINT,
     LogFileKind,
     ReferencedFile,
     TableRoot,
@@ -189,7 +188,3 @@ class SourceLog:
             return None
         best = max(candidates)
         return best, found[best]
-
-    @staticmethod
-    def is_last_checkpoint(name: str) -> bool:
-        return name == LAST_CHECKPOINT

@@ -8,7 +8,6 @@ so alerts fire once per transition).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
@@ -112,6 +111,3 @@ class StatusStore:
             detail=entity.get("Detail", ""), alert_state=entity.get("AlertState", ALERT_OK),
         )
 
-
-def checked_at_text(value: datetime) -> str:
-    return value.isoformat()

@@ -82,9 +82,7 @@ def table_state(store: TableStore, version: int) -> TableState:
     entries = store.list_log("")
     checkpoints = {v: names for v, names in complete_checkpoints(entries).items() if v <= version}
     commits = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
-    protocol: dict = {}
-    metadata: dict = {}
-    adds: dict[tuple, dict] = {}
+    state = TableState(version=version, protocol={}, metadata={}, adds={})
     start = 0
     if checkpoints:
         base = max(checkpoints)
@@ -94,28 +92,28 @@ def table_state(store: TableStore, version: int) -> TableState:
             for sidecar in sidecars:
                 rows += _checkpoint_rows(store.get_log_file(f"_sidecars/{sidecar}"), is_json=False)
             for row in rows:
-                if "protocol" in row:
-                    protocol = row["protocol"]
-                elif "metaData" in row:
-                    metadata = row["metaData"]
-                elif "add" in row:
-                    adds[_file_key(row["add"])] = row["add"]
+                _apply(row, state)
         start = base + 1
     for v in range(start, version + 1):
         if v not in commits:
             raise CommitNotFound(f"{store.description}: version {v} is missing; cannot rebuild version {version}")
         for action in parse_commit(store.get_log_file(commit_name(v)), where=f"{store.description} version {v}"):
-            if "protocol" in action:
-                protocol = action["protocol"]
-            elif "metaData" in action:
-                metadata = action["metaData"]
-            elif "add" in action:
-                adds[_file_key(action["add"])] = action["add"]
-            elif "remove" in action:
-                adds.pop(_file_key(action["remove"]), None)
-    if not protocol or not metadata:
+            _apply(action, state)
+    if not state.protocol or not state.metadata:
         raise CommitNotFound(f"{store.description}: no protocol or metaData at version {version}")
-    return TableState(version=version, protocol=protocol, metadata=metadata, adds=adds)
+    return state
+
+
+def _apply(action: dict, state: TableState) -> None:
+    """Replay one checkpoint row or commit action onto the state."""
+    if "protocol" in action:
+        state.protocol = action["protocol"]
+    elif "metaData" in action:
+        state.metadata = action["metaData"]
+    elif "add" in action:
+        state.adds[_file_key(action["add"])] = action["add"]
+    elif "remove" in action:
+        state.adds.pop(_file_key(action["remove"]), None)
 
 
 def state_commit(state: TableState, *, timestamp_ms: int, operation: str, parameters: dict) -> bytes:

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 from shared.config import parse_config
 from shared.runtime import ReplicationRuntime
 from shared.commit_events import handle_storage_event
-from tests.lake import Lake, batch, build_rich_table
+from tests.lake import batch, build_rich_table
 
 
 class RequestAudit:

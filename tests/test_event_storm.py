@@ -7,7 +7,6 @@ import copy
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from azure.data.tables import TableServiceClient
 
 from shared.config import parse_config

@@ -7,10 +7,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from deltalake import DeltaTable
 
-from shared.commit_events import EventDisposition
 from shared.replicator import ReplicaState
 from tests.lake import Lake, batch, build_rich_table, rows
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from shared.retention import apply_replica_retention
 from tests.lake import Lake, batch, rows
