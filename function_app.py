@@ -9,7 +9,7 @@ from functions import (
     replicate_commit,
     replication_status,
 )
-from shared.telemetry import configure_telemetry
+from shared.health.telemetry import configure_telemetry
 
 configure_telemetry()
 

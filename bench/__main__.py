@@ -33,10 +33,10 @@ from deltalake import DeltaTable, write_deltalake
 
 from devtools.azurite import AzuriteProcess, account_key
 from devtools.events import blob_created_event
-from shared.clients import RequestCounter
-from shared.commit_events import handle_storage_event
-from shared.config import parse_config
-from shared.delta_log import parse_commit
+from shared.storage.clients import RequestCounter
+from shared.replication.commit_events import handle_storage_event
+from shared.config.parse import parse_config
+from shared.delta.log import parse_commit
 from shared.runtime import ReplicationRuntime
 
 OUT = Path(__file__).resolve().parent / "out"

@@ -29,7 +29,7 @@ def _load_settings(path: str | None) -> None:
 
 
 def _runtime():
-    from shared.config import load_config
+    from shared.config.settings import load_config
     from shared.runtime import ReplicationRuntime
 
     return ReplicationRuntime(load_config())
@@ -46,7 +46,7 @@ def _tables(runtime, name: str | None):
 
 
 def cmd_status(args) -> int:
-    from shared.lag import measure_table
+    from shared.health.lag import measure_table
 
     runtime = _runtime()
     rows = []
@@ -136,7 +136,7 @@ def _deltalake_options(runtime, location) -> dict:
 
 def cmd_events(args) -> int:
     from cli.subscriptions import subscription_filters
-    from shared.config import load_config, resolve_connection
+    from shared.config.settings import load_config, resolve_connection
 
     config = load_config()
     accounts = {}
@@ -152,7 +152,7 @@ def cmd_events(args) -> int:
 def cmd_relay(args) -> int:
     import requests
 
-    from shared.relay import LogRelay
+    from shared.replication.relay import LogRelay
 
     runtime = _runtime()
     in_process = None

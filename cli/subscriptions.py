@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.events import BLOB_CREATED, BLOB_RENAMED
+from shared.replication.events import BLOB_CREATED, BLOB_RENAMED
 
 
 def subscription_filters(config, source_accounts: dict[str, str]) -> dict:

@@ -73,8 +73,8 @@ def main() -> int:
         options = {"eastus": primary_region.storage_options("eastus"),
                    "westeu": primary_region.storage_options("westeu"),
                    "seasia": far_region.storage_options("seasia")}
-        from shared.lag import measure_table
-        from shared.relay import LogRelay
+        from shared.health.lag import measure_table
+        from shared.replication.relay import LogRelay
         from shared.runtime import get_runtime
 
         def deliver(envelope: dict) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from shared.events import blob_created_envelope
+from shared.replication.events import blob_created_envelope
 
 
 def blob_url(account: str, container: str, blob: str, *, azurite_port: int | None = None, dfs: bool = False) -> str:

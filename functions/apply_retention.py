@@ -1,10 +1,10 @@
-"""Timer %RETENTION_SCHEDULE% -> shared.retention: propagate VACUUM and log cleanup to replicas."""
+"""Timer %RETENTION_SCHEDULE% -> shared.maintenance.retention: propagate VACUUM and log cleanup to replicas."""
 
 import logging
 
 import azure.functions as func
 
-from shared.retention import apply_retention as apply_all
+from shared.maintenance.retention import apply_retention as apply_all
 from shared.runtime import get_runtime
 
 bp = func.Blueprint()

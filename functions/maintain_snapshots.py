@@ -1,11 +1,11 @@
-"""Timer %SNAPSHOT_SCHEDULE% -> shared.snapshots: take a snapshot per table, keep the newest keep_last."""
+"""Timer %SNAPSHOT_SCHEDULE% -> shared.maintenance.snapshots: take a snapshot per table, keep the newest keep_last."""
 
 import logging
 
 import azure.functions as func
 
 from shared.runtime import get_runtime
-from shared.snapshots import maintain_table_snapshots
+from shared.maintenance.snapshots import maintain_table_snapshots
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
-"""Event Grid trigger -> shared.commit_events: replicate the commit a storage event names."""
+"""Event Grid trigger -> shared.replication.commit_events: replicate the commit a storage event names."""
 
 import logging
 
 import azure.functions as func
 
-from shared.commit_events import handle_storage_event
+from shared.replication.commit_events import handle_storage_event
 from shared.runtime import get_runtime
 
 bp = func.Blueprint()
@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def event_envelope(event: func.EventGridEvent) -> dict:
-    """The Event Grid-schema envelope of a trigger event, as shared.events reads it."""
+    """The Event Grid-schema envelope of a trigger event, as shared.replication.events reads it."""
     return {
         "id": event.id,
         "topic": event.topic,

@@ -1,4 +1,4 @@
-"""HTTP GET /api/status[?table=] -> shared.status: the ReplicationStatus rows as JSON."""
+"""HTTP GET /api/status[?table=] -> shared.health.status: the ReplicationStatus rows as JSON."""
 
 import json
 

@@ -10,19 +10,13 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from shared.blob_table_store import BlobTableStore
-from shared.clients import RequestCounter, build_blob_service_client
-from shared.config import (
-    ReplicationConfig,
-    TableConfig,
-    load_config,
-    resolve_alerts,
-    resolve_connection,
-    resolve_status_connection,
-)
-from shared.delta_log import TableRoot
+from shared.storage.blob_table_store import BlobTableStore
+from shared.storage.clients import RequestCounter, build_blob_service_client
+from shared.config.model import ReplicationConfig, TableConfig
+from shared.config.settings import load_config, resolve_alerts, resolve_connection, resolve_status_connection
+from shared.delta.log import TableRoot
 from shared.errors import ConfigError
-from shared.replicator import TableReplicator
+from shared.replication.replicator import TableReplicator
 
 FILE_COPY_WORKERS = 32
 TASK_WORKERS = 32  # replica updates and read-aheads of concurrent invocations
@@ -80,7 +74,7 @@ class ReplicationRuntime:
         if self._status is None:
             from azure.data.tables import TableServiceClient
 
-            from shared.status import StatusStore
+            from shared.health.status import StatusStore
 
             settings = resolve_status_connection(self._environ)
             if settings.connection_string:
@@ -101,7 +95,7 @@ class ReplicationRuntime:
             from azure.core.credentials import AzureKeyCredential
             from azure.eventgrid import EventGridPublisherClient
 
-            from shared.alerts import AlertPublisher
+            from shared.health.alerts import AlertPublisher
 
             if settings.key:
                 credential = AzureKeyCredential(settings.key)

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from devtools.azurite import AZURITE_BLOB_BIN, AzuriteProcess
-from tests.lake import Lake
+from tests.support.lake import Lake
 
 ACCOUNTS = ("eastus", "westeu", "seasia")
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-from tests.lake import Lake, batch, build_rich_table
+from tests.support.lake import Lake, batch, build_rich_table
 
 REPO = Path(__file__).resolve().parent.parent
 

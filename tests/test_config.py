@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from shared.config import load_config, parse_config, resolve_connection
+from shared.config.parse import parse_config
+
+from shared.config.settings import load_config, resolve_connection
 from shared.errors import ConfigError
 
 KEY = "c2VjcmV0LWtleS1zZWNyZXQta2V5LXNlY3JldC1rZXk="

@@ -1,6 +1,6 @@
 import pytest
 
-from shared.delta_log import (
+from shared.delta.log import (
     LogFileKind,
     TableRoot,
     commit_name,

@@ -1,10 +1,10 @@
 import pytest
 
 from devtools.events import blob_created_event, blob_renamed_event
-from shared.config import parse_config
-from shared.delta_log import LogFileKind
+from shared.config.parse import parse_config
+from shared.delta.log import LogFileKind
 from shared.errors import InvalidEvent
-from shared.events import parse_event, route_event, split_blob_url
+from shared.replication.events import parse_event, route_event, split_blob_url
 
 CONFIG = parse_config({"tables": [{
     "name": "sales",

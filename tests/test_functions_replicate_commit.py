@@ -12,7 +12,7 @@ from devtools.events import blob_created_event
 from functions.replicate_commit import replicate_commit
 from shared import runtime as runtime_module
 from shared.errors import ReplicaUnreachable
-from tests.lake import batch
+from tests.support.lake import batch
 
 def as_trigger_event(envelope: dict) -> func.EventGridEvent:
     return func.EventGridEvent(
@@ -54,7 +54,7 @@ def test_handler_acknowledges_rejected_events_without_writing(app_settings):
 
 
 def test_handler_raises_retryable_failures_so_event_grid_redelivers(azurite, second_azurite, monkeypatch, request):
-    from tests.lake import Lake
+    from tests.support.lake import Lake
 
     lake = Lake(azurite, request.node.name, replica_process=second_azurite)
     try:

@@ -11,7 +11,7 @@ from azure.functions.timer import TimerRequest
 from functions.check_replication_lag import check_replication_lag
 from functions.replication_status import replication_status
 from shared import runtime as runtime_module
-from tests.lake import batch
+from tests.support.lake import batch
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ from datetime import datetime, timedelta, timezone
 
 from azure.data.tables import TableServiceClient
 
-from shared.config import parse_config
-from shared.health_check import check_replication
-from shared.lag import ReplicaHealth
+from shared.config.parse import parse_config
+from shared.health.lag_check import check_replication
+from shared.health.lag import ReplicaHealth
 from shared.runtime import ReplicationRuntime
-from shared.status import StatusStore
-from tests.alert_sink import AlertSink
-from tests.lake import Lake, batch
+from shared.health.status import StatusStore
+from tests.support.alert_sink import AlertSink
+from tests.support.lake import Lake, batch
 
 
 def status_store(lake: Lake) -> StatusStore:

@@ -6,8 +6,8 @@ from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from shared.telemetry import configure_telemetry
-from tests.lake import batch
+from shared.health.telemetry import configure_telemetry
+from tests.support.lake import batch
 
 _READER = InMemoryMetricReader()
 metrics.set_meter_provider(MeterProvider(metric_readers=[_READER]))

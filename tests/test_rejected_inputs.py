@@ -7,10 +7,10 @@ import json
 import pytest
 
 from devtools.events import blob_created_event
-from shared.commit_events import EventDisposition
+from shared.replication.commit_events import EventDisposition
 from shared.errors import CommitIncomplete, CommitNotFound, InvalidCommit
-from shared.replicator import ReplicaState
-from tests.lake import Lake, batch
+from shared.replication.replicator import ReplicaState
+from tests.support.lake import Lake, batch
 
 REPLICAS = ("westeu", "seasia")
 

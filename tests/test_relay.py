@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from devtools.azurite import AzuriteProcess
-from shared.commit_events import handle_storage_event
-from shared.relay import LogRelay
-from tests.lake import Lake, batch
+from shared.replication.commit_events import handle_storage_event
+from shared.replication.relay import LogRelay
+from tests.support.lake import Lake, batch
 from tests.test_cli import run_cli
 
 

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from deltalake import DeltaTable
 
-from shared.replicator import ReplicaState
-from tests.lake import Lake, batch, build_rich_table, rows
+from shared.replication.replicator import ReplicaState
+from tests.support.lake import Lake, batch, build_rich_table, rows
 
 
 def errors_of(results):

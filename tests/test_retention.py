@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 
-from shared.retention import apply_replica_retention
-from tests.lake import Lake, batch, rows
+from shared.maintenance.retention import apply_replica_retention
+from tests.support.lake import Lake, batch, rows
 
 ZERO_RETENTION = {"delta.logRetentionDuration": "interval 0 days",
                   "delta.deletedFileRetentionDuration": "interval 0 days"}

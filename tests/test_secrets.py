@@ -10,10 +10,10 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pytest
 
 from devtools.azurite import account_key
-from shared.config import parse_config
+from shared.config.parse import parse_config
 from shared.errors import ConfigError
 from shared.runtime import ReplicationRuntime
-from tests.lake import Lake, batch, build_rich_table
+from tests.support.lake import Lake, batch, build_rich_table
 
 
 def secrets_of(lake: Lake) -> list[str]:

@@ -8,8 +8,8 @@ import pytest
 from deltalake import DeltaTable
 
 from shared import failpoints
-from shared.snapshots import maintain_table_snapshots
-from tests.lake import Lake, batch, build_rich_table, rows
+from shared.maintenance.snapshots import maintain_table_snapshots
+from tests.support.lake import Lake, batch, build_rich_table, rows
 
 
 @pytest.fixture

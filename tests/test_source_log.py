@@ -1,5 +1,5 @@
-from shared.source_log import complete_checkpoints, window_prefixes
-from shared.table_store import LogEntry
+from shared.delta.source_log import complete_checkpoints, window_prefixes
+from shared.storage.table_store import LogEntry
 
 
 def entries(*names):

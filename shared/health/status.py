@@ -13,7 +13,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.data.tables import TableServiceClient, UpdateMode
 
 from shared.errors import ReplicaUnreachable
-from shared.lag import ReplicaLag
+from shared.health.lag import ReplicaLag
 
 STATUS_TABLE = "ReplicationStatus"
 ALERT_OK = "ok"

@@ -20,8 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from shared.config import TableConfig
-from shared.delta_log import (
+from shared.config.model import TableConfig
+from shared.delta.log import (
     LogFileKind,
     ReferencedFile,
     TableRoot,
@@ -29,10 +29,11 @@ from shared.delta_log import (
     parse_log_name,
     version_prefix,
 )
-from shared import failpoints, metrics
+from shared import failpoints
+from shared.health import metrics
 from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError
-from shared.source_log import SourceLog, complete_checkpoints
-from shared.table_store import LogEntry, TableStore
+from shared.delta.source_log import SourceLog, complete_checkpoints
+from shared.storage.table_store import LogEntry, TableStore
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from urllib.parse import unquote
 
 from shared import failpoints
-from shared.delta_log import ReferencedFile, commit_name, deletion_vector_path, safe_relative_path
-from shared.replicator import find_latest_version
-from shared.table_state import state_commit, table_state
+from shared.delta.log import ReferencedFile, commit_name, deletion_vector_path, safe_relative_path
+from shared.replication.replicator import find_latest_version
+from shared.delta.table_state import state_commit, table_state
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def maintain_table_snapshots(runtime, table, *, now: datetime | None = None) -> 
     replicator = runtime.replicators[table.name]
     replica_store = replicator.replicas[config.replica]
     replica_loc = table.replica(config.replica)
-    from shared.blob_table_store import BlobTableStore
+    from shared.storage.blob_table_store import BlobTableStore
 
     root = BlobTableStore(runtime.clients[replica_loc.connection], config.container, config.path,
                           label=f"snapshots of {table.name}", connection_name=replica_loc.connection)

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from shared.config import ReplicationConfig, TableConfig
-from shared.delta_log import LOG_DIR, LogFile, parse_log_name
+from shared.config.model import ReplicationConfig, TableConfig
+from shared.delta.log import LOG_DIR, LogFile, parse_log_name
 from shared.errors import InvalidEvent
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"

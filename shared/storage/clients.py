@@ -9,7 +9,7 @@ import threading
 
 from azure.storage.blob import BlobServiceClient, LinearRetry
 
-from shared.config import ConnectionSettings
+from shared.config.model import ConnectionSettings
 
 # Event Grid redelivers on failure, so a few quick retries beat the SDK's minutes-long default.
 _RETRY = dict(backoff=0.5, retry_total=2, random_jitter_range=0.2)

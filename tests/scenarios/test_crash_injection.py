@@ -12,9 +12,9 @@ import pytest
 from deltalake import DeltaTable
 
 from shared import failpoints
-from tests.lake import Lake, batch, rows
+from tests.support.lake import Lake, batch, rows
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ReplicaReader:
@@ -62,7 +62,7 @@ class ReplicaReader:
 
 def run_crashing_worker(lake: Lake, failpoint: str, after: int, event: dict) -> int:
     job = {"config": lake.config_doc, "environ": lake.environ, "failpoint": failpoint, "after": after, "event": event}
-    proc = subprocess.run([sys.executable, "-m", "tests.crash_worker"], input=json.dumps(job), text=True,
+    proc = subprocess.run([sys.executable, "-m", "tests.support.crash_worker"], input=json.dumps(job), text=True,
                           cwd=REPO, capture_output=True, timeout=120)
     return proc.returncode
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from shared.config import resolve_telemetry
+from shared.config.settings import resolve_telemetry
 
 log = logging.getLogger(__name__)
 _configured = False

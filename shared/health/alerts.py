@@ -6,8 +6,8 @@ import logging
 
 from azure.eventgrid import EventGridEvent, EventGridPublisherClient
 
-from shared.lag import ReplicaHealth, ReplicaLag
-from shared.status import ALERT_OK
+from shared.health.lag import ReplicaHealth, ReplicaLag
+from shared.health.status import ALERT_OK
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError, ServiceResponseError
 
-from shared.delta_log import LAST_CHECKPOINT, LOG_DIR, parse_log_name
-from shared.events import blob_created_envelope
+from shared.delta.log import LAST_CHECKPOINT, LOG_DIR, parse_log_name
+from shared.replication.events import blob_created_envelope
 
 log = logging.getLogger(__name__)
 

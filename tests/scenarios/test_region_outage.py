@@ -7,7 +7,7 @@ import threading
 import time
 
 from devtools.azurite import AzuriteProcess
-from tests.lake import Lake, batch
+from tests.support.lake import Lake, batch
 
 
 def test_replica_region_flapping_during_a_burst_loses_nothing(azurite, second_azurite, request):

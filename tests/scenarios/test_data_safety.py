@@ -6,10 +6,10 @@ import random
 import threading
 from urllib.parse import parse_qs, unquote, urlparse
 
-from shared.config import parse_config
+from shared.config.parse import parse_config
 from shared.runtime import ReplicationRuntime
-from shared.commit_events import handle_storage_event
-from tests.lake import batch, build_rich_table
+from shared.replication.commit_events import handle_storage_event
+from tests.support.lake import batch, build_rich_table
 
 
 class RequestAudit:

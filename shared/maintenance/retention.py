@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote
 
-from shared.delta_log import (
+from shared.delta.log import (
     LOG_DIR,
     LogFileKind,
     commit_name,
@@ -23,9 +23,9 @@ from shared.delta_log import (
     parse_commit,
     parse_log_name,
 )
-from shared.replicator import log_versions
-from shared.source_log import complete_checkpoints
-from shared.table_state import table_state
+from shared.replication.replicator import log_versions
+from shared.delta.source_log import complete_checkpoints
+from shared.delta.table_state import table_state
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,15 @@ import io
 import json
 from dataclasses import dataclass
 
-from shared.delta_log import (
+from shared.delta.log import (
     LogFileKind,
     commit_name,
     parse_commit,
     parse_log_name,
 )
 from shared.errors import CommitNotFound
-from shared.source_log import complete_checkpoints
-from shared.table_store import TableStore
+from shared.delta.source_log import complete_checkpoints
+from shared.storage.table_store import TableStore
 
 
 @dataclass

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.delta_log import LogFileKind
+from shared.delta.log import LogFileKind
 from shared.errors import InvalidEvent
-from shared.events import parse_event, route_event
-from shared.replicator import ReplicaOutcome
+from shared.replication.events import parse_event, route_event
+from shared.replication.replicator import ReplicaOutcome
 from shared.runtime import ReplicationRuntime
 
 log = logging.getLogger(__name__)

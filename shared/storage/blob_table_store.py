@@ -31,9 +31,9 @@ from azure.storage.blob import (
     generate_blob_sas,
 )
 
-from shared.delta_log import LAST_CHECKPOINT, LOG_DIR
+from shared.delta.log import LAST_CHECKPOINT, LOG_DIR
 from shared.errors import DataFileMissing, ReplicaBusy, ReplicaDiverged, ReplicaUnreachable
-from shared.table_store import LastCheckpoint, LogEntry
+from shared.storage.table_store import LastCheckpoint, LogEntry
 
 log = logging.getLogger(__name__)
 

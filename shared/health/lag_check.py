@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from shared import metrics
-from shared.alerts import AlertPublisher, alert_state, transition_event
-from shared.lag import ReplicaLag, measure_table
-from shared.status import ALERT_OK, StatusStore
+from shared.health import metrics
+from shared.health.alerts import AlertPublisher, alert_state, transition_event
+from shared.health.lag import ReplicaLag, measure_table
+from shared.health.status import ALERT_OK, StatusStore
 
 log = logging.getLogger(__name__)
 

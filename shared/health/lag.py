@@ -13,10 +13,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from shared.delta_log import commit_name
+from shared.delta.log import commit_name
 from shared.errors import ReplicaDiverged, ReplicaUnreachable, ReplicationError
-from shared.replicator import ReplicaOutcome, ReplicaState, TableReplicator, find_head, find_source_head
-from shared.source_log import SourceLog
+from shared.replication.replicator import ReplicaOutcome, ReplicaState, TableReplicator, find_head, find_source_head
+from shared.delta.source_log import SourceLog
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import threading
 from concurrent.futures import Future
 from typing import Callable, TypeVar
 
-from shared.config import TableConfig
-from shared.delta_log import (
+from shared.config.model import TableConfig
+from shared.delta.log import (
     LogFileKind,
     ReferencedFile,
     TableRoot,
@@ -20,7 +20,7 @@ from shared.delta_log import (
     version_prefix,
 )
 from shared.errors import CommitNotFound, InvalidCommit
-from shared.table_store import LogEntry, TableStore
+from shared.storage.table_store import LogEntry, TableStore
 
 T = TypeVar("T")
 

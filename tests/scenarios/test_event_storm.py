@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from deltalake import write_deltalake
 
-from shared.clients import RequestCounter
-from shared.commit_events import handle_storage_event
-from shared.config import parse_config
+from shared.storage.clients import RequestCounter
+from shared.replication.commit_events import handle_storage_event
+from shared.config.parse import parse_config
 from shared.runtime import ReplicationRuntime
-from tests.lake import Lake, batch, rows
+from tests.support.lake import Lake, batch, rows
 
 COMMITS = 200
 

@@ -1,0 +1,1 @@
+"""The configuration: model (frozen dataclasses), parse (validation), settings (the only env reader)."""

@@ -1,0 +1,103 @@
+"""The configuration's model: frozen dataclasses, safe to log (connection *names*, never values)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_MAX_COMMIT_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LocationConfig:
+    """Where a table lives: a connection name, a container and a path inside it."""
+
+    name: str
+    connection: str
+    container: str
+    path: str
+    retention: "RetentionConfig | None" = None
+
+    def describe(self) -> str:
+        return f"{self.connection}:{self.container}/{self.path}"
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long a replica keeps history. Neither limit set: follow the primary."""
+
+    retention_hours: int | None = None
+    retain_versions: int | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class SnapshotConfig:
+    replica: str
+    container: str
+    path: str
+    keep_last: int
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    name: str
+    source: LocationConfig
+    replicas: tuple[LocationConfig, ...]
+    lag_threshold_seconds: int = 600
+    snapshots: SnapshotConfig | None = None
+    allow_external_files: bool = False
+    max_commit_bytes: int = DEFAULT_MAX_COMMIT_BYTES
+
+    def replica(self, name: str) -> LocationConfig:
+        for replica in self.replicas:
+            if replica.name == name:
+                return replica
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    tables: tuple[TableConfig, ...]
+
+    def table(self, name: str) -> TableConfig:
+        for table in self.tables:
+            if table.name == name:
+                return table
+        raise KeyError(name)
+
+    def connection_names(self) -> list[str]:
+        names: list[str] = []
+        for table in self.tables:
+            for loc in (table.source, *table.replicas):
+                if loc.connection not in names:
+                    names.append(loc.connection)
+        return names
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How to reach one storage account. `connection_string` is secret: never log it."""
+
+    name: str
+    account_name: str
+    blob_service_url: str
+    connection_string: str | None = field(default=None, repr=False)
+    credential_kind: str | None = None  # "managedidentity" or None (DefaultAzureCredential)
+    client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TableServiceSettings:
+    """How to reach the Azure Table service for status rows. The connection string is secret."""
+
+    name: str
+    connection_string: str | None = field(default=None, repr=False)
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Where alerts go; `key` is secret (None means identity-based)."""
+
+    endpoint: str
+    key: str | None = field(default=None, repr=False)

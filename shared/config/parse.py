@@ -1,0 +1,226 @@
+"""Validation of a decoded configuration document: every problem at once, each with its field path."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from shared.config.model import (
+    DEFAULT_MAX_COMMIT_BYTES,
+    LocationConfig,
+    ReplicationConfig,
+    RetentionConfig,
+    SnapshotConfig,
+    TableConfig,
+)
+from shared.errors import ConfigError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_SETTING_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Errors:
+    """Collects every problem so one ConfigError reports them all."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(
+                "invalid replication configuration; fix these and restart: " + "; ".join(self.items)
+            )
+
+
+def parse_config(raw: Any) -> ReplicationConfig:
+    """Validate a decoded configuration document; see `load_config`."""
+    errors = _Errors()
+    if not isinstance(raw, dict):
+        errors.add("(root)", 'expected a JSON object like {"tables": [...]}')
+        errors.raise_if_any()
+    _unknown_keys(raw, {"tables"}, "(root)", errors)
+    tables_raw = raw.get("tables")
+    if not isinstance(tables_raw, list) or not tables_raw:
+        errors.add("tables", "expected a non-empty list of tables")
+        errors.raise_if_any()
+    tables = []
+    for i, t in enumerate(tables_raw):
+        table = _parse_table(t, f"tables[{i}]", errors)
+        if table is not None:
+            tables.append(table)
+    _check_uniqueness(tables, errors)
+    errors.raise_if_any()
+    return ReplicationConfig(tables=tuple(tables))
+
+
+_TABLE_KEYS = {
+    "name", "source", "replicas", "lag_threshold_seconds", "snapshots",
+    "allow_external_files", "max_commit_bytes",
+}
+_LOCATION_KEYS = {"name", "connection", "container", "path", "retention"}
+_RETENTION_KEYS = {"retention_hours", "retain_versions", "dry_run"}
+_SNAPSHOT_KEYS = {"replica", "container", "path", "keep_last"}
+
+
+def _unknown_keys(obj: dict, allowed: set[str], where: str, errors: _Errors) -> None:
+    for key in obj:
+        if key not in allowed:
+            errors.add(f"{where}.{key}", f"unknown field; expected one of {sorted(allowed)}")
+
+
+def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
+    if not isinstance(t, dict):
+        errors.add(where, "expected an object with name, source and replicas")
+        return None
+    _unknown_keys(t, _TABLE_KEYS, where, errors)
+    name = _name(t.get("name"), f"{where}.name", errors)
+    source = _location(t.get("source"), f"{where}.source", errors, named=False)
+    replicas_raw = t.get("replicas")
+    replicas: list[LocationConfig] = []
+    if not isinstance(replicas_raw, list) or not replicas_raw:
+        errors.add(f"{where}.replicas", "expected a non-empty list of replica locations")
+    else:
+        for j, r in enumerate(replicas_raw):
+            loc = _location(r, f"{where}.replicas[{j}]", errors, named=True)
+            if loc is not None:
+                replicas.append(loc)
+    lag = _positive_int(t.get("lag_threshold_seconds", 600), f"{where}.lag_threshold_seconds", errors)
+    max_bytes = _positive_int(
+        t.get("max_commit_bytes", DEFAULT_MAX_COMMIT_BYTES), f"{where}.max_commit_bytes", errors
+    )
+    allow_ext = t.get("allow_external_files", False)
+    if not isinstance(allow_ext, bool):
+        errors.add(f"{where}.allow_external_files", f"expected true or false, got {allow_ext!r}")
+    snapshots = None
+    if t.get("snapshots") is not None:
+        snapshots = _snapshots(t["snapshots"], f"{where}.snapshots", errors, replicas)
+    if name is None or source is None or not replicas or len(replicas) != len(replicas_raw):
+        return None
+    names = [r.name for r in replicas]
+    for j, r in enumerate(replicas):
+        if names.count(r.name) > 1:
+            errors.add(f"{where}.replicas[{j}].name", f"duplicate replica name {r.name!r}")
+        if (r.connection, r.container, r.path) == (source.connection, source.container, source.path):
+            errors.add(f"{where}.replicas[{j}]", "is the same location as the source; a replica must be elsewhere")
+    return TableConfig(
+        name=name,
+        source=LocationConfig("source", source.connection, source.container, source.path),
+        replicas=tuple(replicas),
+        lag_threshold_seconds=lag or 600,
+        snapshots=snapshots,
+        allow_external_files=allow_ext is True,
+        max_commit_bytes=max_bytes or DEFAULT_MAX_COMMIT_BYTES,
+    )
+
+
+def _name(value: Any, where: str, errors: _Errors) -> str | None:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        errors.add(where, f"expected a name of letters, digits, '_', '.', '-' (got {value!r})")
+        return None
+    return value
+
+
+def _positive_int(value: Any, where: str, errors: _Errors) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        errors.add(where, f"expected a positive whole number, got {value!r}")
+        return None
+    return value
+
+
+def _table_path(value: Any, where: str, errors: _Errors) -> str | None:
+    if not isinstance(value, str) or not value.strip("/"):
+        errors.add(where, f"expected the table's folder inside the container, got {value!r}")
+        return None
+    path = value.strip("/")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts) or "\\" in path or "%" in path:
+        errors.add(where, f"expected a plain folder path without '.', '..', '%' or '//' (got {value!r})")
+        return None
+    if "_delta_log" in parts:
+        errors.add(where, f"expected the table root, not a path inside _delta_log (got {value!r})")
+        return None
+    return path
+
+
+def _location(obj: Any, where: str, errors: _Errors, *, named: bool) -> LocationConfig | None:
+    if not isinstance(obj, dict):
+        errors.add(where, "expected an object with connection, container and path")
+        return None
+    _unknown_keys(obj, _LOCATION_KEYS if named else _LOCATION_KEYS - {"name", "retention"}, where, errors)
+    name = _name(obj.get("name"), f"{where}.name", errors) if named else "source"
+    connection = obj.get("connection")
+    if not isinstance(connection, str) or not _SETTING_RE.match(connection):
+        errors.add(f"{where}.connection", f"expected the name of an app setting, got {connection!r}")
+        connection = None
+    container = obj.get("container")
+    if not isinstance(container, str) or not _CONTAINER_RE.match(container):
+        errors.add(
+            f"{where}.container",
+            f"expected a container name (3-63 lowercase letters, digits, '-'), got {container!r}",
+        )
+        container = None
+    path = _table_path(obj.get("path"), f"{where}.path", errors)
+    retention = None
+    if named and obj.get("retention") is not None:
+        retention = _retention(obj["retention"], f"{where}.retention", errors)
+    if None in (name, connection, container, path):
+        return None
+    return LocationConfig(name=name, connection=connection, container=container, path=path, retention=retention)
+
+
+def _retention(obj: Any, where: str, errors: _Errors) -> RetentionConfig | None:
+    if not isinstance(obj, dict):
+        errors.add(where, "expected an object with retention_hours and/or retain_versions (and dry_run)")
+        return None
+    _unknown_keys(obj, _RETENTION_KEYS, where, errors)
+    hours = obj.get("retention_hours")
+    versions = obj.get("retain_versions")
+    if hours is not None:
+        hours = _positive_int(hours, f"{where}.retention_hours", errors)
+    if versions is not None:
+        versions = _positive_int(versions, f"{where}.retain_versions", errors)
+    dry_run = obj.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        errors.add(f"{where}.dry_run", f"expected true or false, got {dry_run!r}")
+        return None
+    return RetentionConfig(retention_hours=hours, retain_versions=versions, dry_run=dry_run)
+
+
+def _snapshots(obj: Any, where: str, errors: _Errors, replicas: list[LocationConfig]) -> SnapshotConfig | None:
+    if not isinstance(obj, dict):
+        errors.add(where, "expected an object with replica, container, path and keep_last")
+        return None
+    _unknown_keys(obj, _SNAPSHOT_KEYS, where, errors)
+    replica = obj.get("replica")
+    if replica not in {r.name for r in replicas}:
+        errors.add(f"{where}.replica", f"expected the name of one of this table's replicas, got {replica!r}")
+    container = obj.get("container")
+    if not isinstance(container, str) or not _CONTAINER_RE.match(container):
+        errors.add(f"{where}.container", f"expected a container name, got {container!r}")
+    path = _table_path(obj.get("path"), f"{where}.path", errors)
+    keep = _positive_int(obj.get("keep_last", 7), f"{where}.keep_last", errors)
+    if errors.items:
+        return None
+    return SnapshotConfig(replica=replica, container=container, path=path, keep_last=keep)
+
+
+def _check_uniqueness(tables: list[TableConfig], errors: _Errors) -> None:
+    seen_names: set[str] = set()
+    for i, t in enumerate(tables):
+        if t.name in seen_names:
+            errors.add(f"tables[{i}].name", f"duplicate table name {t.name!r}")
+        seen_names.add(t.name)
+    # Nested or equal source roots would route one event to two tables.
+    for i, a in enumerate(tables):
+        for j, b in enumerate(tables):
+            if i < j and (a.source.connection, a.source.container) == (b.source.connection, b.source.container):
+                pa, pb = a.source.path + "/", b.source.path + "/"
+                if pa.startswith(pb) or pb.startswith(pa):
+                    errors.add(
+                        f"tables[{j}].source.path",
+                        f"overlaps tables[{i}].source.path ({a.source.path!r}); table roots must not nest",
+                    )

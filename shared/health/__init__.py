@@ -1,0 +1,1 @@
+"""Lag measurement, the lag check, status rows, alerts, metrics."""

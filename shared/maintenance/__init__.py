@@ -1,0 +1,1 @@
+"""Snapshots, retention and purges."""

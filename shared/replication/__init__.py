@@ -1,0 +1,1 @@
+"""Event parsing and routing, handling one event, bringing replicas to a version."""

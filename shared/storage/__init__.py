@@ -1,0 +1,1 @@
+"""The TableStore protocol and its blob implementation, storage clients."""
