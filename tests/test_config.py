@@ -3,7 +3,6 @@ import json
 import pytest
 
 from shared.config.parse import parse_config
-
 from shared.config.settings import load_config, resolve_connection
 from shared.errors import ConfigError
 
@@ -114,3 +113,27 @@ def test_shipped_example_files_are_valid():
     settings = json.loads((root / "local.settings.json.example").read_text())["Values"]
     for name in config.connection_names():
         assert name in settings or f"{name}__blobServiceUri" in settings
+
+
+def test_locations_carry_regions_and_the_source_is_named_primary_by_default():
+    doc = sample()
+    doc["tables"][0]["replicas"][0]["region"] = "westeu"
+    table = parse_config(doc).tables[0]
+    assert table.source.name == "primary"
+    assert table.source.region is None
+    assert table.location("primary") is table.source
+    assert [loc.name for loc in table.locations] == ["primary"] + [r.name for r in table.replicas]
+    assert table.replicas[0].region == "westeu"
+    doc["tables"][0]["source"]["name"] = "eastus"
+    doc["tables"][0]["source"]["region"] = "eastus"
+    assert parse_config(doc).tables[0].source.name == "eastus"
+
+
+def test_bad_region_and_replica_named_like_the_source_are_refused():
+    doc = sample()
+    doc["tables"][0]["replicas"][0]["region"] = "West Europe"
+    doc["tables"][0]["replicas"][1]["name"] = "primary"
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert "tables[0].replicas[0].region" in str(err.value)
+    assert "tables[0].replicas[1].name: 'primary' is the source's name" in str(err.value)

@@ -16,6 +16,7 @@ class LocationConfig:
     container: str
     path: str
     retention: "RetentionConfig | None" = None
+    region: str | None = None  # the Azure region, e.g. "westeu"; routing and cost use it
 
     def describe(self) -> str:
         return f"{self.connection}:{self.container}/{self.path}"
@@ -52,6 +53,18 @@ class TableConfig:
         for replica in self.replicas:
             if replica.name == name:
                 return replica
+        raise KeyError(name)
+
+    @property
+    def locations(self) -> tuple[LocationConfig, ...]:
+        """The source, then the replicas in configuration order."""
+        return (self.source, *self.replicas)
+
+    def location(self, name: str) -> LocationConfig:
+        """The source or replica called `name`. Raises KeyError when none is."""
+        for loc in self.locations:
+            if loc.name == name:
+                return loc
         raise KeyError(name)
 
 

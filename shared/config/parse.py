@@ -61,7 +61,9 @@ _TABLE_KEYS = {
     "name", "source", "replicas", "lag_threshold_seconds", "snapshots",
     "allow_external_files", "max_commit_bytes",
 }
-_LOCATION_KEYS = {"name", "connection", "container", "path", "retention"}
+_LOCATION_KEYS = {"name", "connection", "container", "path", "retention", "region"}
+_REGION_RE = re.compile(r"^[a-z][a-z0-9]{1,39}$")
+DEFAULT_SOURCE_NAME = "primary"
 _RETENTION_KEYS = {"retention_hours", "retain_versions", "dry_run"}
 _SNAPSHOT_KEYS = {"replica", "container", "path", "keep_last"}
 
@@ -104,11 +106,13 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
     for j, r in enumerate(replicas):
         if names.count(r.name) > 1:
             errors.add(f"{where}.replicas[{j}].name", f"duplicate replica name {r.name!r}")
+        if r.name == source.name:
+            errors.add(f"{where}.replicas[{j}].name", f"{r.name!r} is the source's name; give the replica another")
         if (r.connection, r.container, r.path) == (source.connection, source.container, source.path):
             errors.add(f"{where}.replicas[{j}]", "is the same location as the source; a replica must be elsewhere")
     return TableConfig(
         name=name,
-        source=LocationConfig("source", source.connection, source.container, source.path),
+        source=source,
         replicas=tuple(replicas),
         lag_threshold_seconds=lag or 600,
         snapshots=snapshots,
@@ -150,8 +154,16 @@ def _location(obj: Any, where: str, errors: _Errors, *, named: bool) -> Location
     if not isinstance(obj, dict):
         errors.add(where, "expected an object with connection, container and path")
         return None
-    _unknown_keys(obj, _LOCATION_KEYS if named else _LOCATION_KEYS - {"name", "retention"}, where, errors)
-    name = _name(obj.get("name"), f"{where}.name", errors) if named else "source"
+    _unknown_keys(obj, _LOCATION_KEYS if named else _LOCATION_KEYS - {"retention"}, where, errors)
+    if named or obj.get("name") is not None:
+        name = _name(obj.get("name"), f"{where}.name", errors)
+    else:
+        name = DEFAULT_SOURCE_NAME
+    region = obj.get("region")
+    if region is not None and (not isinstance(region, str) or not _REGION_RE.match(region)):
+        errors.add(f"{where}.region", f"expected an Azure region name like 'westeurope' or 'westeu' "
+                   f"(lowercase letters and digits), got {region!r}")
+        region = None
     connection = obj.get("connection")
     if not isinstance(connection, str) or not _SETTING_RE.match(connection):
         errors.add(f"{where}.connection", f"expected the name of an app setting, got {connection!r}")
@@ -169,7 +181,8 @@ def _location(obj: Any, where: str, errors: _Errors, *, named: bool) -> Location
         retention = _retention(obj["retention"], f"{where}.retention", errors)
     if None in (name, connection, container, path):
         return None
-    return LocationConfig(name=name, connection=connection, container=container, path=path, retention=retention)
+    return LocationConfig(name=name, connection=connection, container=container, path=path, retention=retention,
+                          region=region)
 
 
 def _retention(obj: Any, where: str, errors: _Errors) -> RetentionConfig | None:
