@@ -198,7 +198,8 @@ def measure_scaling(az: AzuriteProcess, sizes: list[int], samples: int) -> dict:
     work = Workload(az, "scaling")
     counter = RequestCounter()
     runtime = ReplicationRuntime(parse_config(config_doc("scaling", "scaling")),
-                                 {"EASTUS_STORAGE": az.connection_string("eastus"),
+                                 {"AzureWebJobsStorage": az.connection_string("devstoreaccount1"),
+                                  "EASTUS_STORAGE": az.connection_string("eastus"),
                                   "WESTEU_STORAGE": az.connection_string("westeu")}, counter=counter)
     westeu = BlobServiceClient.from_connection_string(az.connection_string("westeu"))
     for c in ("floor", "rclone", "rewrite"):
@@ -247,7 +248,8 @@ def measure_scaling(az: AzuriteProcess, sizes: list[int], samples: int) -> dict:
 
 def measure_seeding(az: AzuriteProcess, work: Workload) -> dict:
     runtime = ReplicationRuntime(parse_config(config_doc(work.container, "seed")),
-                                 {"EASTUS_STORAGE": az.connection_string("eastus"),
+                                 {"AzureWebJobsStorage": az.connection_string("devstoreaccount1"),
+                                  "EASTUS_STORAGE": az.connection_string("eastus"),
                                   "WESTEU_STORAGE": az.connection_string("westeu")})
     started = time.perf_counter()
     (outcome,) = runtime.replicators["bench"].replicate(None)
@@ -287,7 +289,8 @@ def measure_sustained(seconds: float, rate: float) -> dict:
         doc = config_doc("sustained", "sustained")
         doc["tables"][0]["replicas"].append({"name": "seasia", "connection": "SEASIA_STORAGE",
                                              "container": "sustained", "path": "t"})
-        runtime = ReplicationRuntime(parse_config(doc), {"EASTUS_STORAGE": a.connection_string("eastus"),
+        runtime = ReplicationRuntime(parse_config(doc), {"AzureWebJobsStorage": a.connection_string("devstoreaccount1"),
+                                                         "EASTUS_STORAGE": a.connection_string("eastus"),
                                                          "WESTEU_STORAGE": a.connection_string("westeu"),
                                                          "SEASIA_STORAGE": b.connection_string("seasia")})
         committed: dict[int, float] = {}

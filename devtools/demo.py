@@ -49,6 +49,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     with AzuriteProcess(("eastus", "westeu")) as primary_region, AzuriteProcess(("seasia",)) as far_region:
         settings = {
+            # The function app's own storage: replication leases live there, never in replicas.
+            "AzureWebJobsStorage": primary_region.connection_string("devstoreaccount1"),
             "EASTUS_STORAGE": primary_region.connection_string("eastus"),
             "WESTEU_STORAGE": primary_region.connection_string("westeu"),
             "SEASIA_STORAGE": far_region.connection_string("seasia"),

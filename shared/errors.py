@@ -49,3 +49,9 @@ class ReplicaUnreachable(ReplicationError):
     """Raised when a storage account does not answer or refuses our requests."""
 
     retryable = True
+
+
+class UnexpectedFailure(ReplicationError):
+    """Raised when an exception nobody anticipated interrupts one replica's work; the cause is chained."""
+
+    retryable = True

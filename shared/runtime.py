@@ -12,12 +12,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shared.storage.blob_table_store import BlobTableStore
 from shared.storage.clients import RequestCounter, build_blob_service_client
+from shared.storage.lease import LeaseStore
 from shared.config.model import ReplicationConfig, TableConfig
-from shared.config.settings import load_config, resolve_alerts, resolve_connection, resolve_status_connection
+from shared.config.settings import (
+    load_config,
+    resolve_alerts,
+    resolve_connection,
+    resolve_host_storage,
+    resolve_status_connection,
+)
 from shared.delta.log import TableRoot
 from shared.errors import ConfigError
 from shared.replication.replicator import TableReplicator
 
+_runtime_lock = threading.Lock()
 FILE_COPY_WORKERS = 32
 TASK_WORKERS = 32  # replica updates and read-aheads of concurrent invocations
 
@@ -41,6 +49,9 @@ class ReplicationRuntime:
         self._environ = environ
         self._status = None
         self._alerts = None
+        self._leases = None
+        self._host_client = None
+        self._lock = threading.Lock()
         self.settings = {}
         problems = []
         for i, table in enumerate(config.tables):
@@ -67,7 +78,21 @@ class ReplicationRuntime:
         source = self.store(table, table.source)
         replicas = {r.name: self.store(table, r) for r in table.replicas}
         root = TableRoot(self.settings[table.source.connection].account_name, table.source.container, table.source.path)
-        return TableReplicator(table, source, replicas, root, self._file_pool, self._task_pool)
+        return TableReplicator(table, source, replicas, root, self._file_pool, self._task_pool,
+                               leases=self.lease_store)
+
+    def lease_store(self) -> LeaseStore:
+        """Leases in the function app's storage (STATUS_CONNECTION / AzureWebJobsStorage), built on first use.
+
+        Raises:
+            ConfigError: the function app's storage connection is not defined.
+        """
+        with self._lock:
+            if self._leases is None:
+                settings = resolve_host_storage(self._environ)
+                self._host_client = build_blob_service_client(settings, counter=self.counter)
+                self._leases = LeaseStore(self._host_client, connection_name=settings.name)
+            return self._leases
 
     def status_store(self):
         """The ReplicationStatus table (STATUS_CONNECTION), built on first use."""
@@ -111,10 +136,11 @@ class ReplicationRuntime:
         self._task_pool.shutdown(wait=True)
         for client in self.clients.values():
             client.close()
+        if self._host_client is not None:
+            self._host_client.close()
 
 
 _runtime: ReplicationRuntime | None = None
-_runtime_lock = threading.Lock()
 
 
 def get_runtime() -> ReplicationRuntime:

@@ -90,7 +90,8 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
             loc = _location(r, f"{where}.replicas[{j}]", errors, named=True)
             if loc is not None:
                 replicas.append(loc)
-    lag = _positive_int(t.get("lag_threshold_seconds", 600), f"{where}.lag_threshold_seconds", errors)
+    # 0 means "alert on any lag".
+    lag = _non_negative_int(t.get("lag_threshold_seconds", 600), f"{where}.lag_threshold_seconds", errors)
     max_bytes = _positive_int(
         t.get("max_commit_bytes", DEFAULT_MAX_COMMIT_BYTES), f"{where}.max_commit_bytes", errors
     )
@@ -114,7 +115,7 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
         name=name,
         source=source,
         replicas=tuple(replicas),
-        lag_threshold_seconds=lag or 600,
+        lag_threshold_seconds=600 if lag is None else lag,
         snapshots=snapshots,
         allow_external_files=allow_ext is True,
         max_commit_bytes=max_bytes or DEFAULT_MAX_COMMIT_BYTES,
@@ -131,6 +132,13 @@ def _name(value: Any, where: str, errors: _Errors) -> str | None:
 def _positive_int(value: Any, where: str, errors: _Errors) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         errors.add(where, f"expected a positive whole number, got {value!r}")
+        return None
+    return value
+
+
+def _non_negative_int(value: Any, where: str, errors: _Errors) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        errors.add(where, f"expected a whole number of 0 or more, got {value!r}")
         return None
     return value
 

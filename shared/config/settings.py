@@ -188,6 +188,22 @@ def resolve_status_connection(environ: Mapping[str, str] | None = None) -> Table
     )
 
 
+def resolve_host_storage(environ: Mapping[str, str] | None = None) -> ConnectionSettings:
+    """The function app's own storage account for blobs (leases): STATUS_CONNECTION, default AzureWebJobsStorage.
+
+    Raises:
+        ConfigError: the named connection is not defined; the message names the setting.
+    """
+    env = os.environ if environ is None else environ
+    name = (env.get(STATUS_CONNECTION_SETTING) or DEFAULT_STATUS_CONNECTION).strip()
+    try:
+        return resolve_connection(name, env)
+    except ConfigError as err:
+        raise ConfigError(
+            f"{STATUS_CONNECTION_SETTING}: the function app's storage holds replication leases and status; {err}"
+        ) from err
+
+
 def resolve_alerts(environ: Mapping[str, str] | None = None) -> AlertSettings | None:
     """ALERT_TOPIC_ENDPOINT (+ ALERT_TOPIC_KEY, or identity); None when alerts are off."""
     env = os.environ if environ is None else environ

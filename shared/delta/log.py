@@ -301,25 +301,51 @@ def referenced_files(actions: list[dict], root: TableRoot, *, allow_external: bo
 def checkpoint_actions(data: bytes, *, is_json: bool) -> list[dict]:
     """Actions of a checkpoint or sidecar file that matter for copying: add and sidecar.
 
-    Parquet checkpoints are read column-wise (only `add` and `sidecar`), so stats and
-    metadata of large checkpoints are never materialised as Python objects.
+    See `iter_checkpoint_actions`, which streams instead of holding every action.
+    """
+    return [a for chunk in iter_checkpoint_actions(io.BytesIO(data), is_json=is_json) for a in chunk]
+
+
+def iter_checkpoint_actions(fileobj, *, is_json: bool, batch_rows: int = 4096):
+    """Yield the add and sidecar actions of a checkpoint or sidecar file, a batch at a time.
+
+    Parquet checkpoints are read column-wise (only `add.path`, `add.size`,
+    `add.deletionVector`, and `sidecar`) one record batch at a time, so memory is bounded by
+    `batch_rows` whatever the table's size; stats and metadata are never materialised.
+
+    Args:
+        fileobj: a seekable binary file holding the checkpoint.
+        is_json: a JSON (v2) checkpoint rather than parquet.
+        batch_rows: rows per yielded batch.
     """
     if is_json:
-        return [a for a in parse_commit(data, where="checkpoint") if "add" in a or "sidecar" in a]
+        fileobj.seek(0)
+        chunk: list[dict] = []
+        for number, line in enumerate(fileobj, 1):
+            if not line.strip():
+                continue
+            for action in parse_commit(line, where=f"checkpoint line {number}"):
+                if "add" in action or "sidecar" in action:
+                    chunk.append(action)
+            if len(chunk) >= batch_rows:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+        return
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(io.BytesIO(data))
+    pf = pq.ParquetFile(fileobj)
     names = set(pf.schema_arrow.names)
-    actions: list[dict] = []
     if "add" in names:
         add_type = pf.schema_arrow.field("add").type
         wanted = [f"add.{n}" for n in ("path", "size", "deletionVector") if add_type.get_field_index(n) >= 0]
-        table = pf.read(columns=wanted)
-        for row in table.column("add").to_pylist():
-            if row and row.get("path"):
-                actions.append({"add": row})
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
+            chunk = [{"add": row} for row in batch.column(0).to_pylist() if row and row.get("path")]
+            if chunk:
+                yield chunk
     if "sidecar" in names:
-        for row in pf.read(columns=["sidecar"]).column("sidecar").to_pylist():
-            if row and row.get("path"):
-                actions.append({"sidecar": row})
-    return actions
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=["sidecar"]):
+            chunk = [{"sidecar": row} for row in batch.column(0).to_pylist() if row and row.get("path")]
+            if chunk:
+                yield chunk

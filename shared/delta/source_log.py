@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from shared.config.model import TableConfig
@@ -12,7 +15,7 @@ from shared.delta.log import (
     LogFileKind,
     ReferencedFile,
     TableRoot,
-    checkpoint_actions,
+    iter_checkpoint_actions,
     commit_name,
     parse_commit,
     parse_log_name,
@@ -65,18 +68,97 @@ def complete_checkpoints(entries: list[LogEntry]) -> dict[int, list[str]]:
     return found
 
 
-class SourceLog:
-    """Cached, thread-safe reads of the primary's log for one invocation.
+# What one invocation keeps of the primary's commits (bytes and parsed file lists), shared by
+# the replicas it updates. Least recently used entries go first; a commit larger than the
+# whole budget is never kept. Catch-up batches hold their own references while they need them.
+COMMIT_CACHE_BYTES = 16 * 1024 * 1024
+_FILE_ENTRY_BYTES = 200  # rough in-memory size of one ReferencedFile beyond its path
+SPOOL_BYTES = 8 * 1024 * 1024  # checkpoint files above this spill to a temporary file
 
-    Nothing outlives the invocation: a later event re-reads the primary.
+
+@dataclass(frozen=True)
+class SourceCommit:
+    """One primary commit as read: its exact bytes and the files it references."""
+
+    version: int
+    data: bytes
+    files: list[ReferencedFile]
+
+    @property
+    def footprint(self) -> int:
+        return len(self.data) + sum(_FILE_ENTRY_BYTES + len(f.path) for f in self.files)
+
+
+class _BoundedCache:
+    """Compute-once values under a byte budget, evicting least recently used ones.
+
+    Concurrent callers of one key share one computation. Failures are not kept, so a
+    later caller tries again.
     """
 
-    def __init__(self, table: TableConfig, store: TableStore, root: TableRoot) -> None:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._futures: OrderedDict[object, Future] = OrderedDict()
+        self._sizes: dict[object, int] = {}
+        self._total = 0
+
+    def get(self, key: object, compute: Callable[[], T], size_of: Callable[[T], int]) -> T:
+        with self._lock:
+            future = self._futures.get(key)
+            owner = future is None
+            if owner:
+                future = self._futures[key] = Future()
+            else:
+                self._futures.move_to_end(key)
+        if owner:
+            try:
+                value = compute()
+            except BaseException as err:  # shared with waiters, re-raised below
+                with self._lock:
+                    self._futures.pop(key, None)
+                future.set_exception(err)
+            else:
+                future.set_result(value)
+                self._admit(key, size_of(value))
+        return future.result()
+
+    def _admit(self, key: object, size: int) -> None:
+        with self._lock:
+            if size > self.budget:
+                self._futures.pop(key, None)
+                return
+            self._sizes[key] = size
+            self._total += size
+            for old in list(self._futures):
+                if self._total <= self.budget:
+                    break
+                if old in self._sizes and old != key:
+                    self._futures.pop(old)
+                    self._total -= self._sizes.pop(old)
+
+    @property
+    def held_bytes(self) -> int:
+        with self._lock:
+            return self._total
+
+
+class SourceLog:
+    """Thread-safe reads of the primary's log for one invocation, shared by its replicas.
+
+    Listings and small reads are kept for the invocation; commits are kept under
+    COMMIT_CACHE_BYTES; checkpoints are streamed and never held. Nothing outlives the
+    invocation: a later event re-reads the primary.
+    """
+
+    def __init__(self, table: TableConfig, store: TableStore, root: TableRoot, *,
+                 commit_cache_bytes: int = COMMIT_CACHE_BYTES) -> None:
         self.table = table
         self.store = store
         self.root = root
         self._lock = threading.Lock()
         self._futures: dict[object, Future] = {}
+        self._commits = _BoundedCache(commit_cache_bytes)
         self.sizes: dict[str, int] = {}  # `_delta_log` name -> size, from the listings made
 
     def _once(self, key: object, compute: Callable[[], T]) -> T:
@@ -105,8 +187,16 @@ class SourceLog:
             entries += self.listing(prefix)
         return entries
 
-    def commit_bytes(self, version: int) -> bytes:
-        def read() -> bytes:
+    def commit(self, version: int) -> SourceCommit:
+        """The primary's commit at `version`, validated: bytes within max_commit_bytes, JSON
+        lines, and every referenced path inside the table.
+
+        Raises:
+            CommitNotFound: no such commit (never written, or cleaned up).
+            CommitIncomplete: empty or not JSON lines yet (retryable).
+            InvalidCommit: too large, or a path escapes the table.
+        """
+        def read() -> SourceCommit:
             name = commit_name(version)
             try:
                 data = self.store.get_log_file(name)
@@ -121,24 +211,22 @@ class SourceLog:
                     f"max_commit_bytes={self.table.max_commit_bytes}; not replicated. Raise the limit "
                     "in the table's configuration if this commit is expected."
                 )
-            return data
+            where = f"table {self.table.name} version {version}"
+            actions = parse_commit(data, where=f"{where} on the primary")
+            files = referenced_files(actions, self.root, allow_external=self.table.allow_external_files, where=where)
+            return SourceCommit(version, data, files)
 
-        return self._once(("commit", version), read)
+        return self._commits.get(("commit", version), read, lambda c: c.footprint)
+
+    def commit_bytes(self, version: int) -> bytes:
+        return self.commit(version).data
+
+    def commit_files(self, version: int) -> list[ReferencedFile]:
+        return self.commit(version).files
 
     def commit_entry(self, version: int) -> LogEntry | None:
         """The primary's commit blob properties (one HEAD), or None when it is gone."""
         return self._once(("entry", version), lambda: self.store.log_entry(commit_name(version)))
-
-    def commit_files(self, version: int) -> list[ReferencedFile]:
-        def compute() -> list[ReferencedFile]:
-            where = f"table {self.table.name} version {version}"
-            actions = parse_commit(self.commit_bytes(version), where=f"{where} on the primary")
-            return referenced_files(actions, self.root, allow_external=self.table.allow_external_files, where=where)
-
-        return self._once(("files", version), compute)
-
-    def log_file(self, name: str) -> bytes:
-        return self._once(("log", name), lambda: self.store.get_log_file(name))
 
     def last_checkpoint(self) -> tuple[int, bytes] | None:
         def read():
@@ -153,27 +241,39 @@ class SourceLog:
 
         return self._once(("last_checkpoint",), read)
 
+    def _iter_actions(self, name: str):
+        """Stream one checkpoint or sidecar file's add/sidecar actions, a batch at a time."""
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+            self.store.read_log_file_into(name, spool)
+            spool.seek(0)
+            yield from iter_checkpoint_actions(spool, is_json=name.endswith(".json"))
+
     def checkpoint_sidecars(self, name: str) -> list[str]:
         """`_delta_log`-relative names of the sidecars a v2 checkpoint references."""
         def compute() -> list[str]:
-            actions = checkpoint_actions(self.log_file(name), is_json=name.endswith(".json"))
-            return [f"_sidecars/{a['sidecar']['path']}" for a in actions if "sidecar" in a]
+            return [f"_sidecars/{a['sidecar']['path']}" for chunk in self._iter_actions(name)
+                    for a in chunk if "sidecar" in a]
 
         return self._once(("sidecars", name), compute)
 
-    def checkpoint_files(self, names: list[str]) -> list[ReferencedFile]:
-        """Files the adds of a checkpoint (all parts and sidecars) reference."""
-        def compute() -> list[ReferencedFile]:
-            actions: list[dict] = []
-            for name in names:
-                actions += checkpoint_actions(self.log_file(name), is_json=name.endswith(".json"))
-                for sidecar in self.checkpoint_sidecars(name) if parse_log_name(name).kind == LogFileKind.CHECKPOINT_V2 else []:
-                    actions += checkpoint_actions(self.log_file(sidecar), is_json=False)
-            adds = [{"add": a["add"]} for a in actions if "add" in a]
-            where = f"table {self.table.name} checkpoint {names[0]}"
-            return referenced_files(adds, self.root, allow_external=self.table.allow_external_files, where=where)
+    def iter_checkpoint_files(self, names: list[str]):
+        """Yield, a batch at a time, the files the adds of a checkpoint (all parts and
+        sidecars) reference. Memory is bounded by one batch whatever the table's size.
 
-        return self._once(("checkpoint_files", tuple(names)), compute)
+        Raises:
+            InvalidCommit: a path escapes the table.
+        """
+        where = f"table {self.table.name} checkpoint {names[0]}"
+        sources = list(names)
+        for name in names:
+            if parse_log_name(name).kind == LogFileKind.CHECKPOINT_V2:
+                sources += self.checkpoint_sidecars(name)
+        for name in sources:
+            for chunk in self._iter_actions(name):
+                adds = [{"add": a["add"]} for a in chunk if "add" in a]
+                if adds:
+                    yield referenced_files(adds, self.root, allow_external=self.table.allow_external_files,
+                                           where=where)
 
     def latest_checkpoint(self, *, at_least: int = 0) -> tuple[int, list[str]] | None:
         """The newest complete checkpoint at or after `at_least`, or None."""

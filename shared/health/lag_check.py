@@ -9,6 +9,7 @@ from shared.health import metrics
 from shared.health.alerts import AlertPublisher, alert_state, transition_event
 from shared.health.lag import ReplicaLag, measure_table
 from shared.health.status import ALERT_OK, StatusStore
+from shared.maintenance.retention import purge_after_vacuum
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
         replicator = runtime.replicators[table.name]
         previous = {row.replica: row for row in status.list_rows(table=table.name)}
         outcomes = replicator.replicate(None) if heal else []
+        if any(o.vacuum_versions for o in outcomes):
+            purge_after_vacuum(runtime, table.name, outcomes, status=status)  # a VACUUM whose event was lost
         lags = measure_table(replicator, outcomes=outcomes, now=now,
                              previous_versions={k: v.replica_version for k, v in previous.items()})
         for lag in lags:

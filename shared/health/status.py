@@ -2,12 +2,15 @@
 
 PartitionKey = table name, RowKey = replica name; columns SourceVersion, ReplicaVersion,
 VersionLag, LagSeconds, Status, CheckedAt, Detail, and AlertState (the last alert sent,
-so alerts fire once per transition).
+so alerts fire once per transition); retention adds LastPurgeAt, LastPurgeFiles and
+LastPurgeBytes (files and bytes its last run freed). Writes merge, so each writer keeps
+the others' columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
@@ -98,7 +101,23 @@ class StatusStore:
             "CheckedAt": lag.checked_at.isoformat(),
             "Detail": lag.detail,
             "AlertState": alert_state,
-        }, mode=UpdateMode.REPLACE)
+        }, mode=UpdateMode.MERGE)
+
+    def record_purge(self, table: str, replica: str, *, files: int, bytes_freed: int) -> None:
+        """Record what a retention run freed on one replica."""
+        self._ensure_table()
+        self._table.upsert_entity({
+            "PartitionKey": table, "RowKey": replica,
+            "LastPurgeAt": datetime.now(timezone.utc).isoformat(),
+            "LastPurgeFiles": files, "LastPurgeBytes": bytes_freed,
+        }, mode=UpdateMode.MERGE)
+
+    def get_entity(self, table: str, replica: str) -> dict | None:
+        """The raw row (every column), or None."""
+        try:
+            return dict(self._table.get_entity(table, replica))
+        except ResourceNotFoundError:
+            return None
 
     @staticmethod
     def _row(entity) -> StatusRow:

@@ -1,11 +1,21 @@
 """Propagate VACUUM and log cleanup from the primary to its replicas: the explicit retention path.
 
-The only code, with snapshots, that deletes from a replica. Per replica: choose the oldest
-version to keep (follow the primary's oldest log version by default, or `retention_hours`
-and/or `retain_versions`, keeping whatever either requires); delete log files older than
-the newest checkpoint at or before it; delete data files that no kept version references
-*and* that the primary no longer has (it vacuumed them). Runs under the replica's
-replication lease, so it never races a commit whose files are being copied.
+The only code, with snapshots, that deletes from a replica. Per replica, under its lease
+(in the function app's storage), so it never races a commit whose files are being copied:
+
+- Log files: older than the newest checkpoint at or before the oldest version to keep
+  (the primary's oldest log version by default; `retention_hours` / `retain_versions` keep more).
+- Data files (default, "mirror the primary"): every file the primary no longer has, except
+  those the replica's newest version reads. A version whose files the primary vacuumed
+  cannot be read on the primary any more, so it is not kept readable on replicas either:
+  a purge (DELETE + VACUUM) reaches every region.
+- Data files with `retention_hours` / `retain_versions`: additionally kept while a kept
+  version references them, even after the primary vacuumed them.
+- Nothing is deleted when the primary's `_delta_log` cannot be listed or is empty: an
+  absent primary is not a primary that vacuumed everything.
+
+`replicate_commit` runs this right after a replica receives a `VACUUM END` commit, so
+purges arrive within seconds; the daily timer is the safety net.
 """
 
 from __future__ import annotations
@@ -23,13 +33,17 @@ from shared.delta.log import (
     parse_commit,
     parse_log_name,
 )
-from shared.replication.replicator import log_versions
 from shared.delta.source_log import complete_checkpoints
 from shared.delta.table_state import table_state
+from shared.errors import ReplicationError
+from shared.replication.replicator import log_versions
 
 log = logging.getLogger(__name__)
 
+# Folders under a table root that hold no data files: the log, and the lease folder that
+# versions before leases moved to the function app's storage kept inside replicas.
 _HIDDEN = ("_delta_log/", "_replication/")
+LEGACY_LEASE_FOLDER = "_replication/"
 
 
 @dataclass
@@ -40,6 +54,12 @@ class RetentionResult:
     dry_run: bool = False
     log_files: list[str] = field(default_factory=list)
     data_files: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    skipped: str | None = None  # why nothing was deleted, when a safety check stopped the run
+
+    @property
+    def files_freed(self) -> int:
+        return 0 if self.dry_run else len(self.log_files) + len(self.data_files)
 
 
 def _commit_millis(store, version: int) -> int | None:
@@ -89,9 +109,16 @@ def _files_of(actions: list[dict]) -> set[str]:
     return files
 
 
+def _mirrors_primary(policy) -> bool:
+    return policy is None or (policy.retention_hours is None and policy.retain_versions is None)
+
+
 def apply_replica_retention(replicator, name: str, *, now: datetime | None = None,
                             dry_run: bool | None = None) -> RetentionResult:
     """Apply one replica's retention policy; see the module docstring for what is deleted.
+
+    Invariant: a data file is deleted only once the primary no longer has it, and never
+    while the replica's newest version (or, with an explicit policy, a kept version) reads it.
 
     Args:
         replicator: the table's replicator.
@@ -105,13 +132,24 @@ def apply_replica_retention(replicator, name: str, *, now: datetime | None = Non
     policy = table.replica(name).retention
     dry = dry_run if dry_run is not None else bool(policy and policy.dry_run)
     result = RetentionResult(table.name, name, dry_run=dry)
-    with store.replication_lease():
+    fields = {"table": table.name, "replica": name, "dry_run": dry}
+    with replicator.lease(store):
         entries = store.list_log("")
         commits = sorted(lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT)
         if not commits:
             return result
         head = max(log_versions(entries))
-        source_versions = log_versions(replicator.source_store.list_log(""))
+        # The replica is listed before the primary: a file the replica has came from the
+        # primary, so if the later listing of the primary lacks it, the primary deleted it.
+        replica_files = {f.name: f.size for f in store.list_files()}
+        source_entries = replicator.source_store.list_log("")
+        source_versions = log_versions(source_entries)
+        if not source_versions:
+            result.skipped = "the primary's _delta_log is empty or absent"
+            log.warning("retention.skipped table=%s replica=%s reason=%s", table.name, name, result.skipped,
+                        extra=fields)
+            return result
+        primary_files = {f.name for f in replicator.source_store.list_files()}
         keep_from = min(_keep_from(store, source_versions, commits, head, policy, now), head)
         checkpoints = sorted(v for v in complete_checkpoints(entries) if v <= keep_from)
         base = checkpoints[-1] if checkpoints else min(log_versions(entries))
@@ -121,31 +159,84 @@ def apply_replica_retention(replicator, name: str, *, now: datetime | None = Non
             f"{LOG_DIR}/{e.name}" for e in entries
             if (lf := parse_log_name(e.name)) and lf.version is not None and lf.version < base
         ]
-        referenced = set()
-        state = table_state(store, base)
-        referenced |= _files_of([{"add": a} for a in state.adds.values()])
-        for v in commits:
-            if v >= base:
-                referenced |= _files_of(parse_commit(store.get_log_file(commit_name(v)), where="retention"))
-        candidates = [f.name for f in store.list_files()
-                      if not f.name.startswith(_HIDDEN) and f.name not in referenced]
-        # Only what the primary has already deleted: a file still on the primary may belong
-        # to a commit being replicated right now, or the primary has simply not vacuumed yet.
-        result.data_files = [p for p in candidates if replicator.source_store.file_size(p) is None]
+        if _mirrors_primary(policy):
+            referenced = _files_of([{"add": a} for a in table_state(store, head).adds.values()])
+        else:
+            referenced = _files_of([{"add": a} for a in table_state(store, base).adds.values()])
+            for v in commits:
+                if v > base:
+                    referenced |= _files_of(parse_commit(store.get_log_file(commit_name(v)), where="retention"))
+        result.data_files = sorted(p for p in replica_files
+                                   if not p.startswith(_HIDDEN) and p not in referenced and p not in primary_files)
+        legacy = sorted(p for p in replica_files if p.startswith(LEGACY_LEASE_FOLDER))
+        sizes = {**{f"{LOG_DIR}/{e.name}": e.size for e in entries}, **replica_files}
+        result.bytes_freed = sum(sizes.get(p) or 0 for p in result.log_files + result.data_files)
         if not dry:
             # Log files first (oldest first), so a reader never finds a commit whose files went away.
             store.delete_files(sorted(result.log_files))
             store.delete_files(result.data_files)
+            if legacy:
+                _remove_legacy_lease(store, legacy, table.name, name)
     action = "retention.dry_run" if dry else "retention.applied"
-    log.info("%s table=%s replica=%s keep_from_version=%s log_files=%d data_files=%d", action, table.name, name,
-             result.keep_from_version, len(result.log_files), len(result.data_files),
-             extra={"table": table.name, "replica": name, "dry_run": dry})
+    log.info("%s table=%s replica=%s keep_from_version=%s log_files=%d data_files=%d bytes_freed=%d", action,
+             table.name, name, result.keep_from_version, len(result.log_files), len(result.data_files),
+             result.bytes_freed, extra={**fields, "bytes_freed": result.bytes_freed})
     for path in result.log_files + result.data_files:
         log.debug("%s.file table=%s replica=%s path=%s", action, table.name, name, path)
     return result
 
 
-def apply_retention(runtime, *, now: datetime | None = None) -> list[RetentionResult]:
-    """Apply retention to every replica of every table."""
-    return [apply_replica_retention(runtime.replicators[t.name], r.name, now=now)
-            for t in runtime.config.tables for r in t.replicas]
+def _remove_legacy_lease(store, paths: list[str], table: str, replica: str) -> None:
+    """The one deletion of a non-table blob: the lease folder earlier versions kept in replicas."""
+    try:
+        store.delete_files(paths)
+    except ReplicationError as err:  # an old instance may still hold it; the next run retries
+        log.warning("retention.legacy_lease_kept table=%s replica=%s error=%s", table, replica, err)
+        return
+    log.info("retention.legacy_lease_removed table=%s replica=%s paths=%s", table, replica, ",".join(paths),
+             extra={"table": table, "replica": replica})
+
+
+def purge_after_vacuum(runtime, table_name: str, outcomes, *, status=None) -> list[RetentionResult]:
+    """Run retention on every replica that just received a `VACUUM END` commit.
+
+    Called right after replication, so a purge on the primary reaches each region within
+    seconds of its event. A failure is logged and left to the daily timer; it never fails
+    the replication that triggered it.
+    """
+    results = []
+    replicator = runtime.replicators[table_name]
+    for outcome in outcomes:
+        if not outcome.vacuum_versions:
+            continue
+        try:
+            result = apply_replica_retention(replicator, outcome.replica)
+        except Exception as err:  # noqa: BLE001 - replication succeeded; the timer is the safety net
+            log.warning("retention.after_vacuum_failed table=%s replica=%s error=%s", table_name, outcome.replica,
+                        err, exc_info=not isinstance(err, ReplicationError))
+            continue
+        results.append(result)
+        if status is not None:
+            record_purge(status, result)
+    return results
+
+
+def record_purge(status, result: RetentionResult) -> None:
+    """Record files and bytes freed in the replica's status row; a failure only logs."""
+    try:
+        status.record_purge(result.table, result.replica, files=result.files_freed, bytes_freed=result.bytes_freed)
+    except Exception as err:  # noqa: BLE001 - the purge happened; its record is best effort
+        log.warning("retention.record_failed table=%s replica=%s error=%s", result.table, result.replica,
+                    type(err).__name__)
+
+
+def apply_retention(runtime, *, now: datetime | None = None, status=None) -> list[RetentionResult]:
+    """Apply retention to every replica of every table, recording each in `status` when given."""
+    results = []
+    for t in runtime.config.tables:
+        for r in t.replicas:
+            result = apply_replica_retention(runtime.replicators[t.name], r.name, now=now)
+            if status is not None:
+                record_purge(status, result)
+            results.append(result)
+    return results

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.delta.log import LogFileKind
-from shared.errors import InvalidEvent
+from shared.errors import InvalidEvent, ReplicationError
 from shared.replication.events import parse_event, route_event
 from shared.replication.replicator import ReplicaOutcome
+from shared.maintenance.retention import purge_after_vacuum
 from shared.runtime import ReplicationRuntime
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
         event = parse_event(envelope)
         ref = route_event(event, runtime.config, runtime.source_accounts)
     except InvalidEvent as err:
-        log.info("event.rejected reason=%s", err, extra={"reason": str(err)})
+        # WARNING: a rejected event means a misconfigured subscription or someone probing.
+        log.warning("event.rejected reason=%s", err, extra={"reason": str(err)})
         return EventResult(EventDisposition.REJECTED, reason=str(err))
     if ref is None:
         log.debug("event.ignored account=%s container=%s path=%s", event.account, event.container, event.path)
@@ -68,6 +70,9 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
     started = time.monotonic()
     replicator = runtime.replicators[ref.table.name]
     outcomes = replicator.replicate(ref.version, log_file_kind=ref.log_file.kind)
+    if any(o.vacuum_versions for o in outcomes):
+        # A VACUUM on the primary: purge the same files from those replicas now, not at the daily timer.
+        purge_after_vacuum(runtime, ref.table.name, outcomes, status=_status_or_none(runtime))
     result = EventResult(EventDisposition.HANDLED, table=ref.table.name, log_file=ref.log_file.name,
                          version=ref.version, outcomes=outcomes)
     states = ",".join(f"{o.replica}:{o.state.value}" for o in outcomes)
@@ -75,3 +80,11 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
              states, time.monotonic() - started,
              extra={"table": ref.table.name, "log_file": ref.log_file.name, "version": ref.version})
     return result
+
+
+def _status_or_none(runtime: ReplicationRuntime):
+    """The status store when the function app's storage is configured; purges are recorded there."""
+    try:
+        return runtime.status_store()
+    except ReplicationError:
+        return None

@@ -19,6 +19,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import Callable
 
 from shared.config.model import TableConfig
 from shared.delta.log import (
@@ -31,15 +32,21 @@ from shared.delta.log import (
 )
 from shared import failpoints
 from shared.health import metrics
-from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError
-from shared.delta.source_log import SourceLog, complete_checkpoints
+from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError, UnexpectedFailure
+from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
+from shared.storage.lease import LeaseStore, location_lease_name
 from shared.storage.table_store import LogEntry, TableStore
 
 log = logging.getLogger(__name__)
 
 # Versions whose files are copied together before their commits are written in order;
-# bounds memory and keeps the replica advancing steadily while it catches up.
+# keeps the replica advancing steadily while it catches up. A batch also ends once its
+# commits hold BATCH_COMMIT_BYTES (it always takes at least one commit), so memory per
+# catching-up replica is at most two batches (this one and the read-ahead), whatever the lag.
 BATCH_VERSIONS = 64
+BATCH_COMMIT_BYTES = 8 * 1024 * 1024
+# Written by delta-rs and Spark as the last commit of a VACUUM: the files are gone now.
+VACUUM_END = "VACUUM END"
 
 
 class ReplicaState(enum.Enum):
@@ -64,6 +71,7 @@ class ReplicaOutcome:
     log_bytes: int = 0  # checkpoints, sidecars and .crc copied (data bytes are in `bytes`)
     progress: object = field(default=None, repr=False)  # callable(replica, files, bytes) or None
     error: ReplicationError | None = field(default=None, repr=False)
+    vacuum_versions: list = field(default_factory=list)  # VACUUM END commits written to this replica
 
     @property
     def retryable(self) -> bool:
@@ -72,9 +80,32 @@ class ReplicaOutcome:
 
 @dataclass
 class _Batch:
-    versions: list = field(default_factory=list)  # (version, referenced files), in order
+    commits: list = field(default_factory=list)  # SourceCommit, in version order
     copies: dict = field(default_factory=dict)  # copy future -> path
     error: ReplicationError | None = None
+
+
+def unexpected(err: BaseException, what: str) -> ReplicationError:
+    """Our errors pass through; anything else becomes a retryable UnexpectedFailure with the cause chained."""
+    if isinstance(err, ReplicationError):
+        return err
+    wrapped = UnexpectedFailure(f"{what}: unexpected {type(err).__name__}: {err}; it will be retried.")
+    wrapped.__cause__ = err
+    return wrapped
+
+
+def is_vacuum_end(commit: SourceCommit) -> bool:
+    """Whether a commit is the end of a VACUUM (its commitInfo operation is "VACUUM END")."""
+    if VACUUM_END.encode() not in commit.data:
+        return False  # the cheap test first: most commits are not
+    for line in commit.data.splitlines():
+        if b'"commitInfo"' in line:
+            try:
+                info = json.loads(line).get("commitInfo")
+            except ValueError:
+                return False
+            return isinstance(info, dict) and info.get("operation") == VACUUM_END
+    return False
 
 
 def log_versions(entries: list[LogEntry]) -> set[int]:
@@ -162,14 +193,21 @@ class TableReplicator:
     """
 
     def __init__(self, table: TableConfig, source: TableStore, replicas: dict[str, TableStore],
-                 root: TableRoot, file_pool: ThreadPoolExecutor, task_pool: ThreadPoolExecutor | None = None) -> None:
+                 root: TableRoot, file_pool: ThreadPoolExecutor, task_pool: ThreadPoolExecutor | None = None, *,
+                 leases: "Callable[[], LeaseStore]") -> None:
         self.table = table
+        self._leases = leases
         self.source_store = source
         self.replicas = replicas
         self.root = root
         self._files = file_pool
         # Long-lived: starting threads per invocation costs milliseconds per commit.
         self._tasks = task_pool or ThreadPoolExecutor(max_workers=16, thread_name_prefix="replica")
+
+    def lease(self, store: TableStore, **kwargs):
+        """The lease serialising replication and retention into one replica location, held in
+        the function app's storage (never in the replica's account)."""
+        return self._leases().hold(location_lease_name(*store.location_key), **kwargs)
 
     def replicate(self, version: int | None, *, log_file_kind: LogFileKind | None = None,
                   progress=None) -> list[ReplicaOutcome]:
@@ -209,12 +247,37 @@ class TableReplicator:
         else:
             prefetch = [pool.submit(source.entries_for, max(target - 1, 0), target)]
         crc = log_file_kind == LogFileKind.CRC
+        if version is not None and log_file_kind == LogFileKind.COMMIT:
+            rejected = self._reject_unusable_commit(source, target)
+            if rejected is not None:
+                for f in prefetch:
+                    f.exception()
+                return rejected
         futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress, fast, crc)
                    for name, store in self.replicas.items()]
         outcomes = [f.result() for f in futures]
         for f in prefetch:
             f.exception()  # errors were (or will be) raised where the result is used
         return outcomes
+
+    def _reject_unusable_commit(self, source: SourceLog, version: int) -> list[ReplicaOutcome] | None:
+        """Validate the commit an event names before any replica is touched.
+
+        A truncated, unsafe or oversized commit is reported once (one WARNING) and gives every
+        replica an `error` outcome with that cause; nothing is written anywhere, lease included.
+        """
+        try:
+            source.commit(version)
+        except CommitNotFound:
+            return None  # replicas may already have it (a late event); each replica decides
+        except ReplicationError as err:
+            log.warning("commit.rejected table=%s version=%d retryable=%s error=%s", self.table.name, version,
+                        err.retryable, err, extra={"table": self.table.name, "version": version})
+            outcomes = [ReplicaOutcome(name, ReplicaState.ERROR, error=err) for name in self.replicas]
+            for outcome in outcomes:
+                metrics.record_outcome(self.table.name, outcome)
+            return outcomes
+        return None
 
     # -- one replica ------------------------------------------------------------------
     def _replicate_one(self, name: str, store: TableStore, source: SourceLog, target: int,
@@ -233,17 +296,18 @@ class TableReplicator:
                 # duplicates can at worst copy this one commit's files twice; the conditional
                 # commit decides. Checkpoints and .crc files come with their own events.
                 self.check_head_matches(name, store, source, head, target, entries, by_listing=False)
-                files = source.commit_files(target)
-                failed = self._copy_files(store, source, files, outcome)
+                commit = source.commit(target)
+                failed = self._copy_files(store, source, commit.files, outcome)
                 if failed:
                     raise next(iter(failed.values()))
                 failpoints.hit(failpoints.COMMIT_BEFORE)
-                self._write_commit(name, store, source, target, len(files))
+                self._write_commit(name, store, commit, outcome)
                 failpoints.hit(failpoints.COMMIT_AFTER)
                 head = target
                 outcome.state = ReplicaState.REPLICATED
             elif head is None or head < target:
-                with store.replication_lease() as waited:
+                self._validate_target(source, target)
+                with self.lease(store) as waited:
                     if waited:
                         # Whoever held the lease may have done our work already.
                         head, entries = find_head(store, target)
@@ -264,9 +328,22 @@ class TableReplicator:
             outcome.state, outcome.error = ReplicaState.ERROR, err
             log.warning("replica.failed table=%s replica=%s retryable=%s error=%s",
                         self.table.name, name, err.retryable, err, extra=fields)
+        except Exception as err:  # noqa: BLE001 - one replica's surprise must not hide the others' outcomes
+            outcome.state = ReplicaState.ERROR
+            outcome.error = unexpected(err, f"table {self.table.name} replica {name}")
+            log.exception("replica.failed table=%s replica=%s retryable=%s error=%s", self.table.name, name,
+                          outcome.error.retryable, outcome.error, extra=fields)
         outcome.seconds = time.monotonic() - started
         metrics.record_outcome(self.table.name, outcome)
         return outcome
+
+    def _validate_target(self, source: SourceLog, target: int) -> None:
+        """Read and validate the target commit before anything is written (a lease, a file):
+        an unusable commit (truncated, unsafe, too large) stops here with nothing touched."""
+        try:
+            source.commit(target)
+        except CommitNotFound:
+            pass  # a version defined by a checkpoint alone, or cleaned up: catch-up decides
 
     def _catch_up(self, name: str, store: TableStore, source: SourceLog, head: int | None,
                   target: int, outcome: ReplicaOutcome) -> int:
@@ -296,46 +373,64 @@ class TableReplicator:
             entries = source.entries_for(start, target)
         checkpoints = complete_checkpoints(entries)
         crcs = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.CRC}
-        batches = [list(range(v, min(v + BATCH_VERSIONS, target + 1))) for v in range(start, target + 1, BATCH_VERSIONS)]
         # Pipelined: the next batch's commits are read and its files copied while this batch's
         # commits are written, in order. Files landing early are harmless: nothing references
         # them until their own commit exists.
-        upcoming = self._start_batch(store, source, batches[0], outcome)
-        for index in range(len(batches)):
-            current = upcoming
-            upcoming = None
-            if index + 1 < len(batches) and current.error is None:
-                upcoming = self._start_batch(store, source, batches[index + 1], outcome)
-            failed = self._finish_copies(current.copies, outcome)
-            for v, files in current.versions:
-                if any(f.path in failed for f in files):
-                    self._abandon(upcoming)
-                    raise failed[next(f.path for f in files if f.path in failed)]
-                failpoints.hit(failpoints.COMMIT_BEFORE)
-                self._write_commit(name, store, source, v, len(files))
-                failpoints.hit(failpoints.COMMIT_AFTER)
-                head = v
-                if v in crcs:
-                    self._copy_log_files(store, source, [f"{v:020d}.crc"], outcome)
-                if v in checkpoints:
-                    self._copy_checkpoint(store, source, checkpoints[v], outcome)
-            if current.error is not None:
-                self._abandon(upcoming)
-                raise current.error
+        upcoming = self._start_batch(store, source, start, target)
+        try:
+            while upcoming is not None:
+                current, upcoming = upcoming, None
+                following = current.commits[-1].version + 1 if current.commits else None
+                if following is not None and following <= target and current.error is None:
+                    upcoming = self._start_batch(store, source, following, target)
+                failed = self._finish_copies(current.copies, outcome)
+                for commit in current.commits:
+                    missing = next((f.path for f in commit.files if f.path in failed), None)
+                    if missing is not None:
+                        raise failed[missing]
+                    failpoints.hit(failpoints.COMMIT_BEFORE)
+                    self._write_commit(name, store, commit, outcome)
+                    failpoints.hit(failpoints.COMMIT_AFTER)
+                    head = commit.version
+                    if head in crcs:
+                        self._copy_log_files(store, source, [f"{head:020d}.crc"], outcome)
+                    if head in checkpoints:
+                        self._copy_checkpoint(store, source, checkpoints[head], outcome)
+                current.commits.clear()  # this batch's commit bytes are no longer needed
+                if current.error is not None:
+                    raise current.error
+        finally:
+            self._abandon(upcoming)  # no copy outlives the invocation that started it
         return head
 
-    def _start_batch(self, store: TableStore, source: SourceLog, versions: list[int], outcome: ReplicaOutcome):
-        """Read a batch's commits in parallel, then start copying their files."""
-        reads = [(v, self._files.submit(source.commit_files, v)) for v in versions]
+    def _start_batch(self, store: TableStore, source: SourceLog, first: int, target: int) -> _Batch:
+        """Read the commits from `first` (at most BATCH_VERSIONS, about BATCH_COMMIT_BYTES) in
+        parallel, then start copying their files."""
+        versions = list(range(first, min(first + BATCH_VERSIONS, target + 1)))
         batch = _Batch()
-        for v, future in reads:
-            try:
-                files = future.result()
-            except ReplicationError as err:
-                batch.error = err  # versions before it are still written; then this is raised
-                break
-            batch.versions.append((v, files))
-        unique = {f.path: f for _, files in batch.versions for f in files}
+        held = 0
+        window = 8  # reads in flight: enough to hide latency, few enough to stop near the byte limit
+        pending = [(v, self._files.submit(source.commit, v)) for v in versions[:window]]
+        position = len(pending)
+        try:
+            while pending:
+                v, future = pending.pop(0)
+                try:
+                    commit = future.result()
+                except Exception as err:  # noqa: BLE001 - versions before it are still written
+                    batch.error = unexpected(err, f"table {self.table.name} reading version {v}")
+                    break
+                batch.commits.append(commit)
+                held += len(commit.data)
+                if held >= BATCH_COMMIT_BYTES:
+                    break
+                if position < len(versions):
+                    pending.append((versions[position], self._files.submit(source.commit, versions[position])))
+                    position += 1
+        finally:
+            for _, future in pending:
+                future.cancel() or future.exception()
+        unique = {f.path: f for commit in batch.commits for f in commit.files}
         batch.copies = {
             self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size, bulk=True): f.path
             for f in unique.values()
@@ -349,8 +444,11 @@ class TableReplicator:
             path = copies[future]
             try:
                 copied = future.result()
-            except ReplicationError as err:
-                failed[path] = err
+            except Exception as err:  # noqa: BLE001 - reported per file, then per replica
+                failed[path] = unexpected(err, f"table {self.table.name} copying {path}")
+                if not isinstance(err, ReplicationError):
+                    log.warning("file.copy_failed table=%s path=%s error=%s", self.table.name, path,
+                                type(err).__name__, exc_info=err)
                 continue
             failpoints.hit(failpoint)
             if copied and log_files:
@@ -365,10 +463,11 @@ class TableReplicator:
 
     @staticmethod
     def _abandon(batch) -> None:
-        """Wait for a started batch's copies before raising, so no copy outlives the invocation."""
+        """Cancel or wait for a started batch's copies, so no copy outlives the invocation."""
         if batch is not None:
             for future in batch.copies:
-                future.exception()
+                if not future.cancel():
+                    future.exception()
 
     def _locate_head(self, store: TableStore, target: int) -> tuple[int | None, list[LogEntry]]:
         """Two HEAD requests (in parallel) answer the common cases; otherwise search listings."""
@@ -424,20 +523,27 @@ class TableReplicator:
 
     def _seed(self, name: str, store: TableStore, source: SourceLog, version: int,
               names: list[str], outcome: ReplicaOutcome) -> int:
-        """Make the replica a table at `version` from the primary's checkpoint there."""
+        """Make the replica a table at `version` from the primary's checkpoint there.
+
+        The checkpoint is streamed a batch of files at a time (its files copied before the
+        next batch is read), so memory does not grow with the table's size.
+        """
         started = time.monotonic()
-        files = source.checkpoint_files(names)
-        failed = self._copy_files(store, source, files, outcome, failpoint=failpoints.SEED_FILE, bulk=True)
-        if failed:
-            raise next(iter(failed.values()))
+        nfiles = 0
+        for files in source.iter_checkpoint_files(names):
+            failed = self._copy_files(store, source, files, outcome, failpoint=failpoints.SEED_FILE, bulk=True)
+            if failed:
+                raise next(iter(failed.values()))
+            nfiles += len(files)
         self._copy_checkpoint(store, source, names, outcome)
         try:
-            source.commit_bytes(version)
-            self._write_commit(name, store, source, version, 0)
+            commit = source.commit(version)
         except CommitNotFound:
-            pass  # the checkpoint alone defines the version
+            commit = None  # the checkpoint alone defines the version
+        if commit is not None:
+            self._write_commit(name, store, commit, outcome)
         log.info("replica.seeded table=%s replica=%s version=%d files=%d seconds=%.2f",
-                 self.table.name, name, version, len(files), time.monotonic() - started,
+                 self.table.name, name, version, nfiles, time.monotonic() - started,
                  extra={"table": self.table.name, "replica": name, "version": version})
         return version
 
@@ -454,8 +560,10 @@ class TableReplicator:
         return self._finish_copies(copies, outcome, failpoint=failpoint, log_files=log_files)
 
     def _copy_log_files(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
-        files = [ReferencedFile(f"_delta_log/{n}", source.sizes.get(n)) for n in names]
-        failed = self._copy_files(store, source, files, outcome, log_files=True, bulk=True)
+        """Copy checkpoint, sidecar and `.crc` files, each appearing only complete (never a pending copy)."""
+        copies = {self._files.submit(store.copy_log_file_from, source.store, n, expected_size=source.sizes.get(n)):
+                  f"_delta_log/{n}" for n in names}
+        failed = self._finish_copies(copies, outcome, log_files=True)
         if failed:
             raise next(iter(failed.values()))
 
@@ -465,8 +573,9 @@ class TableReplicator:
         if source.store.log_entry(name) is not None:
             self._copy_log_files(store, source, [name], outcome)
 
-    def _write_commit(self, name: str, store: TableStore, source: SourceLog, version: int, nfiles: int) -> None:
-        data = source.commit_bytes(version)
+    def _write_commit(self, name: str, store: TableStore, commit: SourceCommit, outcome: ReplicaOutcome) -> None:
+        """Create the commit with the primary's exact bytes, only if absent; never overwrite."""
+        version, data = commit.version, commit.data
         started = time.monotonic()
         if not store.create_log_file(commit_name(version), data):
             existing = store.get_log_file(commit_name(version))
@@ -477,9 +586,11 @@ class TableReplicator:
                     "the replica from a snapshot. It will not be overwritten."
                 )
             return
+        if is_vacuum_end(commit):
+            outcome.vacuum_versions.append(version)
         log.info("commit.replicated table=%s replica=%s version=%d files=%d seconds=%.3f",
-                 self.table.name, name, version, nfiles, time.monotonic() - started,
-                 extra={"table": self.table.name, "replica": name, "version": version, "files": nfiles})
+                 self.table.name, name, version, len(commit.files), time.monotonic() - started,
+                 extra={"table": self.table.name, "replica": name, "version": version, "files": len(commit.files)})
 
     def _copy_checkpoint(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
         """Sidecars first, then the checkpoint parts: a reader never finds a part without its data."""

@@ -1,8 +1,10 @@
 """TableStore over azure-storage-blob (works on flat and hierarchical-namespace accounts).
 
-Copies are server-side (Copy Blob from the source URL with a short-lived, read-only SAS
-scoped to that one blob) and fall back to streaming through this process when the
-service cannot reach the source (for example two separate Azurite processes).
+Data files are copied server-side (Copy Blob from the source URL with a read-only SAS
+scoped to that one blob, valid as long as the copy needs) and fall back to streaming
+through this process when the service cannot reach the source (for example two separate
+Azurite processes) or no narrow credential exists (a SAS connection string). Log files
+other than commits are always streamed, so they appear on a replica only complete.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlparse
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -25,14 +28,13 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import (
     BlobBlock,
-    BlobLeaseClient,
     BlobSasPermissions,
     BlobServiceClient,
     generate_blob_sas,
 )
 
 from shared.delta.log import LAST_CHECKPOINT, LOG_DIR
-from shared.errors import DataFileMissing, ReplicaBusy, ReplicaDiverged, ReplicaUnreachable
+from shared.errors import DataFileMissing, ReplicaDiverged, ReplicaUnreachable
 from shared.storage.table_store import LastCheckpoint, LogEntry
 
 log = logging.getLogger(__name__)
@@ -43,20 +45,31 @@ STREAM_BLOCK_BYTES = 8 * 1024 * 1024  # the clients' max_chunk_get_size: one blo
 # cross-account Copy Blob is asynchronous and may need status polling, which costs more
 # than it saves below a few MiB.
 SMALL_FILE_BYTES = 4 * 1024 * 1024
-# The replication lease lives beside the log, in a folder Delta readers and VACUUM ignore
-# (names starting with '_' are hidden from both).
-LEASE_BLOB = "_replication/lease"
-LEASE_SECONDS = 15  # short, so a crashed holder frees the replica quickly; renewed while held
-LEASE_WAIT_SECONDS = 60
+# Server-side copies take their source SAS lifetime from the file's size at this assumed
+# worst-case rate, so a large copy is never cut off by its own credential.
+_SLOWEST_COPY_BYTES_PER_SECOND = 8 * 1024 * 1024
+_MAX_SAS_LIFETIME = timedelta(hours=24)
 _CLOCK_SKEW = timedelta(minutes=5)
 _COPY_POLL_SECONDS = 0.2
-COPY_TIMEOUT_SECONDS = 600
 # Error codes meaning "the service could not read the source URL" rather than "no source".
 _SOURCE_UNREACHABLE_CODES = {"CannotVerifyCopySource", "CopySourceCannotBeReached"}
 
 
+def sas_lifetime(size: int | None) -> timedelta:
+    """How long a copy source SAS stays valid: long enough for the copy at a slow rate, at least 10 minutes."""
+    if not size:
+        return SAS_LIFETIME
+    needed = timedelta(seconds=size / _SLOWEST_COPY_BYTES_PER_SECOND) + SAS_LIFETIME
+    return min(max(SAS_LIFETIME, needed), _MAX_SAS_LIFETIME)
+
+
 class _SourceSigner:
-    """Makes read-only, one-blob, short-lived SAS URLs for server-side copy from an account."""
+    """Makes read-only, one-blob, time-limited SAS URLs for server-side copy from an account.
+
+    Derived from the account key or a user-delegation key. A SAS connection string's own
+    token is never forwarded (it may be account-wide, writable and long-lived): such
+    sources are streamed through this process instead.
+    """
 
     def __init__(self, service: BlobServiceClient) -> None:
         self._service = service
@@ -64,7 +77,8 @@ class _SourceSigner:
         self._delegation_key = None
         self._delegation_expiry: datetime | None = None
 
-    def signed_url(self, container: str, blob: str) -> str | None:
+    def signed_url(self, container: str, blob: str, *, lifetime: timedelta = SAS_LIFETIME) -> str | None:
+        """A URL carrying a read-only SAS for this one blob, or None when none can be derived."""
         client = self._service.get_blob_client(container, blob)
         credential = self._service.credential
         now = datetime.now(timezone.utc)
@@ -74,62 +88,31 @@ class _SourceSigner:
             blob_name=blob,
             permission=BlobSasPermissions(read=True),
             start=now - _CLOCK_SKEW,
-            expiry=now + SAS_LIFETIME,
+            expiry=now + lifetime,
         )
         account_key = getattr(credential, "account_key", None)
         if account_key:
-            return f"{client.url}?{generate_blob_sas(account_key=account_key, **common)}"
-        if credential is None:
-            # A SAS connection string: the client URL already carries the user's SAS.
-            return client.url if "?" in client.url else None
+            return f"{client.url.split('?')[0]}?{generate_blob_sas(account_key=account_key, **common)}"
         if hasattr(credential, "get_token"):
-            key = self._user_delegation_key(now)
-            return f"{client.url}?{generate_blob_sas(user_delegation_key=key, **common)}"
-        return None
+            key = self._user_delegation_key(now, lifetime)
+            return f"{client.url.split('?')[0]}?{generate_blob_sas(user_delegation_key=key, **common)}"
+        return None  # a SAS connection string: nothing narrower can be derived from it
 
-    def _user_delegation_key(self, now: datetime):
-        # One key serves many SAS tokens; refresh it well before it expires.
+    def _user_delegation_key(self, now: datetime, lifetime: timedelta):
+        # One key serves many SAS tokens; a SAS cannot outlive the key that signed it.
         with self._lock:
-            if self._delegation_key is None or self._delegation_expiry - now < timedelta(minutes=30):
-                expiry = now + timedelta(hours=2)
+            needed = now + lifetime + timedelta(minutes=30)
+            if self._delegation_key is None or self._delegation_expiry < needed:
+                expiry = max(now + timedelta(hours=2), needed)
                 self._delegation_key = self._service.get_user_delegation_key(now - _CLOCK_SKEW, expiry)
                 self._delegation_expiry = expiry
             return self._delegation_key
 
 
-class _LeaseKeeper:
-    """One daemon thread renewing every held replication lease (no thread per lease)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._leases: dict[int, tuple] = {}
-        self._thread: threading.Thread | None = None
-
-    def hold(self, lease, label: str) -> None:
-        with self._lock:
-            self._leases[id(lease)] = (lease, label, time.monotonic() + LEASE_SECONDS / 3)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-                self._thread.start()
-
-    def drop(self, lease) -> None:
-        with self._lock:
-            self._leases.pop(id(lease), None)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(0.5)
-            now = time.monotonic()
-            with self._lock:
-                due = [(k, v) for k, v in self._leases.items() if v[2] <= now]
-            for key, (lease, label, _) in due:
-                try:
-                    lease.renew()
-                except Exception as err:  # noqa: BLE001 - the holder's conditional writes still protect it
-                    log.warning("lease.renew_failed replica=%s error=%s", label, type(err).__name__)
-                with self._lock:
-                    if key in self._leases:
-                        self._leases[key] = (lease, label, time.monotonic() + LEASE_SECONDS / 3)
+def sas_permissions(url: str) -> tuple[str | None, str | None]:
+    """(`sp`, `sr`) of a SAS URL, for tests and diagnostics; (None, None) without a SAS."""
+    query = parse_qs(urlparse(url).query)
+    return (query.get("sp", [None])[0], query.get("sr", [None])[0])
 
 
 class BlobTableStore:
@@ -310,54 +293,6 @@ class BlobTableStore:
         return BlobTableStore(self._service, self.container, f"{self.root}/{folder}", label=label or self.label,
                               connection_name=self.connection_name)
 
-    # -- lease --------------------------------------------------------------------
-    @contextlib.contextmanager
-    def replication_lease(self, *, wait_seconds: float = LEASE_WAIT_SECONDS):
-        """Hold this table location's replication lease; yields True if we had to wait for it.
-
-        Serialises replication into one replica so concurrent invocations do not copy the
-        same files twice. Correctness never depends on it (writes are conditional); it
-        only saves work. Renewed in the background while held; released on exit.
-
-        Raises:
-            ReplicaBusy: another invocation held it for longer than `wait_seconds`.
-        """
-        blob = self._container.get_blob_client(self._file_blob(LEASE_BLOB))
-        lease = BlobLeaseClient(blob)
-        deadline = time.monotonic() + wait_seconds
-        delay, waited = 0.05, False
-        with self._storage("acquiring the replication lease"):
-            while True:
-                try:
-                    lease.acquire(lease_duration=LEASE_SECONDS)
-                    break
-                except ResourceNotFoundError:
-                    self._ensure_container()
-                    try:
-                        blob.upload_blob(b"", overwrite=False)
-                    except ResourceExistsError:
-                        pass
-                except (ResourceExistsError, HttpResponseError) as err:
-                    if err.status_code != 409:
-                        raise
-                    if time.monotonic() > deadline:
-                        raise ReplicaBusy(
-                            f"{self.description}: another invocation has held the replication lease for "
-                            f"over {wait_seconds:.0f}s; this event will be retried."
-                        ) from err
-                    waited = True
-                    time.sleep(delay)
-                    delay = min(delay * 1.5, 1.0)
-        _LEASE_KEEPER.hold(lease, self.label)
-        try:
-            yield waited
-        finally:
-            _LEASE_KEEPER.drop(lease)
-            try:
-                lease.release()
-            except Exception:  # noqa: BLE001 - it expires by itself within LEASE_SECONDS
-                pass
-
     # -- files --------------------------------------------------------------------
     def file_size(self, path: str) -> int | None:
         blob = self._container.get_blob_client(self._file_blob(path))
@@ -375,9 +310,30 @@ class BlobTableStore:
             except ResourceNotFoundError as err:
                 raise FileNotFoundError(f"{self.description}: {path} does not exist") from err
 
-    def signed_read_url(self, path: str) -> str | None:
-        """A URL another account can copy `path` from. Carries a SAS: never log it."""
-        return self._signer.signed_url(self.container, self._file_blob(path))
+    def signed_read_url(self, path: str, *, size: int | None = None) -> str | None:
+        """A URL another account can copy `path` from, read-only for this one blob and valid
+        long enough for a copy of `size` bytes. Carries a SAS: never log it. None when no
+        narrow credential can be derived (a SAS connection string)."""
+        return self._signer.signed_url(self.container, self._file_blob(path), lifetime=sas_lifetime(size))
+
+    @property
+    def location_key(self) -> tuple[str, str, str]:
+        """(account, container, table path): what a lease on this location is named after."""
+        return self.account_name, self.container, self.root
+
+    def read_log_file_into(self, name: str, fileobj) -> int:
+        """Stream `_delta_log/<name>` into `fileobj` chunk by chunk; returns its size.
+
+        Raises:
+            FileNotFoundError: the log file does not exist.
+        """
+        blob = self._container.get_blob_client(self._log_blob(name))
+        with self._storage(f"reading _delta_log/{name}"):
+            try:
+                downloader = blob.download_blob(max_concurrency=1)
+            except ResourceNotFoundError as err:
+                raise FileNotFoundError(f"{self.description}: _delta_log/{name} does not exist") from err
+            return downloader.readinto(fileobj)
 
     def open_download(self, path: str):
         blob = self._container.get_blob_client(self._file_blob(path))
@@ -397,13 +353,40 @@ class BlobTableStore:
         # Latency path (one commit): small files stream, done when the PUT returns. Bulk path
         # (catch-up, seeding): one Copy Blob request per file halves the requests sent.
         small = not bulk and expected_size is not None and expected_size <= SMALL_FILE_BYTES
-        if not small and source.account_name + "|" + source._service.url not in self._streaming_from:
-            url = source.signed_read_url(path)
-            if url is not None:
+        if not small and self._may_copy_server_side(source):
+            url = source.signed_read_url(path, size=expected_size)
+            if url is None:
+                self._stream_from(source, "no read-only single-blob credential can be derived from a SAS "
+                                          "connection string")
+            else:
                 copied = self._server_side_copy(source, dst, url, path, expected_size)
                 if copied is not None:
                     return copied
         return self._stream_copy(source, dst, path, expected_size)
+
+    def copy_log_file_from(self, source: "BlobTableStore", name: str, *, expected_size: int | None = None) -> int:
+        """Copy `_delta_log/<name>` so that it appears only complete: one conditional PUT, or a
+        streamed block list committed once. Never an asynchronous Copy Blob, whose pending
+        destination is already listed and would let a reader open a partial checkpoint."""
+        path = f"{LOG_DIR}/{name}"
+        dst = self._container.get_blob_client(self._file_blob(path))
+        return self._stream_copy(source, dst, path, expected_size)
+
+    def _source_key(self, source: "BlobTableStore") -> str:
+        return source.account_name + "|" + source._service.url.split("?")[0]
+
+    def _may_copy_server_side(self, source: "BlobTableStore") -> bool:
+        with self._lock:
+            return self._source_key(source) not in self._streaming_from
+
+    def _stream_from(self, source: "BlobTableStore", reason: str) -> None:
+        """From now on stream from `source`; said once per source in the log."""
+        with self._lock:
+            first = self._source_key(source) not in self._streaming_from
+            self._streaming_from.add(self._source_key(source))
+        if first:
+            log.info("copy.streaming replica=%s source_account=%s reason=%s", self.label, source.account_name,
+                     reason, extra={"replica": self.label, "source_account": source.account_name})
 
     def _server_side_copy(self, source, dst, url: str, path: str, expected_size: int | None) -> int | None:
         with self._storage(f"copying {path}"):
@@ -425,24 +408,16 @@ class BlobTableStore:
                             f"{source.description}: {path} is missing on the primary; a commit references it. "
                             "If the primary was vacuumed past this version, re-seed the replica."
                         ) from err
-                    key = source.account_name + "|" + source._service.url
-                    with self._lock:
-                        first = key not in self._streaming_from
-                        self._streaming_from.add(key)
-                    if first:
-                        log.info(
-                            "copy.streaming replica=%s source_account=%s reason=%s",
-                            self.label, source.account_name, err.error_code,
-                            extra={"replica": self.label, "source_account": source.account_name},
-                        )
+                    self._stream_from(source, str(err.error_code))
                     return None
                 raise
             if result.get("copy_status") != "success":
-                self._wait_for_copy(dst, path)
+                self._wait_for_copy(dst, path, expected_size)
         return expected_size if expected_size is not None else (self.file_size(path) or 0)
 
-    def _wait_for_copy(self, dst, path: str) -> None:
-        deadline = time.monotonic() + COPY_TIMEOUT_SECONDS
+    def _wait_for_copy(self, dst, path: str, expected_size: int | None) -> None:
+        """Poll a pending copy, for at most as long as its source SAS is valid."""
+        deadline = time.monotonic() + sas_lifetime(expected_size).total_seconds()
         delay = _COPY_POLL_SECONDS
         while True:
             status = dst.get_blob_properties().copy.status
@@ -454,8 +429,8 @@ class BlobTableStore:
                 )
             if time.monotonic() > deadline:
                 raise ReplicaUnreachable(
-                    f"{self.description}: server-side copy of {path} still pending after "
-                    f"{COPY_TIMEOUT_SECONDS}s; it will be retried."
+                    f"{self.description}: server-side copy of {path} still pending after its source "
+                    "credential expired; it will be retried."
                 )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -465,12 +440,13 @@ class BlobTableStore:
         props = dst.get_blob_properties()
         status = props.copy.status if props.copy else None
         if status == "pending":
-            self._wait_for_copy(dst, path)
+            self._wait_for_copy(dst, path, expected_size)
             props = dst.get_blob_properties()
         elif status in ("failed", "aborted"):
-            # A failed copy leaves an unusable blob; replacing it (only if unchanged) loses nothing.
+            # A failed copy leaves an unusable blob; replacing it (only if unchanged) loses
+            # nothing. The replacement streams: no second SAS that could expire again.
             dst.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified)
-            return self.copy_file_from(source, path, expected_size=expected_size, bulk=True)
+            return self._stream_copy(source, dst, path, expected_size)
         want = expected_size if expected_size is not None else source.file_size(path)
         if want is not None and props.size != want:
             raise ReplicaDiverged(
@@ -506,6 +482,11 @@ class BlobTableStore:
                         blocks.append(BlobBlock(block_id=block_id))
                     dst.commit_block_list(blocks, match_condition=MatchConditions.IfMissing)
             except ResourceExistsError:
+                existing = dst.get_blob_properties()
+                if existing.copy and existing.copy.status in ("failed", "aborted"):
+                    raise ReplicaUnreachable(
+                        f"{self.description}: {path} holds a failed copy again; it will be retried."
+                    ) from None
                 return self._check_existing(source, dst, path, expected_size)
         return size
 
@@ -516,5 +497,3 @@ class BlobTableStore:
             except ResourceExistsError:
                 pass
 
-
-_LEASE_KEEPER = _LeaseKeeper()

@@ -65,8 +65,21 @@ class TableStore(Protocol):
     def get_file(self, path: str) -> bytes:
         """Bytes of a table-relative file. Raises FileNotFoundError when absent."""
 
-    def replication_lease(self):
-        """Context manager holding this location's replication lease; yields True if it waited."""
+    #: (account, container, table path): the location's identity, which its lease is named after.
+    location_key: tuple[str, str, str]
+
+    def read_log_file_into(self, name: str, fileobj) -> int:
+        """Stream `_delta_log/<name>` into a writable file object; returns its size.
+
+        Raises FileNotFoundError when absent. Memory stays bounded by one chunk.
+        """
+
+    def copy_log_file_from(self, source: "TableStore", name: str, *, expected_size: int | None = None) -> int:
+        """Copy `_delta_log/<name>` (a checkpoint, sidecar or `.crc`) unless present; bytes copied.
+
+        The file appears on this store only complete (never as a pending asynchronous copy),
+        and only if absent. Raises ReplicaDiverged if a different-sized file is there.
+        """
 
     def copy_file_from(self, source: "TableStore", path: str, *, expected_size: int | None = None,
                        bulk: bool = False) -> int:
