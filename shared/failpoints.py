@@ -15,17 +15,22 @@ COMMIT_AFTER = "commit.after"  # a commit was written; its crc/checkpoint not ye
 CHECKPOINT_COPIED = "checkpoint.copied"  # checkpoint parts copied; _last_checkpoint not yet
 SEED_FILE = "seed.file"  # one file of a checkpoint seed copied
 SNAPSHOT_FILE = "snapshot.file"  # one file of a snapshot copied
+CHECKPOINT_COPYING = "checkpoint.copying"  # a checkpoint's parts are about to be copied to a replica
 
 _lock = threading.Lock()
 _armed: dict[str, list] = {}
 
 
-def arm(name: str, *, after: int, action: Callable[[], None]) -> None:
-    """Run `action` the `after`-th time `name` is hit (1 = the first time)."""
+def arm(name: str, *, after: int, action: Callable[[], None], where: dict | None = None) -> None:
+    """Run `action` the `after`-th time `name` is hit (1 = the first time).
+
+    Args:
+        where: only hits whose context has these values count (e.g. {"replica": "seasia"}).
+    """
     if after < 1:
         raise ValueError("after counts hits from 1")
     with _lock:
-        _armed[name] = [after, action]
+        _armed[name] = [after, action, where or {}]
 
 
 def disarm_all() -> None:
@@ -33,13 +38,13 @@ def disarm_all() -> None:
         _armed.clear()
 
 
-def hit(name: str) -> None:
-    """Mark that the sequence passed `name`."""
+def hit(name: str, **context) -> None:
+    """Mark that the sequence passed `name`; `context` says where (replica, path)."""
     if not _armed:
         return
     with _lock:
         entry = _armed.get(name)
-        if entry is None:
+        if entry is None or any(context.get(k) != v for k, v in entry[2].items()):
             return
         entry[0] -= 1
         fire = entry[0] == 0

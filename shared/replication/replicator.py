@@ -300,9 +300,9 @@ class TableReplicator:
                 failed = self._copy_files(store, source, commit.files, outcome)
                 if failed:
                     raise next(iter(failed.values()))
-                failpoints.hit(failpoints.COMMIT_BEFORE)
+                failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
                 self._write_commit(name, store, commit, outcome)
-                failpoints.hit(failpoints.COMMIT_AFTER)
+                failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
                 head = target
                 outcome.state = ReplicaState.REPLICATED
             elif head is None or head < target:
@@ -388,9 +388,9 @@ class TableReplicator:
                     missing = next((f.path for f in commit.files if f.path in failed), None)
                     if missing is not None:
                         raise failed[missing]
-                    failpoints.hit(failpoints.COMMIT_BEFORE)
+                    failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
                     self._write_commit(name, store, commit, outcome)
-                    failpoints.hit(failpoints.COMMIT_AFTER)
+                    failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
                     head = commit.version
                     if head in crcs:
                         self._copy_log_files(store, source, [f"{head:020d}.crc"], outcome)
@@ -450,7 +450,7 @@ class TableReplicator:
                     log.warning("file.copy_failed table=%s path=%s error=%s", self.table.name, path,
                                 type(err).__name__, exc_info=err)
                 continue
-            failpoints.hit(failpoint)
+            failpoints.hit(failpoint, replica=outcome.replica, path=path)
             if copied and log_files:
                 outcome.log_bytes += copied
             elif copied:
@@ -594,6 +594,7 @@ class TableReplicator:
 
     def _copy_checkpoint(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
         """Sidecars first, then the checkpoint parts: a reader never finds a part without its data."""
+        failpoints.hit(failpoints.CHECKPOINT_COPYING, replica=outcome.replica)
         sidecars = [s for n in names if parse_log_name(n).kind == LogFileKind.CHECKPOINT_V2
                     for s in source.checkpoint_sidecars(n)]
         if sidecars:
@@ -621,7 +622,7 @@ class TableReplicator:
         if version not in found:
             return
         self._copy_checkpoint(store, source, found[version], outcome)
-        failpoints.hit(failpoints.CHECKPOINT_COPIED)
+        failpoints.hit(failpoints.CHECKPOINT_COPIED, replica=name)
         if store.put_last_checkpoint(data, replace_etag=current.etag if current else None):
             log.info("checkpoint.replicated table=%s replica=%s version=%d", self.table.name, name, version,
                      extra={"table": self.table.name, "replica": name, "version": version})

@@ -119,6 +119,8 @@ def test_sigkill_at_a_step_boundary_then_redelivery_converges(azurite, request, 
         assert reader.observations and max(reader.observations) == head
         assert reader.observations == sorted(reader.observations)
         assert lake.head("westeu") == head
+        # The replica holds only the table's files: no lease or other control blob, ever.
+        assert set(lake.blobs("westeu")) <= set(lake.blobs("eastus"))
         assert lake.blob_bytes("westeu", "_delta_log/_last_checkpoint") == lake.blob_bytes("eastus", "_delta_log/_last_checkpoint")
         for v in range(first, head + 1):
             assert rows(lake.table("westeu", v).to_pyarrow_table()) == expected[v]
