@@ -1,14 +1,17 @@
-"""Every rejected input writes nothing to any replica."""
+"""Every rejected input writes nothing to any replica (lease included: leases live in the function
+app's storage) and is reported exactly: its disposition, each replica's state and error type, and
+one WARNING line."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
 from devtools.events import blob_created_event
 from shared.replication.commit_events import EventDisposition
-from shared.errors import CommitIncomplete, CommitNotFound, InvalidCommit
+from shared.errors import CommitIncomplete, CommitNotFound, DataFileMissing, InvalidCommit
 from shared.replication.replicator import ReplicaState
 from tests.support.lake import Lake, batch
 
@@ -43,6 +46,14 @@ def assert_nothing_written(lake: Lake, before: dict) -> None:
     assert snapshot(lake) == before
 
 
+def outcome_summary(result) -> list[tuple]:
+    return [(o.replica, o.state, type(o.error), o.retryable) for o in result.outcomes]
+
+
+def warnings_logged(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
 @pytest.mark.parametrize("actions, error", [
     ([add("abfss://lake@otheraccount.dfs.core.windows.net/delta/sales/x.parquet")], InvalidCommit),
     ([add("https://otheraccount.blob.core.windows.net/lake/x.parquet")], InvalidCommit),
@@ -52,13 +63,16 @@ def assert_nothing_written(lake: Lake, before: dict) -> None:
     (b"", CommitIncomplete),
     (b'{"commitInfo": {"timestamp": 1', CommitIncomplete),
 ])
-def test_unsafe_or_incomplete_commit_writes_nothing(caught_up, actions, error):
+def test_unsafe_or_incomplete_commit_writes_nothing(caught_up, actions, error, caplog):
     before = snapshot(caught_up)
-    result = caught_up.deliver(put_commit(caught_up, 2, actions))
-    for outcome in result.outcomes:
-        assert outcome.state == ReplicaState.ERROR
-        assert isinstance(outcome.error, error)
-        assert outcome.retryable == error.retryable
+    event = put_commit(caught_up, 2, actions)
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    result = caught_up.deliver(event)
+    assert result.disposition == EventDisposition.HANDLED and result.version == 2
+    assert outcome_summary(result) == [(r, ReplicaState.ERROR, error, error.retryable) for r in REPLICAS]
+    warnings = warnings_logged(caplog)
+    assert len(warnings) == 1 and warnings[0].startswith("commit.rejected table=sales version=2 ")
     assert_nothing_written(caught_up, before)
 
 
@@ -70,7 +84,8 @@ def test_commit_above_the_size_limit_writes_nothing(azurite, request):
         before = snapshot(lake)
         padding = {"commitInfo": {"timestamp": 1, "operation": "WRITE", "note": "x" * 5000}}
         result = lake.deliver(put_commit(lake, 1, [padding]))
-        assert all(isinstance(o.error, InvalidCommit) and "max_commit_bytes" in str(o.error) for o in result.outcomes)
+        assert outcome_summary(result) == [(r, ReplicaState.ERROR, InvalidCommit, False) for r in REPLICAS]
+        assert "max_commit_bytes=2000" in str(result.outcomes[0].error)
         assert_nothing_written(lake, before)
     finally:
         lake.close()
@@ -80,15 +95,16 @@ def test_event_for_a_version_with_no_blob_writes_nothing(caught_up):
     before = snapshot(caught_up)
     blob = f"{caught_up.table_path}/_delta_log/{7:020d}.json"
     result = caught_up.deliver(blob_created_event("eastus", caught_up.container, blob, azurite_port=caught_up.azurite.port))
-    assert all(isinstance(o.error, CommitNotFound) and not o.retryable for o in result.outcomes)
+    assert result.disposition == EventDisposition.HANDLED and result.version == 7
+    assert outcome_summary(result) == [(r, ReplicaState.ERROR, CommitNotFound, False) for r in REPLICAS]
     assert_nothing_written(caught_up, before)
 
 
 def test_missing_data_file_on_primary_writes_no_commit(caught_up):
     before = snapshot(caught_up)
     result = caught_up.deliver(put_commit(caught_up, 2, [add("region=a/never-written.parquet")]))
-    assert all(o.state == ReplicaState.ERROR and o.retryable for o in result.outcomes)
-    assert "never-written.parquet" in str(result.outcomes[0].error)
+    assert outcome_summary(result) == [(r, ReplicaState.ERROR, DataFileMissing, True) for r in REPLICAS]
+    assert all("never-written.parquet" in str(o.error) for o in result.outcomes)
     assert_nothing_written(caught_up, before)
 
 
@@ -117,21 +133,31 @@ def _event(lake, **changes):
     lambda l: {"specversion": "1.0", "type": "Microsoft.Storage.BlobDeleted", "source": "x", "data": {}},
     lambda l: {"data": {"url": "x"}},
 ])
-def test_rejected_events_write_nothing(caught_up, make):
+def test_rejected_events_write_nothing_and_log_one_warning(caught_up, make, caplog):
     # The primary has version 2, so a wrongly accepted event would replicate it.
     caught_up.write(batch(10, 5), partition_by=["region"])
     before = snapshot(caught_up)
-    result = caught_up.deliver(make(caught_up))
+    event = make(caught_up)
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    result = caught_up.deliver(event)
     assert result.disposition == EventDisposition.REJECTED
+    assert result.outcomes == [] and result.table is None
     assert result.reason
+    assert warnings_logged(caplog) == [f"event.rejected reason={result.reason}"]
     assert_nothing_written(caught_up, before)
 
 
-def test_non_log_blob_events_are_ignored_and_write_nothing(caught_up):
+def test_non_log_blob_events_are_ignored_at_debug_and_write_nothing(caught_up, caplog):
     caught_up.write(batch(10, 5), partition_by=["region"])
     before = snapshot(caught_up)
     data_file = next(n for n in caught_up.blobs("eastus") if n.endswith(".parquet"))
-    for blob in (data_file, f"{caught_up.table_path}/_delta_log/.{2:020d}.json.123.tmp"):
-        result = caught_up.deliver(blob_created_event("eastus", caught_up.container, blob, azurite_port=caught_up.azurite.port))
-        assert result.disposition == EventDisposition.IGNORED
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    blobs = (data_file, f"{caught_up.table_path}/_delta_log/.{2:020d}.json.123.tmp")
+    results = [caught_up.deliver(blob_created_event("eastus", caught_up.container, blob,
+                                                    azurite_port=caught_up.azurite.port)) for blob in blobs]
+    assert [(r.disposition, r.outcomes) for r in results] == [(EventDisposition.IGNORED, [])] * 2
+    assert warnings_logged(caplog) == []
+    assert len([r for r in caplog.records if r.getMessage().startswith("event.ignored ")]) == 2
     assert_nothing_written(caught_up, before)
