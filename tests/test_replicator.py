@@ -90,9 +90,14 @@ def test_reader_polling_a_replica_never_sees_an_unreadable_table(lake):
     lake.table().create_checkpoint()
     expected = {v: rows(lake.table("eastus", v).to_pyarrow_table()) for v in range(lake.head("eastus") + 1)}
     observations, failures, stop = [], [], threading.Event()
+    progress = threading.Condition()
+    reads = {"started": 0, "finished_from": -1}  # id of the next read; highest id of a finished read
 
     def poll():
         while not stop.is_set():
+            with progress:
+                read_id = reads["started"]
+                reads["started"] += 1
             try:
                 table = DeltaTable(lake.uri(), storage_options=lake.options("westeu"))
                 version = table.version()
@@ -102,13 +107,20 @@ def test_reader_polling_a_replica_never_sees_an_unreadable_table(lake):
                     failures.append(f"version {version} read different rows")
             except Exception as err:  # noqa: BLE001 - any failure to read is the finding
                 failures.append(repr(err))
+            with progress:
+                reads["finished_from"] = max(reads["finished_from"], read_id)
+                progress.notify_all()
 
     reader = threading.Thread(target=poll)
     reader.start()
     try:
         for event in lake.events():
             lake.deliver(event)
-            time.sleep(0.06)  # let the reader look at every intermediate version
+            # Synchronise on the reader: wait for a read that began after this delivery, so
+            # the reader looks at every intermediate version (no sleeps, no timing guesses).
+            with progress:
+                mark = reads["started"]
+                assert progress.wait_for(lambda: reads["finished_from"] >= mark, timeout=60)
     finally:
         stop.set()
         reader.join()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import random
-import threading
-import time
 
 from devtools.azurite import AzuriteProcess
+from shared import failpoints
 from tests.support.lake import Lake, batch
 
 
@@ -50,15 +49,18 @@ def test_primary_region_stopped_while_replicating_then_everything_converges(azur
         for i in range(1, 25):
             lake.write(batch(i * 5, 5), partition_by=["region"])
         events = lake.events()
-        stopper = threading.Timer(0.05, primary.stop)
-        stopper.start()
+        # The primary's region goes down in the middle of a multi-version catch-up: right
+        # after the third commit reaches a replica (a failpoint, not a timer).
+        failpoints.arm(failpoints.COMMIT_AFTER, after=3, action=primary.stop)
         outcomes = []
-        for event in events:
-            outcomes += lake.deliver(event).outcomes
-            if sum(o.error is not None for o in outcomes) >= 6:
-                break  # the outage is established; Event Grid would keep retrying
-            time.sleep(0.01)
-        stopper.join()
+        try:
+            for event in events:
+                outcomes += lake.deliver(event).outcomes
+                if sum(o.error is not None for o in outcomes) >= 6:
+                    break  # the outage is established; Event Grid would keep retrying
+        finally:
+            failpoints.disarm_all()
+        assert not primary.running
         failed = [o for o in outcomes if o.error is not None]
         assert failed and all(o.retryable for o in failed)
         primary.start()
