@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.cost.transfer import record_replicated_bytes
 from shared.delta.log import LogFileKind
 from shared.errors import InvalidEvent
 from shared.replication.events import parse_event, route_event
@@ -68,6 +69,7 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
     started = time.monotonic()
     replicator = runtime.replicators[ref.table.name]
     outcomes = replicator.replicate(ref.version, log_file_kind=ref.log_file.kind)
+    record_replicated_bytes(runtime, ref.table.name, outcomes)
     result = EventResult(EventDisposition.HANDLED, table=ref.table.name, log_file=ref.log_file.name,
                          version=ref.version, outcomes=outcomes)
     states = ",".join(f"{o.replica}:{o.state.value}" for o in outcomes)
