@@ -88,8 +88,22 @@ def _measure(args, prices) -> CostReport | None:
         runtime.close()
 
 
-def _gb(nbytes: int) -> str:
-    return f"{nbytes / GB:.3f}"
+def _size(nbytes: int) -> str:
+    value, unit = float(nbytes), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{nbytes} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+def _money(value: float) -> str:
+    return f"{value:.2f}" if value >= 0.01 or value == 0 else f"{value:.2g}"
+
+
+def _money_format(report: CostReport) -> tuple[int, int]:
+    """Decimals and width: cents, unless the whole report is below a cent (small or test tables)."""
+    return (2, 10) if report.mode == "plan" or report.total.total >= 0.01 else (8, 11)
 
 
 def render_text(report: CostReport) -> str:
@@ -106,17 +120,17 @@ def render_text(report: CostReport) -> str:
         storage = [round(c.monthly.storage, 2) for c in report.locations]
         lines.append(f"storage: {' + '.join(f'{s:.2f}' for s in storage)} = {report.total.storage:.2f} {cur}/month")
     else:
-        lines.append(f"{'TABLE':<14} {'LOCATION':<10} {'REGION':<10} {'LIVE GB':>9} {'HIST GB':>9} {'SNAP GB':>9} "
-                     f"{'XFER GB/30D':>11} {'STORAGE':>9} {'TRANSFER':>9} {'TOTAL':>9}  ({report.prices.currency}/month)")
+        d, w = _money_format(report)
+        lines.append(f"{'TABLE':<14} {'LOCATION':<10} {'REGION':<10} {'LIVE':>10} {'HISTORY':>10} {'SNAPSHOTS':>10} "
+                     f"{'COPIED 30D':>10} {'STORAGE':>{w}} {'TRANSFER':>{w}} {'TOTAL':>{w}}  ({cur}/month)")
         for c in report.locations:
             u, m = c.usage, c.monthly
-            lines.append(f"{c.table:<14} {c.location:<10} {(c.region or '-'):<10} {_gb(u.live_bytes):>9} "
-                         f"{_gb(u.history_bytes):>9} {_gb(u.snapshot_bytes):>9} {_gb(c.replicated_bytes):>11} "
-                         f"{m.storage:>9.6f} {m.transfer:>9.6f} {m.total:>9.6f}")
+            lines.append(f"{c.table:<14} {c.location:<10} {(c.region or '-'):<10} {_size(u.live_bytes):>10} "
+                         f"{_size(u.history_bytes):>10} {_size(u.snapshot_bytes):>10} {_size(c.replicated_bytes):>10} "
+                         f"{m.storage:>{w}.{d}f} {m.transfer:>{w}.{d}f} {m.total:>{w}.{d}f}")
     lines.append("")
-    d = 2 if report.mode == "plan" else 6  # measured test tables cost fractions of a cent
-    w = 10 if report.mode == "plan" else 11
-    lines.append(f"{'REGION':<12} {'STORAGE':>{w}} {'HISTORY':>{w}} {'SNAPSHOTS':>{w}} {'TRANSFER':>{w}} "
+    d, w = _money_format(report)
+    lines.append(f"{'REGION':<12} {'LIVE':>{w}} {'HISTORY':>{w}} {'SNAPSHOTS':>{w}} {'TRANSFER':>{w}} "
                  f"{'TOTAL':>{w}}  ({cur}/month)")
     for region, m in [*report.regions.items(), ("total", report.total)]:
         lines.append(f"{region:<12} {m.live:>{w}.{d}f} {m.history:>{w}.{d}f} {m.snapshots:>{w}.{d}f} "
@@ -143,12 +157,12 @@ def draw_chart(report: CostReport, path: str) -> None:
         ax.bar(names, values, bottom=bottoms, label=_LABELS[component], color=_COLORS[component], width=0.6)
         bottoms = [b + v for b, v in zip(bottoms, values)]
     for x, total in enumerate(bottoms):
-        ax.annotate(f"{total:.2f}", (x, total), ha="center", va="bottom", fontsize=9,
+        ax.annotate(_money(total), (x, total), ha="center", va="bottom", fontsize=9,
                     xytext=(0, 3), textcoords="offset points")
     ax.set_ylabel(f"{report.prices.currency} per month")
     title = "Planned monthly cost per region" if report.mode == "plan" else "Monthly cost per region (measured)"
-    ax.set_title(f"{title}: total {report.total.total:.2f} {report.prices.currency}")
-    ax.set_ylim(0, max(bottoms + [0.01]) * 1.15)
+    ax.set_title(f"{title}: total {_money(report.total.total)} {report.prices.currency}")
+    ax.set_ylim(0, (max(bottoms) or 1.0) * 1.15)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
