@@ -2,7 +2,7 @@
 
     python -m cli [--settings local.settings.json] <command> [options]
 
-Commands: status, sync, verify, events, relay. Each has --help.
+Commands: status, sync, verify, events, relay, cost. Each has --help.
 Settings come from the environment (REPLICATION_CONFIG or REPLICATION_CONFIG_FILE and the
 connection settings), or from the Values of a Functions local.settings.json via --settings.
 """
@@ -70,6 +70,8 @@ def cmd_status(args) -> int:
 def cmd_sync(args) -> int:
     from tqdm import tqdm
 
+    from shared.cost.transfer import record_replicated_bytes
+
     runtime = _runtime()
     failed = False
     for table in _tables(runtime, args.table):
@@ -82,6 +84,7 @@ def cmd_sync(args) -> int:
             bar.set_postfix_str(f"{totals['bytes'] / 1e6:.1f} MB", refresh=False)
 
         outcomes = runtime.replicators[table.name].replicate(None, progress=progress)
+        record_replicated_bytes(runtime, table.name, outcomes)
         bar.close()
         for o in outcomes:
             line = f"{table.name}/{o.replica}: {o.state.value} v{o.head_before} -> v{o.head_after}, " \
@@ -227,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one poll, then exit")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(func=cmd_relay)
+
+    from cli.cost import add_parser as add_cost_parser
+
+    add_cost_parser(sub)
     return parser
 
 

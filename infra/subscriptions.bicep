@@ -4,6 +4,16 @@ param subscriptions array
 param functionResourceId string
 param deadLetterAccountId string
 param deadLetterContainer string
+@description('Dead-letter with the system topic\'s own identity (needed when the account refuses public access).')
+param deadLetterWithIdentity bool = false
+
+var deadLetterTarget = {
+  endpointType: 'StorageBlob'
+  properties: {
+    resourceId: deadLetterAccountId
+    blobContainerName: deadLetterContainer
+  }
+}
 
 resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' existing = {
   name: systemTopicName
@@ -32,12 +42,10 @@ resource subscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-
       maxDeliveryAttempts: 30
       eventTimeToLiveInMinutes: 1440
     }
-    deadLetterDestination: {
-      endpointType: 'StorageBlob'
-      properties: {
-        resourceId: deadLetterAccountId
-        blobContainerName: deadLetterContainer
-      }
-    }
+    deadLetterDestination: deadLetterWithIdentity ? null : deadLetterTarget
+    deadLetterWithResourceIdentity: deadLetterWithIdentity ? {
+      identity: { type: 'SystemAssigned' }
+      deadLetterDestination: deadLetterTarget
+    } : null
   }
 }]

@@ -48,6 +48,7 @@ class ReplicationRuntime:
         self.counter = counter
         self._environ = environ
         self._status = None
+        self._transfer = None
         self._alerts = None
         self._leases = None
         self._host_client = None
@@ -94,22 +95,37 @@ class ReplicationRuntime:
                 self._leases = LeaseStore(self._host_client, connection_name=settings.name)
             return self._leases
 
+    def _table_service(self, **options):
+        """A TableServiceClient for the function app's own storage (STATUS_CONNECTION)."""
+        from azure.data.tables import TableServiceClient
+
+        settings = resolve_status_connection(self._environ)
+        if settings.connection_string:
+            return TableServiceClient.from_connection_string(settings.connection_string, **options)
+        from azure.identity import DefaultAzureCredential
+
+        return TableServiceClient(settings.endpoint, credential=DefaultAzureCredential(), **options)
+
     def status_store(self):
         """The ReplicationStatus table (STATUS_CONNECTION), built on first use."""
         if self._status is None:
-            from azure.data.tables import TableServiceClient
-
             from shared.health.status import StatusStore
 
-            settings = resolve_status_connection(self._environ)
-            if settings.connection_string:
-                service = TableServiceClient.from_connection_string(settings.connection_string)
-            else:
-                from azure.identity import DefaultAzureCredential
-
-                service = TableServiceClient(settings.endpoint, credential=DefaultAzureCredential())
-            self._status = StatusStore(service)
+            self._status = StatusStore(self._table_service())
         return self._status
+
+    def transfer_store(self):
+        """The ReplicationTransfer table (daily replicated bytes), next to the status table.
+
+        Its client retries little: the record is written after replication and must not hold
+        an invocation for long when the table service does not answer.
+        """
+        if self._transfer is None:
+            from shared.cost.transfer import TransferStore
+
+            self._transfer = TransferStore(self._table_service(retry_total=2, retry_backoff_factor=0.2,
+                                                               connection_timeout=5, read_timeout=10))
+        return self._transfer
 
     def alert_publisher(self):
         """The alert publisher, or None when ALERT_TOPIC_ENDPOINT is not set."""

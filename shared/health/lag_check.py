@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from shared.cost.transfer import record_replicated_bytes
 from shared.health import metrics
 from shared.health.alerts import AlertPublisher, alert_state, transition_event
 from shared.health.lag import ReplicaLag, measure_table
@@ -31,6 +32,7 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
         replicator = runtime.replicators[table.name]
         previous = {row.replica: row for row in status.list_rows(table=table.name)}
         outcomes = replicator.replicate(None) if heal else []
+        record_replicated_bytes(runtime, table.name, outcomes)
         if any(o.vacuum_versions for o in outcomes):
             purge_after_vacuum(runtime, table.name, outcomes, status=status)  # a VACUUM whose event was lost
         lags = measure_table(replicator, outcomes=outcomes, now=now,

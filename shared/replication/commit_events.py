@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.cost.transfer import record_replicated_bytes
 from shared.delta.log import LogFileKind
 from shared.errors import InvalidEvent, ReplicationError
 from shared.replication.events import parse_event, route_event
@@ -70,6 +71,7 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
     started = time.monotonic()
     replicator = runtime.replicators[ref.table.name]
     outcomes = replicator.replicate(ref.version, log_file_kind=ref.log_file.kind)
+    record_replicated_bytes(runtime, ref.table.name, outcomes)
     if any(o.vacuum_versions for o in outcomes):
         # A VACUUM on the primary: purge the same files from those replicas now, not at the daily timer.
         purge_after_vacuum(runtime, ref.table.name, outcomes, status=_status_or_none(runtime))

@@ -1,0 +1,154 @@
+"""The daily replicated-bytes record: the ReplicationTransfer Azure Table.
+
+One row per table, replica and UTC day, in the function app's own storage (next to
+ReplicationStatus), so the figure survives restarts: PartitionKey = table name,
+RowKey = `<yyyy-mm-dd>|<replica>`; columns Replica, Day, Bytes (data files), LogBytes
+(checkpoints, sidecars, .crc), Files, UpdatedAt. Increments are ETag-conditional merges,
+retried on a concurrent change, so concurrent invocations never lose each other's bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import EdmType, EntityProperty, TableServiceClient, UpdateMode
+
+log = logging.getLogger(__name__)
+
+TRANSFER_TABLE = "ReplicationTransfer"
+MAX_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class TransferDay:
+    table: str
+    replica: str
+    day: str
+    bytes: int
+    log_bytes: int
+    files: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.bytes + self.log_bytes
+
+
+def _int64(value: int) -> EntityProperty:
+    return EntityProperty(int(value), EdmType.INT64)
+
+
+def _day(now: datetime | None) -> str:
+    return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date().isoformat()
+
+
+class TransferStore:
+    """Rows of the ReplicationTransfer table.
+
+    Args:
+        service: a TableServiceClient for the function app's storage (STATUS_CONNECTION).
+    """
+
+    def __init__(self, service: TableServiceClient, *, table_name: str = TRANSFER_TABLE) -> None:
+        self._service = service
+        self._table = service.get_table_client(table_name)
+        self._created = False
+
+    def _ensure_table(self) -> None:
+        if not self._created:
+            try:
+                self._service.create_table(self._table.table_name)
+            except ResourceExistsError:
+                pass
+            self._created = True
+
+    def add(self, table: str, replica: str, *, nbytes: int, log_bytes: int = 0, files: int = 0,
+            now: datetime | None = None) -> None:
+        """Add to today's (UTC) row for one table and replica; exact under concurrent adds.
+
+        Raises:
+            azure.core.exceptions.HttpResponseError: the table service failed or kept
+                changing under us for MAX_ATTEMPTS tries.
+        """
+        if nbytes < 0 or log_bytes < 0 or files < 0:
+            raise ValueError("replicated bytes and files are never negative")
+        self._ensure_table()
+        day = _day(now)
+        key = f"{day}|{replica}"
+        stamp = datetime.now(timezone.utc).isoformat()
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                entity = self._table.get_entity(table, key)
+            except ResourceNotFoundError:
+                try:
+                    self._table.create_entity({
+                        "PartitionKey": table, "RowKey": key, "Replica": replica, "Day": day,
+                        "Bytes": _int64(nbytes), "LogBytes": _int64(log_bytes), "Files": _int64(files),
+                        "UpdatedAt": stamp,
+                    })
+                    return
+                except ResourceExistsError:
+                    continue  # another invocation created it first: add to theirs
+            try:
+                self._table.update_entity({
+                    "PartitionKey": table, "RowKey": key,
+                    "Bytes": _int64(_value(entity.get("Bytes")) + nbytes),
+                    "LogBytes": _int64(_value(entity.get("LogBytes")) + log_bytes),
+                    "Files": _int64(_value(entity.get("Files")) + files),
+                    "UpdatedAt": stamp,
+                }, mode=UpdateMode.MERGE, etag=entity.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+                return
+            except (ResourceModifiedError, ResourceNotFoundError):
+                time.sleep(min(0.01 * (attempt + 1), 0.2))  # lost the race: read the new total, add again
+        raise ResourceModifiedError(f"ReplicationTransfer row {table}/{key} kept changing; gave up after "
+                                    f"{MAX_ATTEMPTS} attempts")
+
+    def list_days(self, table: str, *, days: int = 30, now: datetime | None = None) -> list[TransferDay]:
+        """One table's rows for the last `days` UTC days including today; empty when none."""
+        first = (date.fromisoformat(_day(now)) - timedelta(days=days - 1)).isoformat()
+        try:
+            entities = list(self._table.query_entities(
+                "PartitionKey eq @pk and RowKey ge @first", parameters={"pk": table, "first": first}))
+        except ResourceNotFoundError:
+            return []
+        return sorted((TransferDay(table=e["PartitionKey"], replica=e.get("Replica", ""), day=e.get("Day", ""),
+                                   bytes=_value(e.get("Bytes")), log_bytes=_value(e.get("LogBytes")),
+                                   files=_value(e.get("Files"))) for e in entities),
+                      key=lambda d: (d.day, d.replica))
+
+
+def _value(prop) -> int:
+    if prop is None:
+        return 0
+    return int(prop.value if isinstance(prop, EntityProperty) else prop)
+
+
+def record_replicated_bytes(runtime, table: str, outcomes: Iterable, *, now: datetime | None = None) -> None:
+    """Add what replication copied (outcome.bytes and .log_bytes) to today's transfer rows.
+
+    Never raises: the record is for cost reports, and replication must not fail because of it
+    (a failure is one WARNING line; the bytes of that invocation are then missing from the report).
+    """
+    copied = [o for o in outcomes if (o.bytes or o.log_bytes)]
+    if not copied:
+        return
+    try:
+        store = runtime.transfer_store()
+    except Exception as err:  # noqa: BLE001 - e.g. no STATUS_CONNECTION: report, never fail replication
+        log.warning("transfer.not_recorded table=%s error=%s", table, type(err).__name__,
+                    extra={"table": table})
+        return
+    if store is None:
+        return
+    for o in copied:
+        try:
+            store.add(table, o.replica, nbytes=o.bytes, log_bytes=o.log_bytes, files=o.files, now=now)
+        except Exception as err:  # noqa: BLE001 - never fail replication for the cost record
+            log.warning("transfer.not_recorded table=%s replica=%s bytes=%d error=%s", table, o.replica,
+                        o.bytes + o.log_bytes, type(err).__name__,
+                        extra={"table": table, "replica": o.replica})
