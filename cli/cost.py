@@ -7,7 +7,7 @@ import re
 import sys
 
 from shared.cost.estimate import COMPONENTS, CostReport, TRANSFER_WINDOW_DAYS, measured_costs, planned_costs
-from shared.cost.prices import GB, load_prices
+from shared.cost.prices import load_prices
 
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]*$")
 _LABELS = {"live": "storage (live)", "history": "history", "snapshots": "snapshots", "transfer": "transfer"}
