@@ -107,15 +107,14 @@ def parse_commit(data: bytes, *, where: str) -> list[dict]:
     if not data.strip():
         raise CommitIncomplete(f"{where} is empty; the commit is not complete yet. It will be retried.")
     actions = []
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CommitIncomplete(f"{where} is not UTF-8 text; not a complete commit yet. It will be retried.") from err
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Line by line from the bytes: no decoded copy of the whole commit is ever held.
+    for lineno, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
         try:
             action = json.loads(line)
+        except UnicodeDecodeError as err:
+            raise CommitIncomplete(f"{where} is not UTF-8 text; not a complete commit yet. It will be retried.") from err
         except json.JSONDecodeError as err:
             raise CommitIncomplete(
                 f"{where} line {lineno} is not valid JSON ({err.msg}); the commit is incomplete "

@@ -71,7 +71,7 @@ def complete_checkpoints(entries: list[LogEntry]) -> dict[int, list[str]]:
 # What one invocation keeps of the primary's commits (bytes and parsed file lists), shared by
 # the replicas it updates. Least recently used entries go first; a commit larger than the
 # whole budget is never kept. Catch-up batches hold their own references while they need them.
-COMMIT_CACHE_BYTES = 16 * 1024 * 1024
+COMMIT_CACHE_BYTES = 8 * 1024 * 1024
 _FILE_ENTRY_BYTES = 200  # rough in-memory size of one ReferencedFile beyond its path
 SPOOL_BYTES = 8 * 1024 * 1024  # checkpoint files above this spill to a temporary file
 

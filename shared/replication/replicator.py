@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # commits hold BATCH_COMMIT_BYTES (it always takes at least one commit), so memory per
 # catching-up replica is at most two batches (this one and the read-ahead), whatever the lag.
 BATCH_VERSIONS = 64
-BATCH_COMMIT_BYTES = 8 * 1024 * 1024
+BATCH_COMMIT_BYTES = 4 * 1024 * 1024
 # Written by delta-rs and Spark as the last commit of a VACUUM: the files are gone now.
 VACUUM_END = "VACUUM END"
 
@@ -409,7 +409,7 @@ class TableReplicator:
         versions = list(range(first, min(first + BATCH_VERSIONS, target + 1)))
         batch = _Batch()
         held = 0
-        window = 8  # reads in flight: enough to hide latency, few enough to stop near the byte limit
+        window = 4  # reads in flight: enough to hide latency, few enough to stop near the byte limit
         pending = [(v, self._files.submit(source.commit, v)) for v in versions[:window]]
         position = len(pending)
         try:
