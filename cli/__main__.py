@@ -2,7 +2,7 @@
 
     python -m cli [--settings local.settings.json] <command> [options]
 
-Commands: status, sync, verify, events, relay. Each has --help.
+Commands: status, sync, verify, events, relay, endpoint. Each has --help.
 Settings come from the environment (REPLICATION_CONFIG or REPLICATION_CONFIG_FILE and the
 connection settings), or from the Values of a Functions local.settings.json via --settings.
 """
@@ -227,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one poll, then exit")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(func=cmd_relay)
+
+    from cli import endpoint
+
+    endpoint.add_parser(sub)
     return parser
 
 

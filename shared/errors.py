@@ -49,3 +49,13 @@ class ReplicaUnreachable(ReplicationError):
     """Raised when a storage account does not answer or refuses our requests."""
 
     retryable = True
+
+
+class NoReadableLocation(ReplicationError):
+    """Raised when no location of a table qualifies for a read; `tried` says why each was skipped."""
+
+    retryable = True
+
+    def __init__(self, message: str, tried: list) -> None:
+        super().__init__(message)
+        self.tried = tried
