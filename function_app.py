@@ -8,11 +8,13 @@ from functions import (
     maintain_snapshots,
     replicate_commit,
     replication_status,
+    resolve_table,
 )
 from shared.health.telemetry import configure_telemetry
 
 configure_telemetry()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for module in (replicate_commit, check_replication_lag, maintain_snapshots, apply_retention, replication_status):
+for module in (replicate_commit, check_replication_lag, maintain_snapshots, apply_retention, replication_status,
+               resolve_table):
     app.register_functions(module.bp)

@@ -2,7 +2,11 @@
 
     python -m cli [--settings local.settings.json] <command> [options]
 
+<<<<<<< HEAD
 Commands: status, sync, verify, events, relay, cost. Each has --help.
+=======
+Commands: status, sync, verify, events, relay, endpoint. Each has --help.
+>>>>>>> issue-11
 Settings come from the environment (REPLICATION_CONFIG or REPLICATION_CONFIG_FILE and the
 connection settings), or from the Values of a Functions local.settings.json via --settings.
 """
@@ -231,9 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(func=cmd_relay)
 
+<<<<<<< HEAD
     from cli.cost import add_parser as add_cost_parser
 
     add_cost_parser(sub)
+=======
+    from cli import endpoint
+
+    endpoint.add_parser(sub)
+>>>>>>> issue-11
     return parser
 
 

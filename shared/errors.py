@@ -55,3 +55,13 @@ class UnexpectedFailure(ReplicationError):
     """Raised when an exception nobody anticipated interrupts one replica's work; the cause is chained."""
 
     retryable = True
+
+
+class NoReadableLocation(ReplicationError):
+    """Raised when no location of a table qualifies for a read; `tried` says why each was skipped."""
+
+    retryable = True
+
+    def __init__(self, message: str, tried: list) -> None:
+        super().__init__(message)
+        self.tried = tried

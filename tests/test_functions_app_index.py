@@ -47,3 +47,11 @@ def test_maintenance_timers_run_on_their_schedules():
     assert bindings("maintain_snapshots")[0]["schedule"] == "%SNAPSHOT_SCHEDULE%"
     assert bindings("apply_retention")[0]["schedule"] == "%RETENTION_SCHEDULE%"
     assert {b["type"] for name in ("maintain_snapshots", "apply_retention") for b in bindings(name)} == {"timerTrigger"}
+
+
+def test_resolve_table_is_http_get_table_endpoint_with_function_auth():
+    trigger, output = bindings("resolve_table")
+    assert trigger == {"direction": BindingDirection.IN, "type": "httpTrigger", "name": "req",
+                       "methods": [HttpMethod.GET], "authLevel": AuthLevel.FUNCTION,
+                       "route": "tables/{table}/endpoint"}
+    assert output["type"] == "http"

@@ -40,6 +40,21 @@ class SnapshotConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    """Which locations a reader in a region tries, in order (location names of one table)."""
+
+    by_region: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    default: tuple[str, ...] | None = None
+
+    def for_region(self, region: str | None) -> tuple[str, ...] | None:
+        """The ordered location names for `region`, else the default list (None when neither)."""
+        for name, locations in self.by_region:
+            if name == region:
+                return locations
+        return self.default
+
+
+@dataclass(frozen=True)
 class TableConfig:
     name: str
     source: LocationConfig
@@ -48,6 +63,7 @@ class TableConfig:
     snapshots: SnapshotConfig | None = None
     allow_external_files: bool = False
     max_commit_bytes: int = DEFAULT_MAX_COMMIT_BYTES
+    routing: RoutingConfig | None = None  # reader region -> location names; None: nearest, primary, replicas
 
     def replica(self, name: str) -> LocationConfig:
         for replica in self.replicas:

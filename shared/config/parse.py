@@ -10,6 +10,7 @@ from shared.config.model import (
     LocationConfig,
     ReplicationConfig,
     RetentionConfig,
+    RoutingConfig,
     SnapshotConfig,
     TableConfig,
 )
@@ -59,7 +60,7 @@ def parse_config(raw: Any) -> ReplicationConfig:
 
 _TABLE_KEYS = {
     "name", "source", "replicas", "lag_threshold_seconds", "snapshots",
-    "allow_external_files", "max_commit_bytes",
+    "allow_external_files", "max_commit_bytes", "routing",
 }
 _LOCATION_KEYS = {"name", "connection", "container", "path", "retention", "region"}
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]{1,39}$")
@@ -103,6 +104,9 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
         snapshots = _snapshots(t["snapshots"], f"{where}.snapshots", errors, replicas)
     if name is None or source is None or not replicas or len(replicas) != len(replicas_raw):
         return None
+    routing = None
+    if t.get("routing") is not None:
+        routing = _routing(t["routing"], f"{where}.routing", errors, [source.name, *(r.name for r in replicas)])
     names = [r.name for r in replicas]
     for j, r in enumerate(replicas):
         if names.count(r.name) > 1:
@@ -119,7 +123,41 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
         snapshots=snapshots,
         allow_external_files=allow_ext is True,
         max_commit_bytes=max_bytes or DEFAULT_MAX_COMMIT_BYTES,
+        routing=routing,
     )
+
+
+def _routing(obj: Any, where: str, errors: _Errors, location_names: list[str]) -> RoutingConfig | None:
+    if not isinstance(obj, dict) or not obj:
+        errors.add(where, 'expected an object mapping a reader region to location names, '
+                   'like {"westus": ["eastus", "primary"], "default": ["primary"]}')
+        return None
+    by_region: list[tuple[str, tuple[str, ...]]] = []
+    default = None
+    ok = True
+    for region, names in obj.items():
+        here = f"{where}.{region}"
+        if region != "default" and (not isinstance(region, str) or not _REGION_RE.match(region)):
+            errors.add(here, "expected an Azure region name (lowercase letters and digits) or 'default' as the key")
+            ok = False
+            continue
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            errors.add(here, f"expected a non-empty list of location names (one of {location_names}), got {names!r}")
+            ok = False
+            continue
+        for k, n in enumerate(names):
+            if n not in location_names:
+                errors.add(f"{here}[{k}]", f"unknown location {n!r}; expected one of {location_names} "
+                           "(the source's name, default 'primary', or a replica's name)")
+                ok = False
+            elif names.index(n) != k:
+                errors.add(f"{here}[{k}]", f"location {n!r} is listed twice")
+                ok = False
+        if region == "default":
+            default = tuple(names)
+        else:
+            by_region.append((region, tuple(names)))
+    return RoutingConfig(by_region=tuple(by_region), default=default) if ok else None
 
 
 def _name(value: Any, where: str, errors: _Errors) -> str | None:

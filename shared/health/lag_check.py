@@ -48,7 +48,7 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
                     log.warning("alert.failed type=%s table=%s replica=%s error=%s", event_type, lag.table,
                                 lag.replica, type(err).__name__)
                     state = before
-            status.put_row(lag, alert_state=state)
+            status.put_row(lag, alert_state=state, previous=previous.get(lag.replica))
             metrics.record_lag(lag)
             level = logging.INFO if lag.status.value in ("healthy", "lagging") else logging.WARNING
             log.log(level, "lag.checked table=%s replica=%s status=%s source_version=%s replica_version=%s "

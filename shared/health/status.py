@@ -1,22 +1,24 @@
 """The ReplicationStatus Azure Table: one row per table and replica.
 
 PartitionKey = table name, RowKey = replica name; columns SourceVersion, ReplicaVersion,
-VersionLag, LagSeconds, Status, CheckedAt, Detail, and AlertState (the last alert sent,
-so alerts fire once per transition); retention adds LastPurgeAt, LastPurgeFiles and
-LastPurgeBytes (files and bytes its last run freed). Writes merge, so each writer keeps
-the others' columns.
+VersionLag, LagSeconds, Status, CheckedAt, Detail, AlertState (the last alert sent,
+so alerts fire once per transition), and CaughtUpAt: the replica held every commit made
+before this instant (ISO 8601, UTC; empty until first measured). Readers bound a replica's
+staleness with it while the primary is unreachable. Retention adds LastPurgeAt,
+LastPurgeFiles and LastPurgeBytes (files and bytes its last run freed). Writes merge, so
+each writer keeps the others' columns.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
 
 from shared.errors import ReplicaUnreachable
-from shared.health.lag import ReplicaLag
+from shared.health.lag import ReplicaHealth, ReplicaLag
 
 STATUS_TABLE = "ReplicationStatus"
 ALERT_OK = "ok"
@@ -34,6 +36,7 @@ class StatusRow:
     checked_at: str
     detail: str
     alert_state: str = ALERT_OK
+    caught_up_at: str | None = None
 
     def as_json(self) -> dict:
         return {
@@ -42,6 +45,20 @@ class StatusRow:
             "lagSeconds": self.lag_seconds, "status": self.status, "checkedAt": self.checked_at,
             "detail": self.detail,
         }
+
+
+def caught_up_at(lag: ReplicaLag, previous: StatusRow | None) -> str | None:
+    """The instant before which the replica held every commit, after measurement `lag`.
+
+    Healthy: the check time. Lagging: the commit time of the oldest commit it lacks (the
+    check time minus the time lag). Otherwise (unreachable, diverged, error) nothing new was
+    learnt, so the previous row's value is kept.
+    """
+    if lag.status == ReplicaHealth.HEALTHY:
+        return lag.checked_at.isoformat()
+    if lag.status == ReplicaHealth.LAGGING:
+        return (lag.checked_at - timedelta(seconds=lag.lag_seconds)).isoformat()
+    return previous.caught_up_at if previous is not None else None
 
 
 def _version(value) -> int | None:
@@ -88,7 +105,8 @@ class StatusStore:
             return []
         return sorted((self._row(e) for e in entities), key=lambda r: (r.table, r.replica))
 
-    def put_row(self, lag: ReplicaLag, *, alert_state: str) -> None:
+    def put_row(self, lag: ReplicaLag, *, alert_state: str, previous: StatusRow | None = None) -> None:
+        """Upsert the replica's row; `previous` (its last row) carries CaughtUpAt through outages."""
         self._ensure_table()
         self._table.upsert_entity({
             "PartitionKey": lag.table,
@@ -101,6 +119,7 @@ class StatusStore:
             "CheckedAt": lag.checked_at.isoformat(),
             "Detail": lag.detail,
             "AlertState": alert_state,
+            "CaughtUpAt": caught_up_at(lag, previous) or "",
         }, mode=UpdateMode.MERGE)
 
     def record_purge(self, table: str, replica: str, *, files: int, bytes_freed: int) -> None:
@@ -128,5 +147,6 @@ class StatusStore:
             version_lag=int(entity.get("VersionLag", 0)), lag_seconds=float(entity.get("LagSeconds", 0.0)),
             status=entity.get("Status", ""), checked_at=str(entity.get("CheckedAt", "")),
             detail=entity.get("Detail", ""), alert_state=entity.get("AlertState", ALERT_OK),
+            caught_up_at=entity.get("CaughtUpAt") or None,
         )
 

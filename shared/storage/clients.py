@@ -51,6 +51,24 @@ def build_blob_service_client(settings: ConnectionSettings, *, counter: RequestC
     """
     options = dict(_TRANSFER)
     options["retry_policy"] = LinearRetry(**_RETRY)
+    return _build(settings, options, counter)
+
+
+# Readers choosing a location want a dead region to fail fast, not after the copy path's
+# patient timeouts: a short connect timeout and a single quick retry.
+PROBE_CONNECT_TIMEOUT_SECONDS = 2
+PROBE_READ_TIMEOUT_SECONDS = 5
+_PROBE_RETRY = dict(backoff=0.2, retry_total=1, random_jitter_range=0.1)
+
+
+def build_probe_client(settings: ConnectionSettings, *, counter: RequestCounter | None = None) -> BlobServiceClient:
+    """A BlobServiceClient with short timeouts, for the read resolver's small requests."""
+    options = dict(connection_timeout=PROBE_CONNECT_TIMEOUT_SECONDS, read_timeout=PROBE_READ_TIMEOUT_SECONDS,
+                   retry_policy=LinearRetry(**_PROBE_RETRY))
+    return _build(settings, options, counter)
+
+
+def _build(settings: ConnectionSettings, options: dict, counter: RequestCounter | None) -> BlobServiceClient:
     if counter is not None:
         options["raw_request_hook"] = counter
     if settings.connection_string:

@@ -1,0 +1,67 @@
+"""python -m cli endpoint: where a reader in a region should read a table from (the read resolver)."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("endpoint", help="the nearest location that qualifies for a read (URI, version, staleness)")
+    p.add_argument("--table", required=True, help="the table")
+    p.add_argument("--region", help="the reader's Azure region")
+    p.add_argument("--max-staleness", help="the most seconds the data may lag the primary")
+    p.add_argument("--min-version", help="skip locations older than this version (read-your-writes)")
+    p.add_argument("--timestamp", help="time travel: the version committed at or before this ISO 8601 time")
+    p.add_argument("--purpose", default="read", help="read (default) or write (always the primary)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_endpoint)
+
+
+def cmd_endpoint(args) -> int:
+    """Exit 0 with the location; 1 when none qualifies (each listed with its reason); 2 on bad input."""
+    from shared.config.settings import load_config
+    from shared.errors import NoReadableLocation
+    from shared.reads.query import parse_read_query
+    from shared.reads.resolver import resolve_location
+    from shared.runtime import ReplicationRuntime
+
+    params = {"region": args.region, "max_staleness_seconds": args.max_staleness, "min_version": args.min_version,
+              "timestamp": args.timestamp, "purpose": args.purpose}
+    try:
+        query = parse_read_query({k: v for k, v in params.items() if v is not None})
+    except ValueError as err:
+        print(f"error: {err}")
+        return 2
+    config = load_config()
+    try:
+        table = config.table(args.table)
+    except KeyError:
+        print(f"error: table {args.table!r} is not configured (configured: "
+              f"{', '.join(t.name for t in config.tables)})")
+        return 2
+    runtime = ReplicationRuntime(config)
+    try:
+        found = resolve_location(runtime, table, **query.resolver_arguments())
+    except NoReadableLocation as err:
+        if args.json:
+            print(json.dumps({"error": str(err), "table": table.name, "tried": [t.as_json() for t in err.tried]},
+                             indent=2))
+        else:
+            print(f"no location of {table.name} qualifies:")
+            for t in err.tried:
+                print(f"  {t.location:<12} {t.reason.value:<20} {t.detail}")
+        return 1
+    finally:
+        runtime.close()
+    if args.json:
+        print(json.dumps(found.as_json(), indent=2))
+    else:
+        staleness = "unknown" if found.staleness_seconds is None else f"{found.staleness_seconds:.1f}s"
+        print(f"{found.table}: {found.location} ({found.region or '-'}) version {found.version}, "
+              f"staleness {staleness} ({found.staleness_basis.value})")
+        print(f"  uri: {found.uri}")
+        if not found.primary_reachable:
+            print("  the primary is unreachable")
+        for t in found.tried:
+            print(f"  skipped {t.location}: {t.reason.value} ({t.detail})")
+    return 0

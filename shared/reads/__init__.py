@@ -1,0 +1,1 @@
+"""Reading a table from the nearest healthy location: routing, probing, resolving, open_table."""

@@ -1,0 +1,191 @@
+"""A read-only look at one table location with few, small requests: HEADs and ranged GETs.
+
+One `LocationProbe` lives for one resolution; what it learns (commit properties and times)
+is remembered only for that call.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from dataclasses import dataclass
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError, ServiceResponseError
+from azure.storage.blob import BlobServiceClient
+
+from shared.config.model import LocationConfig
+from shared.delta.log import LAST_CHECKPOINT, LOG_DIR, LogFileKind, commit_name, parse_log_name
+from shared.errors import ReplicaUnreachable
+from shared.reads.timestamps import COMMIT_TIME_READ_BYTES, TimestampUnavailable, commit_time_ms
+from shared.storage.clients import build_probe_client
+
+# The first page of a `_delta_log/` listing holds the oldest entries (names sort by version).
+_EARLIEST_PAGE = 20
+
+_clients: "weakref.WeakKeyDictionary[object, dict[str, BlobServiceClient]]" = weakref.WeakKeyDictionary()
+
+
+def probe_clients(runtime) -> dict[str, BlobServiceClient]:
+    """Short-timeout clients per connection, built once per runtime (connection pools, no data)."""
+    clients = _clients.get(runtime)
+    if clients is None:
+        clients = {name: build_probe_client(s, counter=runtime.counter) for name, s in runtime.settings.items()}
+        _clients[runtime] = clients
+    return clients
+
+
+@dataclass(frozen=True)
+class CommitProps:
+    size: int
+    content_md5: bytes | None
+
+
+class LocationProbe:
+    """Bounded reads of one location's `_delta_log` for one resolution.
+
+    Args:
+        service: a short-timeout client for the location's account.
+        location: the location.
+
+    Raises (every method):
+        ReplicaUnreachable: the account did not answer or refused us.
+    """
+
+    def __init__(self, service: BlobServiceClient, location: LocationConfig) -> None:
+        self.location = location
+        self._container = service.get_container_client(location.container)
+        self._log = f"{location.path}/{LOG_DIR}/"
+        self.requests = 0
+        self._props: dict[int, CommitProps | None] = {}
+        self._times: dict[int, int] = {}
+
+    def _call(self, what: str, fn):
+        self.requests += 1
+        try:
+            return fn()
+        except ResourceNotFoundError:
+            return None
+        except (ServiceRequestError, ServiceResponseError) as err:
+            raise ReplicaUnreachable(f"{self.location.name}: storage did not answer while {what} "
+                                     f"({type(err).__name__})") from err
+        except HttpResponseError as err:
+            raise ReplicaUnreachable(f"{self.location.name}: storage failed while {what} "
+                                     f"(HTTP {err.status_code} {err.error_code})") from err
+
+    # -- single requests --------------------------------------------------------------
+    def commit(self, version: int) -> CommitProps | None:
+        """Size and Content-MD5 of commit `version` (one HEAD), or None when absent."""
+        if version not in self._props:
+            blob = self._container.get_blob_client(self._log + commit_name(version))
+            props = self._call(f"reading commit {version}", blob.get_blob_properties)
+            self._props[version] = None if props is None else CommitProps(
+                props.size, bytes(props.content_settings.content_md5) if props.content_settings.content_md5 else None)
+        return self._props[version]
+
+    def commit_bytes(self, version: int) -> bytes | None:
+        blob = self._container.get_blob_client(self._log + commit_name(version))
+        return self._call(f"reading commit {version}", lambda: blob.download_blob().readall())
+
+    def last_checkpoint_version(self) -> int | None:
+        """The version `_last_checkpoint` names (one small GET), or None."""
+        blob = self._container.get_blob_client(self._log + LAST_CHECKPOINT)
+        data = self._call("reading _last_checkpoint", lambda: blob.download_blob().readall())
+        try:
+            return int(json.loads(data)["version"]) if data else None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def earliest_version(self) -> int | None:
+        """The oldest version a reader can load here (one listing page), or None when empty.
+
+        Version 0's commit, or the oldest checkpoint when the early log is gone (a replica
+        seeded from a checkpoint, or a primary after log cleanup).
+        """
+        def first_page():
+            pages = self._container.list_blobs(name_starts_with=self._log, results_per_page=_EARLIEST_PAGE).by_page()
+            return [b.name[len(self._log):] for b in next(pages, [])]
+
+        names = self._call("listing the oldest log entries", first_page) or []
+        commits, checkpoints = [], []
+        for name in names:
+            parsed = parse_log_name(name)
+            if parsed is None or parsed.version is None:
+                continue
+            if parsed.kind == LogFileKind.COMMIT:
+                commits.append(parsed.version)
+            elif parsed.kind in (LogFileKind.CHECKPOINT, LogFileKind.CHECKPOINT_PART, LogFileKind.CHECKPOINT_V2):
+                checkpoints.append(parsed.version)
+        if 0 in commits:
+            return 0
+        if checkpoints:
+            return min(checkpoints)
+        return min(commits) if commits else None
+
+    def commit_time(self, version: int) -> int:
+        """Commit `version`'s own time in ms (one ranged GET, two for a huge commit).
+
+        Raises:
+            TimestampUnavailable: the commit is absent or carries no commit time.
+        """
+        if version in self._times:
+            return self._times[version]
+        blob = self._container.get_blob_client(self._log + commit_name(version))
+
+        def read(offset: int):
+            downloader = blob.download_blob(offset=offset, length=COMMIT_TIME_READ_BYTES)
+            return downloader.readall(), downloader.properties.size
+
+        first = self._call(f"reading commit {version}", lambda: read(0))
+        if first is None:
+            raise TimestampUnavailable(f"version {version} has no commit at {self.location.name}")
+        data, size = first
+        ms = commit_time_ms(data, complete=size <= COMMIT_TIME_READ_BYTES)
+        if ms is None and size > COMMIT_TIME_READ_BYTES:
+            tail, _ = self._call(f"reading commit {version}", lambda: read(size - COMMIT_TIME_READ_BYTES)) or (b"", 0)
+            ms = commit_time_ms(tail.split(b"\n", 1)[-1], complete=True)
+        if ms is None:
+            raise TimestampUnavailable(f"commit {version} at {self.location.name} has no commitInfo timestamp")
+        self._times[version] = ms
+        return ms
+
+    # -- searches -----------------------------------------------------------------------
+    def head(self, hint: int | None) -> int | None:
+        """The newest version, by HEAD requests around `hint` (None: an empty location).
+
+        Delta versions are contiguous, so an exponential search from a version that exists
+        and a binary search below one that does not find the head in about 2*log2(distance)
+        HEADs: two when the hint is the head. Without a hint, `_last_checkpoint` supplies one.
+        """
+        if hint is None:
+            hint = self.last_checkpoint_version()
+        if hint is None:
+            hint = self.earliest_version()
+            if hint is None:
+                return None
+        if self.commit(hint) is not None:
+            return self._gallop_up(hint)
+        missing, step = hint, 1
+        while missing > 0:
+            candidate = max(hint - step, 0)
+            if self.commit(candidate) is not None:
+                return self._bisect(candidate, missing)
+            missing, step = candidate, step * 2
+        earliest = self.earliest_version()  # nothing at or below the hint: a seeded location, or none
+        if earliest is None or self.commit(earliest) is None:
+            return None
+        return self._gallop_up(earliest)
+
+    def _gallop_up(self, low: int) -> int:
+        step = 1
+        while self.commit(low + step) is not None:
+            low, step = low + step, step * 2
+        return self._bisect(low, low + step)
+
+    def _bisect(self, present: int, absent: int) -> int:
+        while absent - present > 1:
+            mid = (present + absent) // 2
+            if self.commit(mid) is not None:
+                present = mid
+            else:
+                absent = mid
+        return present
