@@ -235,15 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(func=cmd_relay)
 
-<<<<<<< HEAD
     from cli.cost import add_parser as add_cost_parser
 
     add_cost_parser(sub)
-=======
     from cli import endpoint
 
     endpoint.add_parser(sub)
->>>>>>> issue-11
     return parser
 
 

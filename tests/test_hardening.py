@@ -21,7 +21,7 @@ from shared import failpoints
 from shared.errors import UnexpectedFailure
 from shared.replication.replicator import ReplicaState
 from shared.storage.blob_table_store import sas_lifetime
-from tests.support.lake import Lake, batch, rows
+from tests.support.lake import Lake, batch
 
 MiB = 1024 * 1024
 

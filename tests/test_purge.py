@@ -146,7 +146,7 @@ def test_leftover_lease_folder_of_the_previous_version_is_removed_by_the_next_re
     assert legacy not in lake.blobs("westeu")
     assert set(lake.blobs("westeu")) == set(lake.blobs("eastus"))
     assert [r.message for r in caplog.records if "legacy_lease_removed" in r.message] == [
-        f"retention.legacy_lease_removed table=sales replica=westeu paths=_replication/lease"]
+        "retention.legacy_lease_removed table=sales replica=westeu paths=_replication/lease"]
 
 
 def test_replica_accounts_hold_only_the_primary_files_after_a_full_workload(lake):
