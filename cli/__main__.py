@@ -2,11 +2,7 @@
 
     python -m cli [--settings local.settings.json] <command> [options]
 
-<<<<<<< HEAD
-Commands: status, sync, verify, events, relay, cost. Each has --help.
-=======
-Commands: status, sync, verify, events, relay, endpoint. Each has --help.
->>>>>>> issue-11
+Commands: status, sync, verify, events, relay, cost, endpoint. Each has --help.
 Settings come from the environment (REPLICATION_CONFIG or REPLICATION_CONFIG_FILE and the
 connection settings), or from the Values of a Functions local.settings.json via --settings.
 """
