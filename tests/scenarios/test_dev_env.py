@@ -99,6 +99,21 @@ class DevRun:
         return code
 
 
+@pytest.fixture
+def dev_runs():
+    """Dev processes a test starts; any still running at the end (a failed test) is stopped by PID."""
+    runs: list[DevRun] = []
+    yield runs
+    for run in runs:
+        if run.proc.poll() is None:
+            run.proc.send_signal(signal.SIGINT)  # it stops its own children
+            try:
+                run.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                run.proc.kill()
+                run.proc.wait()
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -134,18 +149,27 @@ def run_snippet(code: str, cwd: Path) -> str:
     return result.stdout.strip()
 
 
+def assert_all_gone(pids: set[int]) -> None:
+    """Every PID has exited; survivors are killed (by PID) so a failing run leaves nothing behind."""
+    survivors = [pid for pid in pids if alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
+
+
 def stop_and_check_children(dev: DevRun) -> None:
     children = dev.descendants()
     assert len(children) >= 2  # Azurite and the relay
     assert dev.stop() == 0
-    assert [pid for pid in children if alive(pid)] == []
+    assert_all_gone(children)
 
 
-def test_dev_sh_replicates_printed_snippet_commits_and_restarts_where_it_was(tmp_path):
+def test_dev_sh_replicates_printed_snippet_commits_and_restarts_where_it_was(tmp_path, dev_runs):
     state_dir, settings_file = tmp_path / "state", tmp_path / "local.settings.json"
     ports = {name: free_port() for name in ("blob", "queue", "table", "functions")}
 
     dev = DevRun(["bash", "scripts/dev.sh"], state_dir, settings_file, ports)
+    dev_runs.append(dev)
     ready = dev.wait_for(f"^{READY_PREFIX}")
     azurite_pid, relay_pid = (int(p) for p in re.search(r"Azurite PID (\d+), relay PID (\d+)", ready).groups())
     output = "\n".join(dev.lines)
@@ -163,11 +187,12 @@ def test_dev_sh_replicates_printed_snippet_commits_and_restarts_where_it_was(tmp
     children = dev.descendants()
     assert {azurite_pid, relay_pid} <= children
     assert dev.stop() == 0
-    assert [pid for pid in children if alive(pid)] == []
+    assert_all_gone(children)
     assert not settings_file.read_text().count("<base64 key")
 
     # Restart: same keys and data, the relay resumes from its position (no version redelivered).
     again = DevRun([sys.executable, "-m", "cli", "dev"], state_dir, settings_file, ports)
+    dev_runs.append(again)
     again.wait_for(f"^{READY_PREFIX}")
     assert again.snippet() == code  # same keys, same ports
     assert any(line.startswith(f"dev: kept {settings_file}") for line in again.lines)
