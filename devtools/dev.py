@@ -17,13 +17,9 @@ Ctrl-C or SIGTERM stops what it started (the relay, then Azurite), each by its P
 
 from __future__ import annotations
 
-import base64
 import fcntl
-import hashlib
 import json
 import os
-import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -32,19 +28,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from devtools.azurite import DEVSTORE_ACCOUNT, DEVSTORE_KEY, REPO_ROOT, AzuriteProcess, free_port
+from devtools.azurite import DEVSTORE_ACCOUNT, DEVSTORE_KEY, REPO_ROOT, AzuriteProcess
+from devtools.dev_settings import (
+    SETTINGS_EXAMPLE,
+    DevError,
+    account_for,
+    account_keys,
+    choose_ports,
+    connection_string,
+    load_settings_doc,
+    read_json,
+    storage_options,
+    tty_ask,
+    write_private,
+    write_settings,
+)
 
 AZURITE_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite"
-SETTINGS_EXAMPLE = REPO_ROOT / "local.settings.json.example"
-DEFAULT_PORTS = {"blob": 10000, "queue": 10001, "table": 10002}
 HOST_STORAGE = "AzureWebJobsStorage"
 READY_PREFIX = "ready:"
 SNIPPET_BEGIN = "# ---- write to "
 SNIPPET_END = "# ---- end ----"
-
-
-class DevError(Exception):
-    """Raised when the dev environment cannot start; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -94,175 +98,6 @@ class DevLock:
             self._fh.truncate()
             self._fh.close()  # closing drops the flock
             self._fh = None
-
-
-# ---------------------------------------------------------------- state: keys, ports, fingerprints
-
-
-def _read_json(path: Path, default):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return default
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    tmp.replace(path)
-
-
-def account_keys(state_dir: Path, accounts: list[str]) -> dict[str, str]:
-    """Each account's key: generated once with `secrets` and kept in `<state>/keys.json`.
-
-    devstoreaccount1 keeps Azurite's well-known key, so `UseDevelopmentStorage=true` works on
-    the default ports.
-    """
-    path = state_dir / "keys.json"
-    keys = _read_json(path, {})
-    changed = False
-    for account in accounts:
-        if account != DEVSTORE_ACCOUNT and account not in keys:
-            keys[account] = base64.b64encode(secrets.token_bytes(64)).decode()
-            changed = True
-    if changed:
-        _write_private(path, json.dumps(keys, indent=1) + "\n")
-    keys[DEVSTORE_ACCOUNT] = DEVSTORE_KEY
-    return {a: keys[a] for a in accounts}
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As node's listen() does: connections of a previous run in TIME_WAIT do not make the port taken.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def choose_ports(explicit: dict, saved: dict) -> tuple[dict, list[str]]:
-    """Ports per service: the flag, else the last run's, else Azurite's defaults; a taken one falls back to a free one.
-
-    Raises:
-        DevError: a port given by flag is taken.
-    """
-    ports, notes = {}, []
-    for service, default in DEFAULT_PORTS.items():
-        if explicit.get(service):
-            port = explicit[service]
-            if not _port_free(port):
-                raise DevError(f"port {port} (--{service}-port) is in use; choose another one")
-        else:
-            port = saved.get(service) or default
-            if not _port_free(port):
-                fallback = free_port()
-                notes.append(f"{service} port {port} is in use; using {fallback} (choose with --{service}-port)")
-                port = fallback
-        ports[service] = port
-    return ports, notes
-
-
-# ---------------------------------------------------------------- accounts and settings
-
-
-def connection_string(account: str, key: str, ports: dict) -> str:
-    base = "http://127.0.0.1:{}/" + account
-    return (f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
-            f"BlobEndpoint={base.format(ports['blob'])};QueueEndpoint={base.format(ports['queue'])};"
-            f"TableEndpoint={base.format(ports['table'])};")
-
-
-def storage_options(account: str, key: str, ports: dict) -> dict[str, str]:
-    """deltalake (object_store) options for an account of the dev Azurite."""
-    return {"account_name": account, "account_key": key,
-            "azure_storage_endpoint": f"http://127.0.0.1:{ports['blob']}/{account}", "allow_http": "true"}
-
-
-def account_for(connection: str, template_values: dict) -> str:
-    """The Azurite account behind a connection name: the example's AccountName, else derived from the name."""
-    match = re.search(r"AccountName=([a-z0-9]+)", template_values.get(connection, ""))
-    if match:
-        return match.group(1)
-    name = re.sub(r"[^a-z0-9]", "", re.sub(r"_?storage$", "", connection.lower()))
-    return (name or "account")[:24].ljust(3, "0")
-
-
-def load_settings_doc(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DevError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}); fix or remove it and "
-                       f"start again") from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("Values"), dict):
-        raise DevError(f"{path} has no \"Values\" object; fix or remove it and start again")
-    return doc
-
-
-def render_settings(doc: dict) -> str:
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-
-
-def _fingerprint(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class SettingsOutcome:
-    path: Path  # the file whose Values match this environment (the user's, or the copy in the state dir)
-    message: str
-
-
-def write_settings(settings_file: Path, state_dir: Path, values: dict, state: dict, *,
-                   ask=None) -> SettingsOutcome:
-    """Write `values` into the settings file without overwriting what the user edited.
-
-    The file is (re)written when it is missing or still exactly what the last run wrote (its
-    SHA-256 is kept in the state). A file edited since is left alone unless `ask` (a TTY
-    prompt) says yes; it is only ever merged (our keys set, every other value kept). The
-    complete file this environment needs is always at `<state>/local.settings.json`.
-    """
-    template = json.loads(SETTINGS_EXAMPLE.read_text())
-    template["Values"].update(values)
-    proposed = state_dir / "local.settings.json"
-    _write_private(proposed, render_settings(template))
-    fingerprints = state.setdefault("settings_sha256", {})
-    key = str(settings_file.resolve())
-    current = load_settings_doc(settings_file)
-    if current is None or fingerprints.get(key) == _fingerprint(settings_file.read_text()):
-        text = render_settings(template)
-        verb = "wrote" if current is None else ("kept" if settings_file.read_text() == text else "updated")
-        _write_private(settings_file, text)
-        fingerprints[key] = _fingerprint(text)
-        return SettingsOutcome(settings_file, f"{verb} {settings_file} (connection strings for the dev Azurite)")
-    stale = sorted(k for k, v in values.items() if current["Values"].get(k) != v)
-    if not stale:
-        return SettingsOutcome(settings_file, f"kept {settings_file} (edited by you; its connection strings match)")
-    if ask is not None and ask(f"{settings_file} was edited since dev.sh wrote it; set {', '.join(stale)} "
-                               f"in it and keep everything else? [y/N] "):
-        current["Values"].update({k: values[k] for k in stale})
-        text = render_settings(current)
-        _write_private(settings_file, text)
-        fingerprints[key] = _fingerprint(text)
-        return SettingsOutcome(settings_file, f"updated {', '.join(stale)} in {settings_file}")
-    return SettingsOutcome(proposed, (
-        f"left {settings_file} unchanged: you edited it, and {', '.join(stale)} differ from this environment. "
-        f"Copy them from {proposed} (`diff {settings_file} {proposed}`); until then use "
-        f"--settings {proposed}"))
-
-
-def _tty_ask(question: str) -> bool:
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        return False
-    try:
-        return input(question).strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
 
 
 # ---------------------------------------------------------------- processes
@@ -412,7 +247,7 @@ def run(opts: DevOptions) -> int:
     started: dict[str, subprocess.Popen] = {}
     state_path = state_dir / "dev.json"
     try:
-        state = _read_json(state_path, {})
+        state = read_json(state_path, {})
         for line in stop_leftovers(state_dir, state.get("children", {})):
             _say(f"dev: stopped {line} left over from a previous run")
         state["children"] = {}
@@ -439,9 +274,10 @@ def run(opts: DevOptions) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for name in ("relay", "azurite"):
             _stop(started.get(name))
-        state = _read_json(state_path, {})
-        state["children"] = {}
-        _write_private(state_path, json.dumps(state, indent=1) + "\n")
+        if started:
+            state = read_json(state_path, {})
+            state["children"] = {}
+            write_private(state_path, json.dumps(state, indent=1) + "\n")
         lock.release()
         if started:
             _say(f"dev: stopped the relay and Azurite; data kept in {state_dir}")
@@ -477,19 +313,19 @@ def _start(opts: DevOptions, state_dir: Path, state: dict, state_path: Path, sta
     for note in notes:
         _say(f"dev: {note}")
     state["ports"] = ports
-    _write_private(state_path, json.dumps(state, indent=1) + "\n")
+    write_private(state_path, json.dumps(state, indent=1) + "\n")
 
     azurite = started["azurite"] = start_azurite(state_dir / "azurite", keys, ports)
     state["children"] = {"azurite": azurite.pid}
-    _write_private(state_path, json.dumps(state, indent=1) + "\n")
+    write_private(state_path, json.dumps(state, indent=1) + "\n")
     _say(f"dev: Azurite PID {azurite.pid} on 127.0.0.1 (blob {ports['blob']}, queue {ports['queue']}, "
          f"table {ports['table']}), accounts {', '.join(accounts)}; data in {state_dir / 'azurite'}")
 
     strings = {name: connection_string(account, keys[account], ports) for name, account in connections.items()}
     values = dict(strings)
     values[HOST_STORAGE] = connection_string(DEVSTORE_ACCOUNT, DEVSTORE_KEY, ports)
-    outcome = write_settings(opts.settings_file, state_dir, values, state, ask=_tty_ask)
-    _write_private(state_path, json.dumps(state, indent=1) + "\n")
+    outcome = write_settings(opts.settings_file, state_dir, values, state, ask=tty_ask)
+    write_private(state_path, json.dumps(state, indent=1) + "\n")
     _say(f"dev: {outcome.message}")
     _say(f"dev: containers {', '.join(create_containers(config.tables, strings))}")
 
@@ -503,7 +339,7 @@ def _start(opts: DevOptions, state_dir: Path, state: dict, state_path: Path, sta
          "--interval", str(opts.relay_interval), "--host-url", webhook],
         cwd=REPO_ROOT, env=relay_env, stdin=subprocess.DEVNULL, start_new_session=True)
     state["children"]["relay"] = relay.pid
-    _write_private(state_path, json.dumps(state, indent=1) + "\n")
+    write_private(state_path, json.dumps(state, indent=1) + "\n")
     host = ("answers: events are POSTed to it" if _functions_answer(opts.functions_url)
             else "is not running: events go to replicate_commit in-process until `func start` answers")
     _say(f"dev: relay PID {relay.pid}, position in {state_dir / 'relay-state.json'}; "
@@ -522,7 +358,7 @@ def _start(opts: DevOptions, state_dir: Path, state: dict, state_path: Path, sta
                  f"storage_options={json.dumps(storage_options(ra, keys[ra], ports))})")
         _say()
     _say(f"Watch replication:  .venv/bin/python -m cli --settings {settings_arg} status --watch")
-    _say(f"With `func start` running (another terminal, this directory):")
+    _say("With `func start` running (another terminal, this directory):")
     _say(f"  status    GET {opts.functions_url}/api/status")
     for table in config.tables:
         _say(f"  resolver  GET {opts.functions_url}/api/tables/{table.name}/endpoint")

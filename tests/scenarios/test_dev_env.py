@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from devtools.azurite import free_port
-from devtools.dev import READY_PREFIX, SNIPPET_BEGIN, SNIPPET_END, write_settings
+from devtools.dev import READY_PREFIX, SNIPPET_BEGIN, SNIPPET_END
+from devtools.dev_settings import write_settings
 from tests.support.lake import batch
 
 REPO = Path(__file__).resolve().parents[2]
