@@ -2,7 +2,7 @@
 
     python -m cli [--settings local.settings.json] <command> [options]
 
-Commands: status, sync, verify, events, relay, cost, endpoint. Each has --help.
+Commands: status, sync, verify, events, relay, cost, endpoint, dev. Each has --help.
 Settings come from the environment (REPLICATION_CONFIG or REPLICATION_CONFIG_FILE and the
 connection settings), or from the Values of a Functions local.settings.json via --settings.
 """
@@ -48,6 +48,10 @@ def _tables(runtime, name: str | None):
 def cmd_status(args) -> int:
     from shared.health.lag import measure_table
 
+    if getattr(args, "watch", False):
+        from cli.watch import watch
+
+        return watch(args, lambda a: cmd_status(argparse.Namespace(**{**vars(a), "watch": False})))
     runtime = _runtime()
     rows = []
     for table in _tables(runtime, args.table):
@@ -205,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="per table and replica: versions, lag and state")
     p.add_argument("--table", help="only this table")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C (a terminal beside the writer)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch (default 2)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("sync", help="bring replicas to the primary's head now")
@@ -237,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import endpoint
 
     endpoint.add_parser(sub)
+    from cli import dev
+
+    dev.register(sub)
     return parser
 
 
