@@ -21,8 +21,15 @@ from datetime import datetime, timezone
 def _load_settings(path: str | None) -> None:
     if not path:
         return
-    with open(path, encoding="utf-8") as fh:
-        values = json.load(fh).get("Values", {})
+    try:
+        with open(path, encoding="utf-8") as fh:
+            values = json.load(fh).get("Values", {})
+    except OSError as err:
+        raise SystemExit(f"error: --settings {path}: cannot read it ({err.strerror}); "
+                         "run `bash scripts/dev.sh` to write one, or copy local.settings.json.example") from None
+    except (ValueError, AttributeError):
+        raise SystemExit(f"error: --settings {path}: not a Functions local.settings.json "
+                         '(expected a JSON object with "Values")') from None
     for key, value in values.items():
         if not key.startswith("//") and isinstance(value, str):
             os.environ.setdefault(key, value)
