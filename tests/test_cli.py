@@ -25,7 +25,7 @@ def run_cli(lake: Lake | None, *args: str, env_extra: dict | None = None) -> sub
 
 
 def test_every_command_has_help():
-    for command in ("status", "sync", "verify", "events", "relay"):
+    for command in ("status", "sync", "verify", "events", "relay", "cost", "endpoint", "dev"):
         result = run_cli(None, command, "--help")
         assert result.returncode == 0 and "usage: python -m cli " + command in result.stdout
 
@@ -86,3 +86,13 @@ def test_events_prints_filters_that_match_the_deployment_template():
     for field in ("includedEventTypes", "subjectBeginsWith", "advancedFilters"):
         assert f"{field}: sub.filter.{field}" in template
     assert "deadLetterDestination" in template and "retryPolicy" in template
+
+
+def test_a_missing_or_malformed_settings_file_is_a_clear_error(tmp_path):
+    missing = run_cli(None, "--settings", str(tmp_path / "nope.json"), "status")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert f"--settings {tmp_path / 'nope.json'}: cannot read it (No such file or directory)" in missing.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    malformed = run_cli(None, "--settings", str(bad), "status")
+    assert malformed.returncode == 1 and "not a Functions local.settings.json" in malformed.stderr
