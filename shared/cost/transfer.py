@@ -16,8 +16,14 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import EdmType, EntityProperty, TableServiceClient, UpdateMode
+
+from shared.storage.host_table import HostTable
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ def _day(now: datetime | None) -> str:
     return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date().isoformat()
 
 
-class TransferStore:
+class TransferStore(HostTable):
     """Rows of the ReplicationTransfer table.
 
     Args:
@@ -55,17 +61,7 @@ class TransferStore:
     """
 
     def __init__(self, service: TableServiceClient, *, table_name: str = TRANSFER_TABLE) -> None:
-        self._service = service
-        self._table = service.get_table_client(table_name)
-        self._created = False
-
-    def _ensure_table(self) -> None:
-        if not self._created:
-            try:
-                self._service.create_table(self._table.table_name)
-            except ResourceExistsError:
-                pass
-            self._created = True
+        super().__init__(service, table_name)
 
     def add(self, table: str, replica: str, *, nbytes: int, log_bytes: int = 0, files: int = 0,
             now: datetime | None = None) -> None:

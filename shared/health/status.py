@@ -14,11 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import TableServiceClient, UpdateMode
 
 from shared.errors import ReplicaUnreachable
 from shared.health.lag import ReplicaHealth, ReplicaLag
+from shared.storage.host_table import HostTable
 
 STATUS_TABLE = "ReplicationStatus"
 ALERT_OK = "ok"
@@ -65,7 +69,7 @@ def _version(value) -> int | None:
     return None if value is None or value == -1 else int(value)
 
 
-class StatusStore:
+class StatusStore(HostTable):
     """Rows of the ReplicationStatus table.
 
     Args:
@@ -73,17 +77,7 @@ class StatusStore:
     """
 
     def __init__(self, service: TableServiceClient, *, table_name: str = STATUS_TABLE) -> None:
-        self._service = service
-        self._table = service.get_table_client(table_name)
-        self._created = False
-
-    def _ensure_table(self) -> None:
-        if not self._created:
-            try:
-                self._service.create_table(self._table.table_name)
-            except ResourceExistsError:
-                pass
-            self._created = True
+        super().__init__(service, table_name)
 
     def get_row(self, table: str, replica: str) -> StatusRow | None:
         try:
