@@ -55,3 +55,17 @@ class UnexpectedFailure(ReplicationError):
     """Raised when an exception nobody anticipated interrupts one replica's work; the cause is chained."""
 
     retryable = True
+
+
+class SourceHistoryMissing(ReplicationError):
+    """Raised when a commit or data file a consolidation needs is gone from a source (vacuum, log cleanup)."""
+
+
+class ConsolidationFailed(ReplicationError):
+    """Raised when a consolidation cannot merge a source's rows (a missing key column, an unsupported feature)."""
+
+
+class ConsolidationConflict(ReplicationError):
+    """Raised when other writers to the global table won every commit attempt; the next run retries."""
+
+    retryable = True

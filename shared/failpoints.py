@@ -15,6 +15,9 @@ COMMIT_AFTER = "commit.after"  # a commit was written; its crc/checkpoint not ye
 CHECKPOINT_COPIED = "checkpoint.copied"  # checkpoint parts copied; _last_checkpoint not yet
 SEED_FILE = "seed.file"  # one file of a checkpoint seed copied
 SNAPSHOT_FILE = "snapshot.file"  # one file of a snapshot copied
+CONSOLIDATION_READ = "consolidation.read"  # a batch of source rows read; the merge not started
+CONSOLIDATION_MERGE = "consolidation.merge"  # the merge of a batch starts (files, then the commit)
+CONSOLIDATION_COMMITTED = "consolidation.committed"  # the merge committed; the status row not yet written
 
 _lock = threading.Lock()
 _armed: dict[str, list] = {}

@@ -48,6 +48,8 @@ class ReplicationRuntime:
         self.counter = counter
         self._environ = environ
         self._status = None
+        self._table_service = None
+        self._consolidation_status = None
         self._alerts = None
         self._leases = None
         self._host_client = None
@@ -62,6 +64,15 @@ class ReplicationRuntime:
                     self.settings[loc.connection] = resolve_connection(loc.connection, environ)
                 except ConfigError as err:
                     problems.append(f"tables[{i}].{where}.connection: {err}")
+        for i, consolidation in enumerate(config.consolidations):
+            located = [(f"sources[{j}]", s.location) for j, s in enumerate(consolidation.sources) if s.table is None]
+            for where, loc in located + [("target", consolidation.target)]:
+                if loc.connection in self.settings:
+                    continue
+                try:
+                    self.settings[loc.connection] = resolve_connection(loc.connection, environ)
+                except ConfigError as err:
+                    problems.append(f"consolidations[{i}].{where}.connection: {err}")
         if problems:
             raise ConfigError("invalid replication configuration; fix these and restart: " + "; ".join(problems))
         self.clients = {name: build_blob_service_client(s, counter=counter) for name, s in self.settings.items()}
@@ -94,22 +105,36 @@ class ReplicationRuntime:
                 self._leases = LeaseStore(self._host_client, connection_name=settings.name)
             return self._leases
 
+    def table_service(self):
+        """The Azure Table service of STATUS_CONNECTION (status rows), built on first use."""
+        with self._lock:
+            if self._table_service is None:
+                from azure.data.tables import TableServiceClient
+
+                settings = resolve_status_connection(self._environ)
+                if settings.connection_string:
+                    self._table_service = TableServiceClient.from_connection_string(settings.connection_string)
+                else:
+                    from azure.identity import DefaultAzureCredential
+
+                    self._table_service = TableServiceClient(settings.endpoint, credential=DefaultAzureCredential())
+            return self._table_service
+
     def status_store(self):
         """The ReplicationStatus table (STATUS_CONNECTION), built on first use."""
         if self._status is None:
-            from azure.data.tables import TableServiceClient
-
             from shared.health.status import StatusStore
 
-            settings = resolve_status_connection(self._environ)
-            if settings.connection_string:
-                service = TableServiceClient.from_connection_string(settings.connection_string)
-            else:
-                from azure.identity import DefaultAzureCredential
-
-                service = TableServiceClient(settings.endpoint, credential=DefaultAzureCredential())
-            self._status = StatusStore(service)
+            self._status = StatusStore(self.table_service())
         return self._status
+
+    def consolidation_status(self):
+        """The ConsolidationStatus table (STATUS_CONNECTION), built on first use."""
+        if self._consolidation_status is None:
+            from shared.consolidation.state import ConsolidationStatusStore
+
+            self._consolidation_status = ConsolidationStatusStore(self.table_service())
+        return self._consolidation_status
 
     def alert_publisher(self):
         """The alert publisher, or None when ALERT_TOPIC_ENDPOINT is not set."""
