@@ -47,3 +47,9 @@ def test_maintenance_timers_run_on_their_schedules():
     assert bindings("maintain_snapshots")[0]["schedule"] == "%SNAPSHOT_SCHEDULE%"
     assert bindings("apply_retention")[0]["schedule"] == "%RETENTION_SCHEDULE%"
     assert {b["type"] for name in ("maintain_snapshots", "apply_retention") for b in bindings(name)} == {"timerTrigger"}
+
+
+def test_consolidate_regions_runs_on_the_consolidation_schedule():
+    assert bindings("consolidate_regions") == [{"direction": BindingDirection.IN, "type": "timerTrigger",
+                                               "name": "timer", "schedule": "%CONSOLIDATION_SCHEDULE%",
+                                               "runOnStartup": False}]
