@@ -229,3 +229,58 @@ def test_rows_a_deletion_vector_deletes_are_not_merged_and_a_dv_only_re_add_merg
     again = regions.run()["eastus"]
     assert again.rows_read == 0 and again.merged_version == 2
     assert sorted(r["transaction_id"] for r in regions.global_rows()) == [0, 1, 2, 100, 102, 104]
+
+
+# -- triggers --------------------------------------------------------------------------
+
+def test_timer_function_status_endpoint_and_cli_report_each_source(regions, monkeypatch):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import azure.functions as func
+    from azure.functions.timer import TimerRequest
+
+    from functions.consolidate_regions import consolidate_regions
+    from functions.replication_status import replication_status
+    from shared import runtime as runtime_module
+
+    for region in REGIONS:
+        regions.write(region, orders(region, range(0, 4)))
+    env = dict(regions.environ, REPLICATION_CONFIG=json.dumps(regions.config_doc))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ALERT_TOPIC_ENDPOINT", raising=False)
+    runtime_module.reset_runtime()
+    try:
+        consolidate_regions(TimerRequest(past_due=False))
+        assert len(regions.global_keys()) == 12
+        response = replication_status(func.HttpRequest("GET", "http://localhost:7071/api/status", body=b""))
+        body = json.loads(response.get_body())
+        assert response.status_code == 200 and body["replicas"] == []
+        mine = {r["source"]: r for r in body["consolidations"] if r["consolidation"] == regions.name}
+        assert {s: (r["lastMergedVersion"], r["rowsMergedLastRun"], r["status"]) for s, r in mine.items()} == \
+            {r: (0, 4, "up_to_date") for r in REGIONS}
+    finally:
+        runtime_module.reset_runtime()
+
+    regions.write("seasia", orders("seasia", range(4, 6)))
+    cli_env = {k: v for k, v in os.environ.items() if not k.endswith("_STORAGE")}
+    cli_env.update(env)
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-m", "cli", "consolidate", "--name", regions.name, "--json"], cwd=repo,
+                            env=cli_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    sources = {s["source"]: s for s in json.loads(result.stdout)["sources"]}
+    assert (sources["seasia"]["rows_inserted"], sources["seasia"]["merged_version"]) == (2, 1)
+    assert sources["eastus"]["rows_inserted"] == 0 and sources["eastus"]["commits_read"] == 0
+    status = subprocess.run([sys.executable, "-m", "cli", "status"], cwd=repo, env=cli_env, capture_output=True,
+                            text=True, timeout=300)
+    lines = [line.split() for line in status.stdout.splitlines() if line.startswith(regions.name)]
+    assert sorted((cols[1], cols[2], cols[5], cols[6]) for cols in lines) == \
+        [("eastus", "0", "0", "up_to_date"), ("seasia", "1", "2", "up_to_date"), ("westeu", "0", "0", "up_to_date")]
+    missing = subprocess.run([sys.executable, "-m", "cli", "consolidate", "--name", "nosuch"], cwd=repo, env=cli_env,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "consolidation 'nosuch' is not configured" in missing.stderr
