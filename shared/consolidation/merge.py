@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
@@ -56,8 +57,37 @@ def latest_per_key(rows: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     return rows if len(keep) == rows.num_rows else rows.take(pa.array(keep))
 
 
+def _literal(value) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if np.isfinite(value) else None
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return None
+
+
+def key_ranges(rows: pa.Table, keys: tuple[str, ...]) -> str:
+    """`t.k >= min AND t.k <= max` for each key of the batch: lets the MERGE skip target files by their
+    statistics, so its cost follows the batch rather than the whole global table. Every source key
+    lies inside its range, so no match is lost."""
+    terms = []
+    for key in keys:
+        column = rows.column(key)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+                or pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        bounds = pc.min_max(column).as_py()
+        low, high = _literal(bounds["min"]), _literal(bounds["max"])
+        if low is not None and high is not None:
+            terms.append(f't."{key}" >= {low} AND t."{key}" <= {high}')
+    return "".join(f" AND {t}" for t in terms)
+
+
 class TargetTable:
-    """The global table, opened afresh for every attempt (other writers move it).
+    """The global table, brought up to date before every attempt (other writers move it).
 
     Args:
         uri, options: where deltalake finds it (options are secret).
@@ -72,25 +102,32 @@ class TargetTable:
         self.on_match = on_match
         self.partition_by = partition_by
         self.label = label
+        self._table: DeltaTable | None = None
         self._predicate = " AND ".join(f't."{k}" = s."{k}"' for k in keys)
 
     def open(self) -> DeltaTable | None:
+        """The target at its newest version: loaded once, then only the commits since (other writers')."""
+        if self._table is not None:
+            self._table.update_incremental()
+            return self._table
         try:
-            return DeltaTable(self.uri, storage_options=self._options)
+            self._table = DeltaTable(self.uri, storage_options=self._options)
         except TableNotFoundError:
             return None
+        return self._table
 
     def transaction_version(self, app_id: str) -> int | None:
         """The last source version recorded for `app_id`, or None (no table, or never merged)."""
         table = self.open()
         return None if table is None else table.transaction_version(app_id)
 
-    def column_types(self) -> dict[str, pa.DataType]:
+    def position(self, app_id: str) -> tuple[int | None, dict[str, pa.DataType]]:
+        """The recorded version for `app_id` and the target's column types, from one read of the target."""
         table = self.open()
         if table is None:
-            return {}
+            return None, {}
         schema = pa.schema(table.schema().to_arrow())
-        return {f.name: f.type for f in schema}
+        return table.transaction_version(app_id), {f.name: f.type for f in schema}
 
     def _create(self, schema: pa.Schema) -> None:
         try:
@@ -132,7 +169,7 @@ class TargetTable:
                 changed = False
                 if rows is not None and rows.num_rows:
                     failpoints.hit(failpoints.CONSOLIDATION_MERGE)
-                    merger = table.merge(rows, predicate=self._predicate, source_alias="s", target_alias="t",
+                    merger = table.merge(rows, predicate=self._predicate + key_ranges(rows, self.keys), source_alias="s", target_alias="t",
                                          merge_schema=True, commit_properties=properties)
                     if self.on_match == "update":
                         merger = merger.when_matched_update_all()

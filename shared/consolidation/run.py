@@ -115,7 +115,7 @@ def _run_source(runtime, consolidation: ConsolidationConfig, source: Consolidati
     app_id = consolidation.app_id(source)
     stats = ReadStats()
     try:
-        start = target.transaction_version(app_id)
+        start, types = target.position(app_id)
         outcome.start_version = outcome.merged_version = start
         store = BlobTableStore(runtime.clients[source.location.connection], source.location.container,
                                source.location.path, label=source.name, connection_name=source.location.connection)
@@ -124,7 +124,7 @@ def _run_source(runtime, consolidation: ConsolidationConfig, source: Consolidati
             if plan.history_missing:
                 raise SourceHistoryMissing(f"source {source.name}: the commits after version {start} are gone")
             rows = CommitRows(store, source, region_column=consolidation.region_column,
-                              known_types=target.column_types(), max_bytes=consolidation.max_merge_bytes, stats=stats)
+                              known_types=types, max_bytes=consolidation.max_merge_bytes, stats=stats)
             _merge_batches(rows.batches(plan), target, app_id, outcome, source, progress)
         except SourceHistoryMissing as err:
             start = target.transaction_version(app_id)
