@@ -25,6 +25,9 @@ from shared.errors import ConsolidationConflict, ConsolidationFailed
 log = logging.getLogger(__name__)
 
 MAX_COMMIT_ATTEMPTS = 8
+# Every run commits to the target, and every run loads it: a checkpoint each 10 commits keeps
+# that load to one checkpoint and at most 9 commits (deltalake's default is 100).
+TARGET_CHECKPOINT_INTERVAL = "10"
 _ROW_INDEX = "__consolidation_row"
 
 
@@ -132,7 +135,8 @@ class TargetTable:
     def _create(self, schema: pa.Schema) -> None:
         try:
             write_deltalake(self.uri, schema.empty_table(), mode="ignore", storage_options=self._options,
-                            partition_by=list(self.partition_by) or None)
+                            partition_by=list(self.partition_by) or None,
+                            configuration={"delta.checkpointInterval": TARGET_CHECKPOINT_INTERVAL})
             log.info("consolidation.target_created target=%s", self.label, extra={"target": self.label})
         except CommitFailedError:
             pass  # another run created it at the same moment
