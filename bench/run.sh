@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for the benchmarks: installs what they need (the test setup, matplotlib,
-# rclone from Debian's packages), then runs them. Figures land in bench/out/.
+# rclone from Debian's packages), then runs them (the replication benchmark, then the
+# consolidation one; `bench/run.sh consolidation [--quick]` runs only the latter). Figures land in bench/out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,4 +9,9 @@ bash scripts/setup.sh
 if ! command -v rclone >/dev/null; then
   (apt-get install -y -q rclone || (apt-get update -q && apt-get install -y -q rclone)) >/dev/null
 fi
-exec .venv/bin/python -m bench "$@"
+if [[ "${1:-}" == "consolidation" ]]; then
+  shift
+  exec .venv/bin/python -m bench.consolidation "$@"  # bench/run.sh consolidation [--quick]
+fi
+.venv/bin/python -m bench "$@"
+exec .venv/bin/python -m bench.consolidation

@@ -2,7 +2,7 @@
 
     python -m cli [--settings local.settings.json] <command> [options]
 
-Commands: status, sync, verify, events, relay, cost, endpoint, dev. Each has --help.
+Commands: status, sync, verify, events, relay, cost, endpoint, dev, consolidate. Each has --help.
 Settings come from the environment (REPLICATION_CONFIG or REPLICATION_CONFIG_FILE and the
 connection settings), or from the Values of a Functions local.settings.json via --settings.
 """
@@ -66,15 +66,20 @@ def cmd_status(args) -> int:
             rows.append({"table": lag.table, "replica": lag.replica, "sourceVersion": lag.source_version,
                          "replicaVersion": lag.replica_version, "versionLag": lag.version_lag,
                          "lagSeconds": lag.lag_seconds, "state": lag.status.value, "detail": lag.detail})
+    from cli.consolidate import print_status, status_rows
+
+    consolidations = status_rows(runtime)
     runtime.close()
     if args.json:
-        print(json.dumps({"checkedAt": datetime.now(timezone.utc).isoformat(), "replicas": rows}, indent=2))
+        print(json.dumps({"checkedAt": datetime.now(timezone.utc).isoformat(), "replicas": rows,
+                          "consolidations": consolidations}, indent=2))
     else:
         header = f"{'TABLE':<16} {'REPLICA':<12} {'SOURCE':>7} {'REPLICA':>7} {'LAG':>5} {'TIME LAG':>9}  STATE"
         print(header)
         for r in rows:
             print(f"{r['table']:<16} {r['replica']:<12} {str(r['sourceVersion']):>7} {str(r['replicaVersion']):>7} "
                   f"{r['versionLag']:>5} {r['lagSeconds']:>8.1f}s  {r['state']}")
+        print_status(consolidations)
     return 0 if all(r["state"] in ("healthy", "lagging") for r in rows) else 1
 
 
@@ -253,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import dev
 
     dev.register(sub)
+    from cli import consolidate
+
+    consolidate.add_parser(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""HTTP GET /api/status[?table=] -> shared.health.status: the ReplicationStatus rows as JSON."""
+"""HTTP GET /api/status[?table=] -> shared.health.status: the ReplicationStatus rows (and ConsolidationStatus) as JSON."""
 
 import json
 
@@ -18,4 +18,6 @@ def replication_status(req: func.HttpRequest) -> func.HttpResponse:
         body = {"error": f"table {table!r} is not configured", "tables": [t.name for t in runtime.config.tables]}
         return func.HttpResponse(json.dumps(body), status_code=404, mimetype="application/json")
     rows = [row.as_json() for row in runtime.status_store().list_rows(table=table)]
-    return func.HttpResponse(json.dumps({"replicas": rows}), status_code=200, mimetype="application/json")
+    consolidations = runtime.consolidation_status().list_rows() if runtime.config.consolidations else []
+    body = {"replicas": rows, "consolidations": [row.as_json() for row in consolidations]}
+    return func.HttpResponse(json.dumps(body), status_code=200, mimetype="application/json")

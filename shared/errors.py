@@ -65,3 +65,17 @@ class NoReadableLocation(ReplicationError):
     def __init__(self, message: str, tried: list) -> None:
         super().__init__(message)
         self.tried = tried
+
+
+class SourceHistoryMissing(ReplicationError):
+    """Raised when a commit or data file a consolidation needs is gone from a source (vacuum, log cleanup)."""
+
+
+class ConsolidationFailed(ReplicationError):
+    """Raised when a consolidation cannot merge a source's rows (a missing key column, an unsupported feature)."""
+
+
+class ConsolidationConflict(ReplicationError):
+    """Raised when other writers to the global table won every commit attempt; the next run retries."""
+
+    retryable = True

@@ -16,6 +16,9 @@ CHECKPOINT_COPIED = "checkpoint.copied"  # checkpoint parts copied; _last_checkp
 SEED_FILE = "seed.file"  # one file of a checkpoint seed copied
 SNAPSHOT_FILE = "snapshot.file"  # one file of a snapshot copied
 CHECKPOINT_COPYING = "checkpoint.copying"  # a checkpoint's parts are about to be copied to a replica
+CONSOLIDATION_READ = "consolidation.read"  # a batch of source rows read; the merge not started
+CONSOLIDATION_MERGE = "consolidation.merge"  # the merge of a batch starts (files, then the commit)
+CONSOLIDATION_COMMITTED = "consolidation.committed"  # the merge committed; the status row not yet written
 
 _lock = threading.Lock()
 _armed: dict[str, list] = {}

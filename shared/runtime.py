@@ -49,6 +49,8 @@ class ReplicationRuntime:
         self._environ = environ
         self._status = None
         self._transfer = None
+        self._shared_table_service = None
+        self._consolidation_status = None
         self._alerts = None
         self._leases = None
         self._host_client = None
@@ -63,6 +65,15 @@ class ReplicationRuntime:
                     self.settings[loc.connection] = resolve_connection(loc.connection, environ)
                 except ConfigError as err:
                     problems.append(f"tables[{i}].{where}.connection: {err}")
+        for i, consolidation in enumerate(config.consolidations):
+            located = [(f"sources[{j}]", s.location) for j, s in enumerate(consolidation.sources) if s.table is None]
+            for where, loc in located + [("target", consolidation.target)]:
+                if loc.connection in self.settings:
+                    continue
+                try:
+                    self.settings[loc.connection] = resolve_connection(loc.connection, environ)
+                except ConfigError as err:
+                    problems.append(f"consolidations[{i}].{where}.connection: {err}")
         if problems:
             raise ConfigError("invalid replication configuration; fix these and restart: " + "; ".join(problems))
         self.clients = {name: build_blob_service_client(s, counter=counter) for name, s in self.settings.items()}
@@ -106,12 +117,19 @@ class ReplicationRuntime:
 
         return TableServiceClient(settings.endpoint, credential=DefaultAzureCredential(), **options)
 
+    def table_service(self):
+        """The Azure Table service of the function app's storage, shared by its stores, built on first use."""
+        with self._lock:
+            if self._shared_table_service is None:
+                self._shared_table_service = self._table_service()
+            return self._shared_table_service
+
     def status_store(self):
         """The ReplicationStatus table (STATUS_CONNECTION), built on first use."""
         if self._status is None:
             from shared.health.status import StatusStore
 
-            self._status = StatusStore(self._table_service())
+            self._status = StatusStore(self.table_service())
         return self._status
 
     def transfer_store(self):
@@ -126,6 +144,14 @@ class ReplicationRuntime:
             self._transfer = TransferStore(self._table_service(retry_total=2, retry_backoff_factor=0.2,
                                                                connection_timeout=5, read_timeout=10))
         return self._transfer
+
+    def consolidation_status(self):
+        """The ConsolidationStatus table (STATUS_CONNECTION), built on first use."""
+        if self._consolidation_status is None:
+            from shared.consolidation.state import ConsolidationStatusStore
+
+            self._consolidation_status = ConsolidationStatusStore(self.table_service())
+        return self._consolidation_status
 
     def alert_publisher(self):
         """The alert publisher, or None when ALERT_TOPIC_ENDPOINT is not set."""

@@ -9,7 +9,7 @@ import pytest
 from devtools.azurite import AZURITE_BLOB_BIN, AzuriteProcess
 from tests.support.lake import Lake
 
-ACCOUNTS = ("eastus", "westeu", "seasia")
+ACCOUNTS = ("eastus", "westeu", "seasia", "global")
 
 
 def pytest_addoption(parser):

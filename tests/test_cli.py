@@ -25,7 +25,7 @@ def run_cli(lake: Lake | None, *args: str, env_extra: dict | None = None) -> sub
 
 
 def test_every_command_has_help():
-    for command in ("status", "sync", "verify", "events", "relay", "cost", "endpoint", "dev"):
+    for command in ("status", "sync", "verify", "events", "relay", "cost", "endpoint", "dev", "consolidate"):
         result = run_cli(None, command, "--help")
         assert result.returncode == 0 and "usage: python -m cli " + command in result.stdout
 

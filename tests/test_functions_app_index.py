@@ -55,3 +55,9 @@ def test_resolve_table_is_http_get_table_endpoint_with_function_auth():
                        "methods": [HttpMethod.GET], "authLevel": AuthLevel.FUNCTION,
                        "route": "tables/{table}/endpoint"}
     assert output["type"] == "http"
+
+
+def test_consolidate_regions_runs_on_the_consolidation_schedule():
+    assert bindings("consolidate_regions") == [{"direction": BindingDirection.IN, "type": "timerTrigger",
+                                               "name": "timer", "schedule": "%CONSOLIDATION_SCHEDULE%",
+                                               "runOnStartup": False}]

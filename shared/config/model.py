@@ -84,9 +84,63 @@ class TableConfig:
         raise KeyError(name)
 
 
+DEFAULT_REGION_COLUMN = "source_region"
+DEFAULT_MAX_COMMITS_PER_RUN = 100
+DEFAULT_MAX_MERGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ConsolidationSource:
+    """One regional table feeding a consolidation: a configured table's source, or an inline location.
+
+    `name` identifies the source inside its consolidation (the table's name, or the
+    location's name, default its region); the target's txn app id is `<consolidation>/<name>`.
+    """
+
+    name: str
+    location: LocationConfig
+    table: str | None = None  # set when the source is a configured table
+
+    @property
+    def region(self) -> str:
+        return self.location.region or ""
+
+
+@dataclass(frozen=True)
+class ConsolidationConfig:
+    """Regional tables merged into one global table, exactly once per source row."""
+
+    name: str
+    sources: tuple[ConsolidationSource, ...]
+    target: LocationConfig
+    keys: tuple[str, ...]
+    on_match: str = "ignore"  # "ignore" (insert-only) or "update"
+    region_column: str = DEFAULT_REGION_COLUMN
+    partition_by: tuple[str, ...] = ()
+    max_commits_per_run: int = DEFAULT_MAX_COMMITS_PER_RUN
+    max_merge_bytes: int = DEFAULT_MAX_MERGE_BYTES
+
+    def app_id(self, source: ConsolidationSource) -> str:
+        """The Delta txn application id recording this source's progress in the target."""
+        return f"{self.name}/{source.name}"
+
+    def source(self, name: str) -> ConsolidationSource:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(name)
+
+
 @dataclass(frozen=True)
 class ReplicationConfig:
     tables: tuple[TableConfig, ...]
+    consolidations: tuple[ConsolidationConfig, ...] = ()
+
+    def consolidation(self, name: str) -> ConsolidationConfig:
+        for consolidation in self.consolidations:
+            if consolidation.name == name:
+                return consolidation
+        raise KeyError(name)
 
     def table(self, name: str) -> TableConfig:
         for table in self.tables:

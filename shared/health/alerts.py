@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 LAG_THRESHOLD_EXCEEDED = "DeltaReplication.LagThresholdExceeded"
 DIVERGED = "DeltaReplication.Diverged"
 RECOVERED = "DeltaReplication.Recovered"
+CONSOLIDATION_SOURCE_UNREACHABLE = "DeltaReplication.ConsolidationSourceUnreachable"
+CONSOLIDATION_SOURCE_RECOVERED = "DeltaReplication.ConsolidationSourceRecovered"
 
 ALERT_LAG = "lag_exceeded"
 ALERT_DIVERGED = "diverged"
@@ -58,3 +60,17 @@ class AlertPublisher:
         self._client.send([event])
         log.info("alert.published type=%s table=%s replica=%s", event_type, lag.table, lag.replica,
                  extra={"event_type": event_type, "table": lag.table, "replica": lag.replica})
+
+    def publish_consolidation(self, event_type: str, data: dict) -> None:
+        """Send one consolidation-source alert (`data` holds consolidation, source and its state).
+
+        Raises azure.core errors so the caller keeps the old alert state and retries next run.
+        """
+        event = EventGridEvent(
+            subject=f"consolidations/{data['consolidation']}/sources/{data['source']}",
+            event_type=event_type, data_version="1.0", data=data,
+        )
+        self._client.send([event])
+        log.info("alert.published type=%s consolidation=%s source=%s", event_type, data["consolidation"],
+                 data["source"], extra={"event_type": event_type, "consolidation": data["consolidation"],
+                                        "source": data["source"]})

@@ -1,0 +1,1 @@
+"""Regional tables merged into one global table, exactly once, with Delta txn bookkeeping."""

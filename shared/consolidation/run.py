@@ -1,0 +1,209 @@
+"""One consolidation run: for each source, merge the rows of its new commits into the global table.
+
+Per source, the position is the target's txn for `<consolidation>/<source>`; a run reads at
+most `max_commits_per_run` commits after it and merges them in batches of at most
+`max_merge_bytes`, each batch one commit carrying the txn. One run per consolidation at a
+time (a lease in the function app's storage); a source that cannot be read is recorded and
+alerted on once, and the other sources still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from azure.core.exceptions import ResourceExistsError
+from deltalake import DeltaTable
+
+from shared import failpoints
+from shared.config.model import ConsolidationConfig, ConsolidationSource
+from shared.consolidation.locations import deltalake_options, deltalake_uri
+from shared.consolidation.merge import TargetTable
+from shared.consolidation.reader import CommitRows, ReadStats, plan_commits, snapshot_batches
+from shared.consolidation.state import (
+    ALERT_OK,
+    ALERT_UNREACHABLE,
+    ConsolidationStatusRow,
+    ConsolidationStatusStore,
+)
+from shared.errors import ReplicaUnreachable, ReplicationError, SourceHistoryMissing
+from shared.health.alerts import CONSOLIDATION_SOURCE_RECOVERED, CONSOLIDATION_SOURCE_UNREACHABLE
+from shared.storage.blob_table_store import BlobTableStore
+
+log = logging.getLogger(__name__)
+
+UP_TO_DATE = "up_to_date"
+BEHIND = "behind"
+UNREACHABLE = "unreachable"
+ERROR = "error"
+
+
+@dataclass
+class SourceOutcome:
+    """What one run did for one source."""
+
+    consolidation: str
+    source: str
+    region: str
+    status: str
+    start_version: int | None = None  # the recorded position before the run
+    merged_version: int | None = None  # the recorded position after it
+    source_version: int | None = None
+    versions_behind: int = 0
+    commits_read: int = 0
+    files_read: int = 0
+    bytes_read: int = 0
+    rows_read: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    target_commits: int = 0
+    fallback: bool = False
+    error: str = ""
+    seconds: float = 0.0
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+ProgressFn = Callable[[str, int], None]
+
+
+def run_consolidation(runtime, consolidation: ConsolidationConfig, status: ConsolidationStatusStore, alerts, *,
+                      progress: ProgressFn | None = None) -> list[SourceOutcome]:
+    """Merge every source's new rows into the target once, holding the consolidation's lease.
+
+    Args:
+        runtime: the host runtime (clients, settings, leases).
+        status: where per-source rows go; alerts: an AlertPublisher or None.
+        progress: called with (source name, rows merged) after each batch.
+
+    Returns:
+        One outcome per source, in configuration order.
+
+    Raises:
+        ReplicaBusy: another run held the lease for too long.
+    """
+    with runtime.lease_store().hold(f"consolidations/{consolidation.name}"):
+        target_settings = runtime.settings[consolidation.target.connection]
+        _ensure_container(runtime.clients[consolidation.target.connection], consolidation.target.container)
+        target = TargetTable(deltalake_uri(consolidation.target), deltalake_options(target_settings),
+                             keys=consolidation.keys, on_match=consolidation.on_match,
+                             partition_by=consolidation.partition_by, label=consolidation.target.describe())
+        previous = {row.source: row for row in status.list_rows(consolidation=consolidation.name)}
+        outcomes = []
+        for source in consolidation.sources:
+            outcome = _run_source(runtime, consolidation, source, target, progress)
+            _record(status, alerts, outcome, previous.get(source.name))
+            outcomes.append(outcome)
+        return outcomes
+
+
+def _ensure_container(client, container: str) -> None:
+    try:
+        client.create_container(container)
+    except ResourceExistsError:
+        pass
+
+
+def _run_source(runtime, consolidation: ConsolidationConfig, source: ConsolidationSource, target: TargetTable,
+                progress: ProgressFn | None) -> SourceOutcome:
+    began = time.monotonic()
+    outcome = SourceOutcome(consolidation.name, source.name, source.region, UP_TO_DATE)
+    app_id = consolidation.app_id(source)
+    stats = ReadStats()
+    try:
+        start, types = target.position(app_id)
+        outcome.start_version = outcome.merged_version = start
+        store = BlobTableStore(runtime.clients[source.location.connection], source.location.container,
+                               source.location.path, label=source.name, connection_name=source.location.connection)
+        plan = plan_commits(store, start, consolidation.max_commits_per_run, stats)
+        try:
+            if plan.history_missing:
+                raise SourceHistoryMissing(f"source {source.name}: the commits after version {start} are gone")
+            rows = CommitRows(store, source, region_column=consolidation.region_column,
+                              known_types=types, max_bytes=consolidation.max_merge_bytes, stats=stats)
+            _merge_batches(rows.batches(plan), target, app_id, outcome, source, progress)
+        except SourceHistoryMissing as err:
+            start = target.transaction_version(app_id)
+            log.warning("consolidation.fallback_snapshot consolidation=%s source=%s position=%s reason=%s",
+                        consolidation.name, source.name, start, err,
+                        extra={"consolidation": consolidation.name, "source": source.name})
+            outcome.fallback = True
+            settings = runtime.settings[source.location.connection]
+
+            def open_source() -> DeltaTable:
+                return DeltaTable(deltalake_uri(source.location), storage_options=deltalake_options(settings))
+
+            batches = snapshot_batches(open_source, source, start=start, region_column=consolidation.region_column,
+                                       max_bytes=consolidation.max_merge_bytes, stats=stats)
+            _merge_batches(batches, target, app_id, outcome, source, progress)
+        outcome.source_version = stats.head
+        outcome.status = BEHIND if stats.behind else UP_TO_DATE
+        if stats.head is not None and outcome.merged_version is not None:
+            outcome.versions_behind = max(0, stats.head - outcome.merged_version)
+        elif stats.head is not None:
+            outcome.versions_behind = stats.head + 1
+    except ReplicaUnreachable as err:
+        outcome.status, outcome.error = UNREACHABLE, str(err)
+    except ReplicationError as err:
+        outcome.status, outcome.error = ERROR, str(err)
+    except OSError as err:
+        # deltalake reports an unreachable account as OSError (object_store errors).
+        outcome.status, outcome.error = UNREACHABLE, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    outcome.commits_read, outcome.files_read = stats.commits, stats.files
+    outcome.bytes_read, outcome.rows_read = stats.bytes_read, stats.rows
+    outcome.seconds = round(time.monotonic() - began, 3)
+    level = logging.WARNING if outcome.status in (UNREACHABLE, ERROR) else logging.INFO
+    log.log(level, "consolidation.source_done consolidation=%s source=%s status=%s from=%s to=%s commits=%d "
+            "rows_read=%d inserted=%d updated=%d bytes_read=%d fallback=%s seconds=%.2f error=%s",
+            outcome.consolidation, outcome.source, outcome.status, outcome.start_version, outcome.merged_version,
+            outcome.commits_read, outcome.rows_read, outcome.rows_inserted, outcome.rows_updated,
+            outcome.bytes_read, outcome.fallback, outcome.seconds, outcome.error or "-",
+            extra={"consolidation": outcome.consolidation, "source": outcome.source, "status": outcome.status})
+    return outcome
+
+
+def _merge_batches(batches, target: TargetTable, app_id: str, outcome: SourceOutcome,
+                   source: ConsolidationSource, progress: ProgressFn | None) -> None:
+    for batch in batches:
+        failpoints.hit(failpoints.CONSOLIDATION_READ)
+        result = target.merge(batch.rows, app_id=app_id, version=batch.version, advances=batch.advances)
+        outcome.rows_inserted += result.inserted
+        outcome.rows_updated += result.updated
+        outcome.target_commits += int(result.committed)
+        if batch.version is not None and (outcome.merged_version is None or batch.version > outcome.merged_version):
+            outcome.merged_version = batch.version
+        if progress is not None:
+            progress(source.name, result.inserted + result.updated)
+
+
+def _record(status: ConsolidationStatusStore, alerts, outcome: SourceOutcome,
+            previous: ConsolidationStatusRow | None) -> None:
+    before = previous.alert_state if previous is not None else ALERT_OK
+    state = ALERT_UNREACHABLE if outcome.status in (UNREACHABLE, ERROR) else ALERT_OK
+    if state != before and alerts is not None:
+        event_type = CONSOLIDATION_SOURCE_UNREACHABLE if state == ALERT_UNREACHABLE else CONSOLIDATION_SOURCE_RECOVERED
+        try:
+            alerts.publish_consolidation(event_type, {
+                "consolidation": outcome.consolidation, "source": outcome.source, "region": outcome.region,
+                "status": outcome.status, "lastMergedVersion": outcome.merged_version,
+                "sourceVersion": outcome.source_version, "error": outcome.error,
+            })
+        except Exception as err:  # noqa: BLE001 - keep the old state: the alert is retried next run
+            log.warning("alert.failed type=%s consolidation=%s source=%s error=%s", event_type,
+                        outcome.consolidation, outcome.source, type(err).__name__)
+            state = before
+    keep_versions = outcome.status in (UNREACHABLE, ERROR) and previous is not None
+    status.put_row(ConsolidationStatusRow(
+        consolidation=outcome.consolidation, source=outcome.source, region=outcome.region,
+        last_merged_version=previous.last_merged_version if keep_versions and outcome.merged_version is None
+        else outcome.merged_version,
+        source_version=previous.source_version if keep_versions else outcome.source_version,
+        versions_behind=previous.versions_behind if keep_versions else outcome.versions_behind,
+        rows_merged_last_run=outcome.rows_inserted + outcome.rows_updated,
+        last_run_at=datetime.now(timezone.utc).isoformat(), status=outcome.status, last_error=outcome.error,
+        fallback=outcome.fallback, alert_state=state,
+    ))
