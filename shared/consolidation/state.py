@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import TableServiceClient, UpdateMode
 
 from shared.errors import ReplicaUnreachable
+from shared.storage.host_table import HostTable
 
 CONSOLIDATION_STATUS_TABLE = "ConsolidationStatus"
 ALERT_OK = "ok"
@@ -50,7 +54,7 @@ class ConsolidationStatusRow:
         }
 
 
-class ConsolidationStatusStore:
+class ConsolidationStatusStore(HostTable):
     """Rows of the ConsolidationStatus table.
 
     Args:
@@ -58,17 +62,7 @@ class ConsolidationStatusStore:
     """
 
     def __init__(self, service: TableServiceClient, *, table_name: str = CONSOLIDATION_STATUS_TABLE) -> None:
-        self._service = service
-        self._table = service.get_table_client(table_name)
-        self._created = False
-
-    def _ensure_table(self) -> None:
-        if not self._created:
-            try:
-                self._service.create_table(self._table.table_name)
-            except ResourceExistsError:
-                pass
-            self._created = True
+        super().__init__(service, table_name)
 
     def list_rows(self, *, consolidation: str | None = None) -> list[ConsolidationStatusRow]:
         """Every row, or one consolidation's; empty when the table does not exist yet."""
