@@ -285,9 +285,16 @@ class TableReplicator:
         started = time.monotonic()
         outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE, progress=progress)
         fields = {"table": self.table.name, "replica": name}
+        # The hot path: the commit's files start copying now, while the replica's head is looked
+        # up and checked. They are invisible until their commit exists, which waits for the checks;
+        # a replica that turns out diverged or already there costs at most this commit's files.
+        early = self._start_early_copies(store, source, target) if fast else None
         try:
             head, entries = self._locate_head(store, target)
             outcome.head_before = head
+            if early is not None and not (head is not None and head == target - 1):
+                self._finish_copies(early, outcome)  # settled before anything else; catch-up redoes failures
+                early = None
             if fast and head == target and entries and entries[0].name == commit_name(target):
                 # A duplicate or late event: the commit is there; make sure it is the primary's.
                 self._check_commit_matches(name, store, source, target, entries[0])
@@ -297,7 +304,10 @@ class TableReplicator:
                 # commit decides. Checkpoints and .crc files come with their own events.
                 self.check_head_matches(name, store, source, head, target, entries, by_listing=False)
                 commit = source.commit(target)
-                failed = self._copy_files(store, source, commit.files, outcome)
+                if early is None:
+                    failed = self._copy_files(store, source, commit.files, outcome)
+                else:
+                    failed, early = self._finish_copies(early, outcome), None
                 if failed:
                     raise next(iter(failed.values()))
                 failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
@@ -333,9 +343,23 @@ class TableReplicator:
             outcome.error = unexpected(err, f"table {self.table.name} replica {name}")
             log.exception("replica.failed table=%s replica=%s retryable=%s error=%s", self.table.name, name,
                           outcome.error.retryable, outcome.error, extra=fields)
+        finally:
+            if early is not None:
+                self._finish_copies(early, outcome)  # no copy outlives the invocation that started it
         outcome.seconds = time.monotonic() - started
         metrics.record_outcome(self.table.name, outcome)
         return outcome
+
+    def _start_early_copies(self, store: TableStore, source: SourceLog, target: int) -> dict | None:
+        """Start copying the files of commit `target` (read and validated already); None when
+        the primary has no such commit (a late event: the replica decides)."""
+        try:
+            commit = source.commit(target)
+        except Exception:  # noqa: BLE001 - the ordinary path reads it again and reports the error
+            return None
+        unique = {f.path: f for f in commit.files}
+        return {self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size): f.path
+                for f in unique.values()}
 
     def _validate_target(self, source: SourceLog, target: int) -> None:
         """Read and validate the target commit before anything is written (a lease, a file):
