@@ -34,6 +34,7 @@ from shared import failpoints
 from shared.health import metrics
 from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError, UnexpectedFailure
 from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
+from shared.replication.history import MissingHistory, missing_history, primary_bottom
 from shared.storage.lease import LeaseStore, location_lease_name
 from shared.storage.table_store import LogEntry, TableStore
 
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 # commits hold BATCH_COMMIT_BYTES (it always takes at least one commit), so memory per
 # catching-up replica is at most two batches (this one and the read-ahead), whatever the lag.
 BATCH_VERSIONS = 64
+# Versions of history backfilled per catch-up invocation (the lag check's timer or the CLI);
+# each step resumes where the previous one stopped, found by listing the replica.
+BACKFILL_STEP_VERSIONS = 5000
 BATCH_COMMIT_BYTES = 4 * 1024 * 1024
 # Written by delta-rs and Spark as the last commit of a VACUUM: the files are gone now.
 VACUUM_END = "VACUUM END"
@@ -72,6 +76,9 @@ class ReplicaOutcome:
     progress: object = field(default=None, repr=False)  # callable(replica, files, bytes) or None
     error: ReplicationError | None = field(default=None, repr=False)
     vacuum_versions: list = field(default_factory=list)  # VACUUM END commits written to this replica
+    history: MissingHistory | None = None  # history still to backfill after this invocation (catch-up only)
+    seeded: int | None = None  # the checkpoint version an empty replica was made readable at
+    backfilled: int = 0  # versions below the replica's readable run written by this invocation
 
     @property
     def retryable(self) -> bool:
@@ -253,7 +260,9 @@ class TableReplicator:
                 for f in prefetch:
                     f.exception()
                 return rejected
-        futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress, fast, crc)
+        backfill = version is None and self.table.history == "full"
+        futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress, fast, crc,
+                               backfill=backfill)
                    for name, store in self.replicas.items()]
         outcomes = [f.result() for f in futures]
         for f in prefetch:
@@ -281,7 +290,8 @@ class TableReplicator:
 
     # -- one replica ------------------------------------------------------------------
     def _replicate_one(self, name: str, store: TableStore, source: SourceLog, target: int,
-                       always_sync: bool, progress=None, fast: bool = False, crc: bool = False) -> ReplicaOutcome:
+                       always_sync: bool, progress=None, fast: bool = False, crc: bool = False, *,
+                       backfill: bool = False) -> ReplicaOutcome:
         started = time.monotonic()
         outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE, progress=progress)
         fields = {"table": self.table.name, "replica": name}
@@ -328,6 +338,11 @@ class TableReplicator:
                         outcome.state = ReplicaState.REPLICATED
             if crc and head is not None and head >= target:
                 self._copy_crc(store, source, target, outcome)
+            if backfill and head is not None and outcome.seeded is not None:
+                outcome.history = missing_history(store, source, head)  # readable now; history next time
+            elif backfill and head is not None:
+                with self.lease(store):
+                    outcome.history = self._backfill(name, store, source, head, outcome)
             if always_sync or outcome.checkpoints:
                 self._sync_checkpoint(name, store, source, head, outcome)
             outcome.head_after = head
@@ -381,20 +396,31 @@ class TableReplicator:
                 f"table {self.table.name}: version {target} has no commit on the primary "
                 f"({self.source_store.description}); it was never written, or was deleted."
             )
-        if start not in present:
-            # Empty replica without version 0 on the primary, or a replica behind the
-            # primary's log cleanup: jump to the primary's newest checkpoint.
-            found = source.latest_checkpoint(at_least=start)
+        # Readable first: an empty replica of a table with a checkpoint starts at the primary's
+        # newest checkpoint; older versions are backfilled by later catch-ups (history "full").
+        found = source.latest_checkpoint(at_least=start) if head is None else None
+        if found is not None or start not in present:
+            # Also a replica behind the primary's log cleanup: jump to the newest checkpoint.
+            found = found or source.latest_checkpoint(at_least=start)
             if found is None:
                 raise CommitNotFound(
                     f"table {self.table.name}: replica {name} needs version {start}, which the primary "
                     f"no longer has, and the primary has no checkpoint at or after it; re-create the replica."
                 )
             head = self._seed(name, store, source, found[0], found[1], outcome)
+            outcome.seeded = head
             if head >= target:
                 return head
             start = head + 1
             entries = source.entries_for(start, target)
+        return self._write_versions(name, store, source, start, target, entries, outcome)
+
+    def _write_versions(self, name: str, store: TableStore, source: SourceLog, start: int, target: int,
+                        entries: list[LogEntry], outcome: ReplicaOutcome) -> int:
+        """Write versions start..target in order (version start-1 is on the replica), each commit
+        after its files, with the `.crc` and checkpoint files of each version after its commit.
+        Returns the last version written."""
+        head = start - 1
         checkpoints = complete_checkpoints(entries)
         crcs = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.CRC}
         # Pipelined: the next batch's commits are read and its files copied while this batch's
@@ -426,6 +452,32 @@ class TableReplicator:
         finally:
             self._abandon(upcoming)  # no copy outlives the invocation that started it
         return head
+
+    def _backfill(self, name: str, store: TableStore, source: SourceLog, head: int,
+                  outcome: ReplicaOutcome) -> MissingHistory | None:
+        """One step of backfilling history below the replica's readable run, in ascending order.
+
+        Returns what is still missing afterwards (None when the history is complete).
+        """
+        missing = missing_history(store, source, head)
+        if missing is None:
+            return None
+        low, high = missing.low, min(missing.high, missing.low + BACKFILL_STEP_VERSIONS - 1)
+        bottom = primary_bottom(source)
+        if bottom is not None and low == bottom[0] and bottom[1] is not None:
+            # The primary's log starts at a checkpoint (older versions cleaned up): start there.
+            self._seed(name, store, source, low, bottom[1], outcome)
+            outcome.backfilled += 1
+            low += 1
+        if low <= high:
+            entries = source.entries_for(low, high)
+            written = self._write_versions(name, store, source, low, high, entries, outcome)
+            outcome.backfilled += written - low + 1
+        log.info("history.backfilled table=%s replica=%s versions=%d..%d", self.table.name, name, missing.low, high,
+                 extra={"table": self.table.name, "replica": name})
+        if high < missing.high:
+            return MissingHistory(high + 1, missing.high, missing.above)
+        return None
 
     def _start_batch(self, store: TableStore, source: SourceLog, first: int, target: int) -> _Batch:
         """Read the commits from `first` (at most BATCH_VERSIONS, about BATCH_COMMIT_BYTES) in
