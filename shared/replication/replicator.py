@@ -398,7 +398,10 @@ class TableReplicator:
             )
         # Readable first: an empty replica of a table with a checkpoint starts at the primary's
         # newest checkpoint; older versions are backfilled by later catch-ups (history "full").
+        # Never past the version asked for: an event for an older version replays from version 0.
         found = source.latest_checkpoint(at_least=start) if head is None else None
+        if found is not None and found[0] > target:
+            found = None
         if found is not None or start not in present:
             # Also a replica behind the primary's log cleanup: jump to the newest checkpoint.
             found = found or source.latest_checkpoint(at_least=start)
