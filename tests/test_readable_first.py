@@ -50,15 +50,16 @@ def details(lake: Lake) -> dict[str, tuple[ReplicaHealth, int | None, str]]:
 
 
 def test_readable_at_the_checkpoint_first_then_history_backfilled_ascending(azurite, request, monkeypatch):
-    monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 4)
+    # Step 1 with no room for history: readable at the head from the newest checkpoint.
+    monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 0)
     lake = Lake(azurite, request.node.name)
     try:
         build(lake)
         replicator = lake.runtime.replicators["sales"]
-        # Step 1: readable at the head from the newest checkpoint; no history yet.
         outcomes = replicator.replicate(None)
-        assert [(o.replica, o.error, o.head_after, o.history, o.backfilled) for o in outcomes] == [
-            ("westeu", None, 12, MissingHistory(0, 8, 9), 0), ("seasia", None, 12, MissingHistory(0, 8, 9), 0)]
+        assert [(o.replica, o.error, o.head_after, o.seeded, o.history, o.backfilled) for o in outcomes] == [
+            ("westeu", None, 12, 9, MissingHistory(0, 8, 9), 0), ("seasia", None, 12, 9, MissingHistory(0, 8, 9), 0)]
+        assert all(o.readable_seconds is not None for o in outcomes)
         for account in ("westeu", "seasia"):
             assert commits(lake, account) == [9, 10, 11, 12]
             assert json.loads(lake.blob_bytes(account, "_delta_log/_last_checkpoint"))["version"] == 9
@@ -68,6 +69,7 @@ def test_readable_at_the_checkpoint_first_then_history_backfilled_ascending(azur
             assert_not_readable(lake, account, 0)
         assert details(lake) == {r: (ReplicaHealth.HEALTHY, 12, "history backfilling: versions 0..8")
                                  for r in ("westeu", "seasia")}
+        monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 4)
         # Step 2: versions 0..3, in ascending order; 4..8 still missing and not readable.
         outcomes = replicator.replicate(None)
         assert [(o.error, o.history, o.backfilled) for o in outcomes] == [(None, MissingHistory(4, 8, 9), 4)] * 2
@@ -95,7 +97,8 @@ def test_readable_at_the_checkpoint_first_then_history_backfilled_ascending(azur
         lake.close()
 
 
-def test_commit_events_keep_the_head_current_while_history_is_missing(azurite, request):
+def test_commit_events_keep_the_head_current_while_history_is_missing(azurite, request, monkeypatch):
+    monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 0)
     lake = Lake(azurite, request.node.name)
     try:
         build(lake)

@@ -78,7 +78,8 @@ class ReplicaOutcome:
     vacuum_versions: list = field(default_factory=list)  # VACUUM END commits written to this replica
     history: MissingHistory | None = None  # history still to backfill after this invocation (catch-up only)
     seeded: int | None = None  # the checkpoint version an empty replica was made readable at
-    backfilled: int = 0  # versions below the replica's readable run written by this invocation
+    backfilled: int = 0
+    readable_seconds: float | None = None  # for a seeded replica: time until it was readable at its head  # versions below the replica's readable run written by this invocation
 
     @property
     def retryable(self) -> bool:
@@ -338,14 +339,16 @@ class TableReplicator:
                         outcome.state = ReplicaState.REPLICATED
             if crc and head is not None and head >= target:
                 self._copy_crc(store, source, target, outcome)
-            if backfill and head is not None and outcome.seeded is not None:
-                outcome.history = missing_history(store, source, head)  # readable now; history next time
-            elif backfill and head is not None:
-                with self.lease(store):
-                    outcome.history = self._backfill(name, store, source, head, outcome)
             if always_sync or outcome.checkpoints:
                 self._sync_checkpoint(name, store, source, head, outcome)
             outcome.head_after = head
+            if outcome.seeded is not None:
+                outcome.readable_seconds = time.monotonic() - started  # readable at head from here on
+            if head is not None and self.table.history == "full" and (backfill or outcome.seeded is not None):
+                # History behind: catch-ups, and the invocation that seeded once the replica is
+                # readable, backfill up to BACKFILL_STEP_VERSIONS older versions, ascending.
+                with self.lease(store):
+                    outcome.history = self._backfill(name, store, source, head, outcome)
         except ReplicaDiverged as err:
             outcome.state, outcome.error = ReplicaState.DIVERGED, err
             log.warning("replica.diverged table=%s replica=%s error=%s", self.table.name, name, err, extra=fields)
