@@ -366,6 +366,29 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_distance(network: dict, path: Path) -> None:
+    """Median time from a commit to the replica against the injected round trip."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = network["lag"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, label in (("project", "this project"), ("floor", "floor: files then commit, SDK"),
+                       ("rclone", "rclone sync")):
+        ax.plot([r["rtt_ms"] for r in rows], [r[f"{key}_p50"] * 1000 for r in rows], marker="o", label=f"{label} p50")
+        ax.plot([r["rtt_ms"] for r in rows], [r[f"{key}_p99"] * 1000 for r in rows], marker="x", linestyle=":",
+                label=f"{label} p99")
+    ax.set_xlabel("injected round trip to the replica (ms)")
+    ax.set_ylabel("commit-to-replica time (ms)")
+    ax.set_title("Lag against distance (replica behind a latency proxy, one run)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> int:
     # A SIGTERM unwinds normally, so the Azurite processes this started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -375,7 +398,10 @@ def main() -> int:
     parser.add_argument("--sustained-seconds", type=float, default=60.0, help="sustained-load duration (issue: 300)")
     parser.add_argument("--rate", type=float, default=20.0, help="sustained-load commits per second")
     parser.add_argument("--memory-mib", type=int, default=1024, help="size of the streamed file")
+    parser.add_argument("--quick", action="store_true", help="small sizes and short runs (under 5 minutes)")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.samples, args.sustained_seconds, args.memory_mib = "10,100", 2, 10.0, 256
     if shutil.which("rclone") is None:
         print("rclone is missing: apt-get install rclone (bench/run.sh does this)", file=sys.stderr)
         return 2
@@ -407,8 +433,12 @@ def main() -> int:
         "stream_memory_above_baseline_mib": results["memory"]["above_baseline_mib"],
         "sustained_p99_lag_s": results["sustained"]["p99_lag"],
     }
+    from bench import network
+
+    results["network"] = network.run(quick=args.quick)
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, OUT / "per_commit.png")
+    plot_distance(results["network"], OUT / "lag_vs_distance.png")
     print("\n| size | this project | floor | rclone sync | full rewrite | CDF+MERGE | requests/commit |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for size in sizes:

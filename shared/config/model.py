@@ -64,6 +64,9 @@ class TableConfig:
     allow_external_files: bool = False
     max_commit_bytes: int = DEFAULT_MAX_COMMIT_BYTES
     routing: RoutingConfig | None = None  # reader region -> location names; None: nearest, primary, replicas
+    # "full": a new replica is readable at the newest checkpoint first, then older versions are
+    # backfilled; "from_checkpoint": history before the seeding checkpoint is never copied.
+    history: str = "full"
 
     def replica(self, name: str) -> LocationConfig:
         for replica in self.replicas:

@@ -78,8 +78,9 @@ def parse_config(raw: Any) -> ReplicationConfig:
 
 _TABLE_KEYS = {
     "name", "source", "replicas", "lag_threshold_seconds", "snapshots",
-    "allow_external_files", "max_commit_bytes", "routing",
+    "allow_external_files", "max_commit_bytes", "routing", "history",
 }
+HISTORY_CHOICES = ("full", "from_checkpoint")
 _LOCATION_KEYS = {"name", "connection", "container", "path", "retention", "region"}
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]{1,39}$")
 DEFAULT_SOURCE_NAME = "primary"
@@ -117,6 +118,11 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
     allow_ext = t.get("allow_external_files", False)
     if not isinstance(allow_ext, bool):
         errors.add(f"{where}.allow_external_files", f"expected true or false, got {allow_ext!r}")
+    history = t.get("history", "full")
+    if history not in HISTORY_CHOICES:
+        errors.add(f"{where}.history", f"expected one of {list(HISTORY_CHOICES)}, got {history!r}: \"full\" "
+                   "backfills every version a replica lacks, \"from_checkpoint\" keeps only history from the "
+                   "checkpoint it was seeded at")
     snapshots = None
     if t.get("snapshots") is not None:
         snapshots = _snapshots(t["snapshots"], f"{where}.snapshots", errors, replicas)
@@ -142,6 +148,7 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
         allow_external_files=allow_ext is True,
         max_commit_bytes=max_bytes or DEFAULT_MAX_COMMIT_BYTES,
         routing=routing,
+        history=history if history in HISTORY_CHOICES else "full",
     )
 
 

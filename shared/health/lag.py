@@ -17,6 +17,7 @@ from shared.delta.log import commit_name
 from shared.errors import ReplicaDiverged, ReplicaUnreachable, ReplicationError
 from shared.replication.replicator import ReplicaOutcome, ReplicaState, TableReplicator, find_head, find_source_head
 from shared.delta.source_log import SourceLog
+from shared.replication.history import missing_history
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,13 @@ def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, i
             else:
                 status = ReplicaHealth.ERROR
             detail = str(outcome.error)
+        if status is None and head is not None and table.history == "full":
+            try:
+                missing = missing_history(store, source, head)
+            except ReplicaUnreachable as err:
+                status, detail = ReplicaHealth.UNREACHABLE, str(err)
+            else:
+                detail = missing.detail if missing is not None else ""  # e.g. "history backfilling: versions 0..9"
         if source_head is None:
             version_lag = 0
         else:

@@ -34,6 +34,7 @@ from shared import failpoints
 from shared.health import metrics
 from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError, UnexpectedFailure
 from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
+from shared.replication.history import MissingHistory, missing_history, primary_bottom
 from shared.storage.lease import LeaseStore, location_lease_name
 from shared.storage.table_store import LogEntry, TableStore
 
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 # commits hold BATCH_COMMIT_BYTES (it always takes at least one commit), so memory per
 # catching-up replica is at most two batches (this one and the read-ahead), whatever the lag.
 BATCH_VERSIONS = 64
+# Versions of history backfilled per catch-up invocation (the lag check's timer or the CLI);
+# each step resumes where the previous one stopped, found by listing the replica.
+BACKFILL_STEP_VERSIONS = 5000
 BATCH_COMMIT_BYTES = 4 * 1024 * 1024
 # Written by delta-rs and Spark as the last commit of a VACUUM: the files are gone now.
 VACUUM_END = "VACUUM END"
@@ -72,6 +76,10 @@ class ReplicaOutcome:
     progress: object = field(default=None, repr=False)  # callable(replica, files, bytes) or None
     error: ReplicationError | None = field(default=None, repr=False)
     vacuum_versions: list = field(default_factory=list)  # VACUUM END commits written to this replica
+    history: MissingHistory | None = None  # history still to backfill after this invocation (catch-up only)
+    seeded: int | None = None  # the checkpoint version an empty replica was made readable at
+    backfilled: int = 0
+    readable_seconds: float | None = None  # for a seeded replica: time until it was readable at its head  # versions below the replica's readable run written by this invocation
 
     @property
     def retryable(self) -> bool:
@@ -253,7 +261,9 @@ class TableReplicator:
                 for f in prefetch:
                     f.exception()
                 return rejected
-        futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress, fast, crc)
+        backfill = version is None and self.table.history == "full"
+        futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress, fast, crc,
+                               backfill=backfill)
                    for name, store in self.replicas.items()]
         outcomes = [f.result() for f in futures]
         for f in prefetch:
@@ -281,13 +291,21 @@ class TableReplicator:
 
     # -- one replica ------------------------------------------------------------------
     def _replicate_one(self, name: str, store: TableStore, source: SourceLog, target: int,
-                       always_sync: bool, progress=None, fast: bool = False, crc: bool = False) -> ReplicaOutcome:
+                       always_sync: bool, progress=None, fast: bool = False, crc: bool = False, *,
+                       backfill: bool = False) -> ReplicaOutcome:
         started = time.monotonic()
         outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE, progress=progress)
         fields = {"table": self.table.name, "replica": name}
+        # The hot path: the commit's files start copying now, while the replica's head is looked
+        # up and checked. They are invisible until their commit exists, which waits for the checks;
+        # a replica that turns out diverged or already there costs at most this commit's files.
+        early = self._start_early_copies(store, source, target) if fast else None
         try:
             head, entries = self._locate_head(store, target)
             outcome.head_before = head
+            if early is not None and not (head is not None and head == target - 1):
+                self._finish_copies(early, outcome)  # settled before anything else; catch-up redoes failures
+                early = None
             if fast and head == target and entries and entries[0].name == commit_name(target):
                 # A duplicate or late event: the commit is there; make sure it is the primary's.
                 self._check_commit_matches(name, store, source, target, entries[0])
@@ -297,7 +315,10 @@ class TableReplicator:
                 # commit decides. Checkpoints and .crc files come with their own events.
                 self.check_head_matches(name, store, source, head, target, entries, by_listing=False)
                 commit = source.commit(target)
-                failed = self._copy_files(store, source, commit.files, outcome)
+                if early is None:
+                    failed = self._copy_files(store, source, commit.files, outcome)
+                else:
+                    failed, early = self._finish_copies(early, outcome), None
                 if failed:
                     raise next(iter(failed.values()))
                 failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
@@ -321,6 +342,13 @@ class TableReplicator:
             if always_sync or outcome.checkpoints:
                 self._sync_checkpoint(name, store, source, head, outcome)
             outcome.head_after = head
+            if outcome.seeded is not None:
+                outcome.readable_seconds = time.monotonic() - started  # readable at head from here on
+            if head is not None and self.table.history == "full" and (backfill or outcome.seeded is not None):
+                # History behind: catch-ups, and the invocation that seeded once the replica is
+                # readable, backfill up to BACKFILL_STEP_VERSIONS older versions, ascending.
+                with self.lease(store):
+                    outcome.history = self._backfill(name, store, source, head, outcome)
         except ReplicaDiverged as err:
             outcome.state, outcome.error = ReplicaState.DIVERGED, err
             log.warning("replica.diverged table=%s replica=%s error=%s", self.table.name, name, err, extra=fields)
@@ -333,9 +361,23 @@ class TableReplicator:
             outcome.error = unexpected(err, f"table {self.table.name} replica {name}")
             log.exception("replica.failed table=%s replica=%s retryable=%s error=%s", self.table.name, name,
                           outcome.error.retryable, outcome.error, extra=fields)
+        finally:
+            if early is not None:
+                self._finish_copies(early, outcome)  # no copy outlives the invocation that started it
         outcome.seconds = time.monotonic() - started
         metrics.record_outcome(self.table.name, outcome)
         return outcome
+
+    def _start_early_copies(self, store: TableStore, source: SourceLog, target: int) -> dict | None:
+        """Start copying the files of commit `target` (read and validated already); None when
+        the primary has no such commit (a late event: the replica decides)."""
+        try:
+            commit = source.commit(target)
+        except Exception:  # noqa: BLE001 - the ordinary path reads it again and reports the error
+            return None
+        unique = {f.path: f for f in commit.files}
+        return {self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size): f.path
+                for f in unique.values()}
 
     def _validate_target(self, source: SourceLog, target: int) -> None:
         """Read and validate the target commit before anything is written (a lease, a file):
@@ -357,20 +399,34 @@ class TableReplicator:
                 f"table {self.table.name}: version {target} has no commit on the primary "
                 f"({self.source_store.description}); it was never written, or was deleted."
             )
-        if start not in present:
-            # Empty replica without version 0 on the primary, or a replica behind the
-            # primary's log cleanup: jump to the primary's newest checkpoint.
-            found = source.latest_checkpoint(at_least=start)
+        # Readable first: an empty replica of a table with a checkpoint starts at the primary's
+        # newest checkpoint; older versions are backfilled by later catch-ups (history "full").
+        # Never past the version asked for: an event for an older version replays from version 0.
+        found = source.latest_checkpoint(at_least=start) if head is None else None
+        if found is not None and found[0] > target:
+            found = None
+        if found is not None or start not in present:
+            # Also a replica behind the primary's log cleanup: jump to the newest checkpoint.
+            found = found or source.latest_checkpoint(at_least=start)
             if found is None:
                 raise CommitNotFound(
                     f"table {self.table.name}: replica {name} needs version {start}, which the primary "
                     f"no longer has, and the primary has no checkpoint at or after it; re-create the replica."
                 )
             head = self._seed(name, store, source, found[0], found[1], outcome)
+            outcome.seeded = head
             if head >= target:
                 return head
             start = head + 1
             entries = source.entries_for(start, target)
+        return self._write_versions(name, store, source, start, target, entries, outcome)
+
+    def _write_versions(self, name: str, store: TableStore, source: SourceLog, start: int, target: int,
+                        entries: list[LogEntry], outcome: ReplicaOutcome) -> int:
+        """Write versions start..target in order (version start-1 is on the replica), each commit
+        after its files, with the `.crc` and checkpoint files of each version after its commit.
+        Returns the last version written."""
+        head = start - 1
         checkpoints = complete_checkpoints(entries)
         crcs = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.CRC}
         # Pipelined: the next batch's commits are read and its files copied while this batch's
@@ -402,6 +458,32 @@ class TableReplicator:
         finally:
             self._abandon(upcoming)  # no copy outlives the invocation that started it
         return head
+
+    def _backfill(self, name: str, store: TableStore, source: SourceLog, head: int,
+                  outcome: ReplicaOutcome) -> MissingHistory | None:
+        """One step of backfilling history below the replica's readable run, in ascending order.
+
+        Returns what is still missing afterwards (None when the history is complete).
+        """
+        missing = missing_history(store, source, head)
+        if missing is None:
+            return None
+        low, high = missing.low, min(missing.high, missing.low + BACKFILL_STEP_VERSIONS - 1)
+        bottom = primary_bottom(source)
+        if bottom is not None and low == bottom[0] and bottom[1] is not None:
+            # The primary's log starts at a checkpoint (older versions cleaned up): start there.
+            self._seed(name, store, source, low, bottom[1], outcome)
+            outcome.backfilled += 1
+            low += 1
+        if low <= high:
+            entries = source.entries_for(low, high)
+            written = self._write_versions(name, store, source, low, high, entries, outcome)
+            outcome.backfilled += written - low + 1
+        log.info("history.backfilled table=%s replica=%s versions=%d..%d", self.table.name, name, missing.low, high,
+                 extra={"table": self.table.name, "replica": name})
+        if high < missing.high:
+            return MissingHistory(high + 1, missing.high, missing.above)
+        return None
 
     def _start_batch(self, store: TableStore, source: SourceLog, first: int, target: int) -> _Batch:
         """Read the commits from `first` (at most BATCH_VERSIONS, about BATCH_COMMIT_BYTES) in

@@ -1,0 +1,90 @@
+"""The hot path (one commit): the commit's files are copied while the replica's head is looked up,
+and only the conditional commit write waits for the checks."""
+
+from __future__ import annotations
+
+import threading
+
+from shared.config.parse import parse_config
+from shared.replication.replicator import ReplicaState
+from shared.runtime import ReplicationRuntime
+from tests.support.lake import Lake, batch, rows
+
+LOG = "/_delta_log/"
+
+
+class GatedRequests:
+    """A raw_request_hook recording (method, url) of every request; the replica's HEAD of commit
+    N-1 (the head lookup) is held until a data-file PUT to that replica has been sent."""
+
+    def __init__(self, replica_prefix: str, held_commit: str) -> None:
+        self._lock = threading.Lock()
+        self.replica_prefix, self.held_commit = replica_prefix, held_commit
+        self.requests: list[tuple[str, str]] = []
+        self.file_put = threading.Event()
+        self.armed = False
+        self.put_seen_while_held: bool | None = None
+
+    def __call__(self, request) -> None:
+        http = request.http_request
+        url = http.url.split("?")[0]
+        with self._lock:
+            self.requests.append((http.method, url))
+        if not self.armed or not url.startswith(self.replica_prefix):
+            return
+        if http.method == "PUT" and LOG not in url:
+            self.file_put.set()
+        if http.method == "HEAD" and url.endswith(LOG + self.held_commit):
+            # A sequential implementation never sends the PUT while this waits: it times out.
+            self.put_seen_while_held = self.file_put.wait(timeout=30)
+
+    def on_replica(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return [(m, u[len(self.replica_prefix):]) for m, u in self.requests if u.startswith(self.replica_prefix)]
+
+
+def test_file_copies_start_before_the_replica_head_lookup_finishes(azurite, request):
+    lake = Lake(azurite, request.node.name)
+    prefix = f"{azurite.endpoint('westeu')}/{lake.container}/{lake.table_path}"
+    recorder = GatedRequests(prefix, f"{0:020d}.json")
+    lake._runtime = ReplicationRuntime(parse_config(lake.config_doc), lake.environ, counter=recorder)
+    try:
+        lake.write(batch(0, 5), mode="overwrite")
+        lake.deliver_all(lake.events())
+        assert lake.head("westeu") == 0
+        lake.write(batch(100, 5))
+        (event,) = [e for e in lake.events() if e["subject"].endswith(f"{1:020d}.json")]
+        recorder.requests.clear()
+        recorder.armed = True
+        result = lake.deliver(event)
+        assert [(o.replica, o.state, o.error) for o in result.outcomes] == [
+            ("westeu", ReplicaState.REPLICATED, None), ("seasia", ReplicaState.REPLICATED, None)]
+        assert recorder.put_seen_while_held is True
+        on_replica = recorder.on_replica()
+        head_lookup = on_replica.index(("HEAD", f"/_delta_log/{0:020d}.json"))
+        file_puts = [i for i, (m, u) in enumerate(on_replica) if m == "PUT" and LOG not in u]
+        commit_put = on_replica.index(("PUT", f"/_delta_log/{1:020d}.json"))
+        assert len(file_puts) == 1  # one appended file, copied once
+        # The HEAD was sent first and held until the file's PUT went out (put_seen_while_held);
+        # the commit came only after both.
+        assert head_lookup < file_puts[0] < commit_put
+        assert rows(lake.table("westeu", 1).to_pyarrow_table()) == rows(lake.table("eastus", 1).to_pyarrow_table())
+    finally:
+        lake.close()
+
+
+def test_a_replica_already_at_the_version_costs_at_most_the_commits_files(azurite, request):
+    """A duplicate event: the early copies find the files there, nothing is rewritten."""
+    lake = Lake(azurite, request.node.name)
+    try:
+        lake.write(batch(0, 5), mode="overwrite")
+        lake.write(batch(100, 5))
+        events = lake.events()
+        lake.deliver_all(events)
+        before = lake.blobs("westeu")
+        (result,) = lake.deliver_all(events[-1:])
+        assert [(o.state, o.error, o.files, o.bytes) for o in result.outcomes] == [
+            (ReplicaState.UP_TO_DATE, None, 0, 0)] * 2
+        assert lake.blobs("westeu") == before  # same names, sizes and etags: nothing rewritten
+    finally:
+        lake.close()
