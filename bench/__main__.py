@@ -18,9 +18,9 @@ import os
 import platform
 import queue
 import shutil
+import signal
 import statistics
 import subprocess
-import signal
 import sys
 import threading
 import time
@@ -33,11 +33,11 @@ from deltalake import DeltaTable, write_deltalake
 
 from devtools.azurite import AzuriteProcess, account_key
 from devtools.events import blob_created_event
-from shared.storage.clients import RequestCounter
-from shared.replication.commit_events import handle_storage_event
 from shared.config.parse import parse_config
 from shared.delta.log import parse_commit
+from shared.replication.commit_events import handle_storage_event
 from shared.runtime import ReplicationRuntime
+from shared.storage.clients import RequestCounter
 
 OUT = Path(__file__).resolve().parent / "out"
 REPO = Path(__file__).resolve().parent.parent

@@ -24,7 +24,11 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import (
+    BlobServiceClient,
+    ContainerSasPermissions,
+    generate_container_sas,
+)
 from deltalake import DeltaTable
 
 from bench.latency_proxy import LatencyProxy
@@ -50,8 +54,9 @@ class SyntheticTable:
     files uploaded directly), much faster than a deltalake writer."""
 
     def __init__(self, primary: AzuriteProcess, container: str, path: str = "t") -> None:
-        from bench.__main__ import batch
         from deltalake import write_deltalake
+
+        from bench.__main__ import batch
 
         self.container, self.path = container, path
         self.client = BlobServiceClient.from_connection_string(primary.connection_string("eastus"))

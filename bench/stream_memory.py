@@ -27,9 +27,9 @@ def peak_rss_mib() -> float:
 
 def main() -> int:
     job = json.loads(sys.stdin.read())
+    from shared.config.settings import resolve_connection
     from shared.storage.blob_table_store import BlobTableStore
     from shared.storage.clients import build_blob_service_client
-    from shared.config.settings import resolve_connection
 
     source = BlobTableStore(build_blob_service_client(resolve_connection("SRC", job["env"])), job["container"],
                             "t", label="source", connection_name="SRC")

@@ -6,7 +6,13 @@ import json
 import re
 import sys
 
-from shared.cost.estimate import COMPONENTS, CostReport, TRANSFER_WINDOW_DAYS, measured_costs, planned_costs
+from shared.cost.estimate import (
+    COMPONENTS,
+    TRANSFER_WINDOW_DAYS,
+    CostReport,
+    measured_costs,
+    planned_costs,
+)
 from shared.cost.prices import load_prices
 
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]*$")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from shared.delta.log import LogFileKind, commit_name, parse_commit, parse_log_name, referenced_files
+from shared.delta.log import (
+    LogFileKind,
+    commit_name,
+    parse_commit,
+    parse_log_name,
+    referenced_files,
+)
 from shared.errors import ReplicationError
 
 

@@ -65,7 +65,9 @@ def main() -> int:
         }]}
         os.environ.update(settings)
         os.environ["REPLICATION_CONFIG"] = json.dumps(config)
-        from functions.replicate_commit import replicate_commit  # after the settings exist
+        from functions.replicate_commit import (
+            replicate_commit,  # after the settings exist
+        )
         from shared.runtime import reset_runtime
 
         reset_runtime()

@@ -10,9 +10,6 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from shared.storage.blob_table_store import BlobTableStore
-from shared.storage.clients import RequestCounter, build_blob_service_client
-from shared.storage.lease import LeaseStore
 from shared.config.model import ReplicationConfig, TableConfig
 from shared.config.settings import (
     load_config,
@@ -24,6 +21,9 @@ from shared.config.settings import (
 from shared.delta.log import TableRoot
 from shared.errors import ConfigError
 from shared.replication.replicator import TableReplicator
+from shared.storage.blob_table_store import BlobTableStore
+from shared.storage.clients import RequestCounter, build_blob_service_client
+from shared.storage.lease import LeaseStore
 
 _runtime_lock = threading.Lock()
 FILE_COPY_WORKERS = 32

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from tests.support.lake import Lake, batch, build_rich_table
 
 REPO = Path(__file__).resolve().parent.parent

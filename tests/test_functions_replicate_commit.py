@@ -14,6 +14,7 @@ from shared import runtime as runtime_module
 from shared.errors import ReplicaUnreachable
 from tests.support.lake import batch
 
+
 def as_trigger_event(envelope: dict) -> func.EventGridEvent:
     return func.EventGridEvent(
         id=envelope["id"], data=envelope["data"], topic=envelope["topic"], subject=envelope["subject"],

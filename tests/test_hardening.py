@@ -13,13 +13,17 @@ from urllib.parse import parse_qs, urlparse
 import pyarrow as pa
 import pytest
 from azure.core.exceptions import ResourceModifiedError
-from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
+from azure.storage.blob import (
+    AccountSasPermissions,
+    ResourceTypes,
+    generate_account_sas,
+)
 from deltalake import CommitProperties, write_deltalake
 
 from devtools.azurite import account_key
 from shared import failpoints
 from shared.errors import UnexpectedFailure
-from shared.replication.replicator import ReplicaState
+from shared.replication.outcome import ReplicaState
 from shared.storage.blob_table_store import sas_lifetime
 from tests.support.lake import Lake, batch
 
@@ -128,8 +132,8 @@ def test_unexpected_exception_on_one_replica_leaves_the_other_replicated(lake, f
 
 
 def test_replicate_commit_raises_on_an_unexpected_failure_so_event_grid_retries(lake, monkeypatch):
-    from shared import runtime as runtime_module
     from functions.replicate_commit import replicate_commit
+    from shared import runtime as runtime_module
     from tests.test_functions_replicate_commit import as_trigger_event
 
     monkeypatch.setenv("REPLICATION_CONFIG", json.dumps(lake.config_doc))

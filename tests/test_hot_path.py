@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from shared.config.parse import parse_config
-from shared.replication.replicator import ReplicaState
+from shared.replication.outcome import ReplicaState
 from shared.runtime import ReplicationRuntime
 from tests.support.lake import Lake, batch, rows
 

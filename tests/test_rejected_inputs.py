@@ -10,9 +10,14 @@ import logging
 import pytest
 
 from devtools.events import blob_created_event
+from shared.errors import (
+    CommitIncomplete,
+    CommitNotFound,
+    DataFileMissing,
+    InvalidCommit,
+)
 from shared.replication.commit_events import EventDisposition
-from shared.errors import CommitIncomplete, CommitNotFound, DataFileMissing, InvalidCommit
-from shared.replication.replicator import ReplicaState
+from shared.replication.outcome import ReplicaState
 from tests.support.lake import Lake, batch
 
 REPLICAS = ("westeu", "seasia")

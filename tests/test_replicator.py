@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from deltalake import DeltaTable
 
-from shared.replication.replicator import ReplicaState
+from shared.replication.outcome import ReplicaState
 from tests.support.lake import Lake, batch, build_rich_table, rows
 
 

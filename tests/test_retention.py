@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-
 from shared.maintenance.retention import apply_replica_retention
 from tests.support.lake import Lake, batch, rows
 

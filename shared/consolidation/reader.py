@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 
 from shared.config.model import ConsolidationSource
 from shared.consolidation.deletion_vectors import DeletionVectorError, deleted_rows
+from shared.delta.head import find_latest_version
 from shared.delta.log import commit_name, parse_commit
 from shared.errors import CommitIncomplete, ConsolidationFailed, SourceHistoryMissing
-from shared.replication.replicator import find_latest_version
 from shared.storage.blob_table_store import BlobTableStore
 
 log = logging.getLogger(__name__)

@@ -22,15 +22,23 @@ from shared import failpoints
 from shared.config.model import ConsolidationConfig, ConsolidationSource
 from shared.consolidation.locations import deltalake_options, deltalake_uri
 from shared.consolidation.merge import TargetTable
-from shared.consolidation.reader import CommitRows, ReadStats, plan_commits, snapshot_batches
+from shared.consolidation.reader import (
+    CommitRows,
+    ReadStats,
+    plan_commits,
+    snapshot_batches,
+)
 from shared.consolidation.state import (
     ALERT_OK,
     ALERT_UNREACHABLE,
     ConsolidationStatusRow,
     ConsolidationStatusStore,
 )
-from shared.errors import ReplicaUnreachable, ReplicationError, SourceHistoryMissing
-from shared.health.alerts import CONSOLIDATION_SOURCE_RECOVERED, CONSOLIDATION_SOURCE_UNREACHABLE
+from shared.errors import ReplicationError, ReplicaUnreachable, SourceHistoryMissing
+from shared.health.alerts import (
+    CONSOLIDATION_SOURCE_RECOVERED,
+    CONSOLIDATION_SOURCE_UNREACHABLE,
+)
 from shared.storage.blob_table_store import BlobTableStore
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,10 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from shared.delta.head import find_latest_version
 from shared.delta.log import LogFileKind, deletion_vector_path, parse_log_name
 from shared.delta.source_log import complete_checkpoints
 from shared.delta.table_state import table_state
-from shared.replication.replicator import find_latest_version
 from shared.storage.table_store import LogEntry
 
 log = logging.getLogger(__name__)

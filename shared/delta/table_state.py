@@ -16,8 +16,8 @@ from shared.delta.log import (
     parse_commit,
     parse_log_name,
 )
-from shared.errors import CommitNotFound
 from shared.delta.source_log import complete_checkpoints
+from shared.errors import CommitNotFound
 from shared.storage.table_store import TableStore
 
 

@@ -13,11 +13,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from shared.delta.head import find_head, find_source_head
 from shared.delta.log import commit_name
-from shared.errors import ReplicaDiverged, ReplicaUnreachable, ReplicationError
-from shared.replication.replicator import ReplicaOutcome, ReplicaState, TableReplicator, find_head, find_source_head
 from shared.delta.source_log import SourceLog
+from shared.errors import ReplicaDiverged, ReplicationError, ReplicaUnreachable
 from shared.replication.history import missing_history
+from shared.replication.outcome import ReplicaOutcome, ReplicaState
+from shared.replication.replicator import TableReplicator
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote
 
+from shared.delta.head import log_versions
 from shared.delta.log import (
     LOG_DIR,
     LogFileKind,
@@ -36,7 +37,6 @@ from shared.delta.log import (
 from shared.delta.source_log import complete_checkpoints
 from shared.delta.table_state import table_state
 from shared.errors import ReplicationError
-from shared.replication.replicator import log_versions
 
 log = logging.getLogger(__name__)
 

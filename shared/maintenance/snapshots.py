@@ -17,8 +17,13 @@ from datetime import datetime, timezone
 from urllib.parse import unquote
 
 from shared import failpoints
-from shared.delta.log import ReferencedFile, commit_name, deletion_vector_path, safe_relative_path
-from shared.replication.replicator import find_latest_version
+from shared.delta.head import find_latest_version
+from shared.delta.log import (
+    ReferencedFile,
+    commit_name,
+    deletion_vector_path,
+    safe_relative_path,
+)
 from shared.delta.table_state import state_commit, table_state
 
 log = logging.getLogger(__name__)

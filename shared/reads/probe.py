@@ -10,13 +10,28 @@ import json
 import weakref
 from dataclasses import dataclass
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.storage.blob import BlobServiceClient
 
 from shared.config.model import LocationConfig
-from shared.delta.log import LAST_CHECKPOINT, LOG_DIR, LogFileKind, commit_name, parse_log_name
+from shared.delta.log import (
+    LAST_CHECKPOINT,
+    LOG_DIR,
+    LogFileKind,
+    commit_name,
+    parse_log_name,
+)
 from shared.errors import ReplicaUnreachable
-from shared.reads.timestamps import COMMIT_TIME_READ_BYTES, TimestampUnavailable, commit_time_ms
+from shared.reads.timestamps import (
+    COMMIT_TIME_READ_BYTES,
+    TimestampUnavailable,
+    commit_time_ms,
+)
 from shared.storage.clients import build_probe_client
 
 # The first page of a `_delta_log/` listing holds the oldest entries (names sort by version).

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from azure.core.exceptions import AzureError
 
 from shared.config.model import LocationConfig, TableConfig
-from shared.errors import NoReadableLocation, ReplicaUnreachable, ReplicationError
+from shared.errors import NoReadableLocation, ReplicationError, ReplicaUnreachable
 from shared.reads.locations import abfss_uri, deltalake_options, deltalake_uri
 from shared.reads.probe import LocationProbe, probe_clients
 from shared.reads.routing import preference_list

@@ -15,9 +15,9 @@ from typing import Any
 from shared.cost.transfer import record_replicated_bytes
 from shared.delta.log import LogFileKind
 from shared.errors import InvalidEvent, ReplicationError
-from shared.replication.events import parse_event, route_event
-from shared.replication.replicator import ReplicaOutcome
 from shared.maintenance.retention import purge_after_vacuum
+from shared.replication.events import parse_event, route_event
+from shared.replication.outcome import ReplicaOutcome
 from shared.runtime import ReplicationRuntime
 
 log = logging.getLogger(__name__)

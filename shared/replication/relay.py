@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
-from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 
 from shared.delta.log import LAST_CHECKPOINT, LOG_DIR, parse_log_name
 from shared.replication.events import blob_created_envelope

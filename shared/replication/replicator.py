@@ -12,7 +12,6 @@ Invariants protected here:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import logging
@@ -21,7 +20,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable
 
+from shared import failpoints
 from shared.config.model import TableConfig
+from shared.delta.head import find_head, find_source_head
 from shared.delta.log import (
     LogFileKind,
     ReferencedFile,
@@ -30,11 +31,16 @@ from shared.delta.log import (
     parse_log_name,
     version_prefix,
 )
-from shared import failpoints
-from shared.health import metrics
-from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError, UnexpectedFailure
 from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
+from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError
+from shared.health import metrics
 from shared.replication.history import MissingHistory, missing_history, primary_bottom
+from shared.replication.outcome import (
+    ReplicaOutcome,
+    ReplicaState,
+    is_vacuum_end,
+    unexpected,
+)
 from shared.storage.lease import LeaseStore, location_lease_name
 from shared.storage.table_store import LogEntry, TableStore
 
@@ -49,41 +55,6 @@ BATCH_VERSIONS = 64
 # each step resumes where the previous one stopped, found by listing the replica.
 BACKFILL_STEP_VERSIONS = 5000
 BATCH_COMMIT_BYTES = 4 * 1024 * 1024
-# Written by delta-rs and Spark as the last commit of a VACUUM: the files are gone now.
-VACUUM_END = "VACUUM END"
-
-
-class ReplicaState(enum.Enum):
-    UP_TO_DATE = "up_to_date"
-    REPLICATED = "replicated"
-    DIVERGED = "diverged"
-    ERROR = "error"
-
-
-@dataclass
-class ReplicaOutcome:
-    """What happened to one replica in one invocation."""
-
-    replica: str
-    state: ReplicaState
-    head_before: int | None = None
-    head_after: int | None = None
-    files: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    checkpoints: int = 0
-    log_bytes: int = 0  # checkpoints, sidecars and .crc copied (data bytes are in `bytes`)
-    progress: object = field(default=None, repr=False)  # callable(replica, files, bytes) or None
-    error: ReplicationError | None = field(default=None, repr=False)
-    vacuum_versions: list = field(default_factory=list)  # VACUUM END commits written to this replica
-    history: MissingHistory | None = None  # history still to backfill after this invocation (catch-up only)
-    seeded: int | None = None  # the checkpoint version an empty replica was made readable at
-    backfilled: int = 0
-    readable_seconds: float | None = None  # for a seeded replica: time until it was readable at its head  # versions below the replica's readable run written by this invocation
-
-    @property
-    def retryable(self) -> bool:
-        return self.error is not None and self.error.retryable
 
 
 @dataclass
@@ -91,102 +62,6 @@ class _Batch:
     commits: list = field(default_factory=list)  # SourceCommit, in version order
     copies: dict = field(default_factory=dict)  # copy future -> path
     error: ReplicationError | None = None
-
-
-def unexpected(err: BaseException, what: str) -> ReplicationError:
-    """Our errors pass through; anything else becomes a retryable UnexpectedFailure with the cause chained."""
-    if isinstance(err, ReplicationError):
-        return err
-    wrapped = UnexpectedFailure(f"{what}: unexpected {type(err).__name__}: {err}; it will be retried.")
-    wrapped.__cause__ = err
-    return wrapped
-
-
-def is_vacuum_end(commit: SourceCommit) -> bool:
-    """Whether a commit is the end of a VACUUM (its commitInfo operation is "VACUUM END")."""
-    if VACUUM_END.encode() not in commit.data:
-        return False  # the cheap test first: most commits are not
-    for line in commit.data.splitlines():
-        if b'"commitInfo"' in line:
-            try:
-                info = json.loads(line).get("commitInfo")
-            except ValueError:
-                return False
-            return isinstance(info, dict) and info.get("operation") == VACUUM_END
-    return False
-
-
-def log_versions(entries: list[LogEntry]) -> set[int]:
-    """Versions a listing shows as present: commits and complete checkpoints."""
-    versions = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
-    return versions | set(complete_checkpoints(entries))
-
-
-def find_head(store: TableStore, near: int) -> tuple[int | None, list[LogEntry]]:
-    """The replica's head: its highest version, searching windows around `near` downwards.
-
-    Replicas are written in version order, so their versions form one contiguous run and
-    the highest version in the smallest window holding any version is the head (or at
-    least `near`). Costs one small listing when the replica is close to `near`.
-
-    Returns:
-        The head (None for an empty replica) and the listing it was found in.
-    """
-    entries = store.list_log(version_prefix(near)[:19])
-    versions = log_versions(entries)
-    if versions:
-        return max(versions), entries  # the common case: one listing of 10 versions
-    if not store.log_exists():
-        return None, []  # an empty replica: one more request, not a search
-    size = 10
-    while size <= 10**19:
-        window = near // size
-        for w in (window - 1,) if size == 10 else (window, window - 1):
-            if w < 0:
-                continue
-            entries = store.list_log(version_prefix(w * size)[:21 - len(str(size))])
-            versions = log_versions(entries)
-            if versions:
-                return max(versions), entries
-        size *= 10
-    return None, []
-
-
-def find_source_head(source: SourceLog) -> int | None:
-    """The primary's newest version, listing forward from its `_last_checkpoint`."""
-    hint = source.last_checkpoint()
-    return _forward_head(source.listing, hint[0] if hint else 0)
-
-
-def find_latest_version(store: TableStore) -> int | None:
-    """A store's newest version with no version to search near (maintenance paths)."""
-    start = 0
-    current = store.get_last_checkpoint()
-    if current is not None:
-        try:
-            start = int(json.loads(current.data)["version"])
-        except (ValueError, KeyError, TypeError):
-            start = 0
-    return _forward_head(store.list_log, start)
-
-
-def _forward_head(listing, start: int) -> int | None:
-    """Highest version, listing 1000-version windows forward from `start`."""
-    head = None
-    while True:
-        window = version_prefix(start)[:17]
-        versions = log_versions(listing(window))
-        if not versions:
-            break
-        head = max(versions)
-        window_end = int(window + "999")
-        if head < window_end:
-            break
-        start = window_end + 1
-    if head is None and start > 0:
-        versions = log_versions(listing(""))
-        head = max(versions) if versions else None
-    return head
 
 
 class TableReplicator:

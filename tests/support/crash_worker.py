@@ -10,8 +10,8 @@ import signal
 import sys
 
 from shared import failpoints
-from shared.replication.commit_events import handle_storage_event
 from shared.config.parse import parse_config
+from shared.replication.commit_events import handle_storage_event
 from shared.runtime import ReplicationRuntime
 
 
