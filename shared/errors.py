@@ -65,3 +65,15 @@ class NoReadableLocation(ReplicationError):
     def __init__(self, message: str, tried: list) -> None:
         super().__init__(message)
         self.tried = tried
+
+
+class TopologyConflict(ReplicationError):
+    """Raised when the topology changed between reading it and changing it (another promote won)."""
+
+
+class PromotionRefused(ReplicationError):
+    """Raised when a promote cannot proceed safely (the target is behind, the primary answers, a timeout)."""
+
+
+class RejoinRefused(ReplicationError):
+    """Raised when a location cannot rejoin: its history up to the promotion differs from the primary's."""

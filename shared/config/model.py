@@ -64,6 +64,7 @@ class TableConfig:
     allow_external_files: bool = False
     max_commit_bytes: int = DEFAULT_MAX_COMMIT_BYTES
     routing: RoutingConfig | None = None  # reader region -> location names; None: nearest, primary, replicas
+    auto_rejoin: bool = False  # the lag check rejoins a diverged former primary (quarantining its extra commits)
 
     def replica(self, name: str) -> LocationConfig:
         for replica in self.replicas:

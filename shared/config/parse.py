@@ -60,7 +60,7 @@ def parse_config(raw: Any) -> ReplicationConfig:
 
 _TABLE_KEYS = {
     "name", "source", "replicas", "lag_threshold_seconds", "snapshots",
-    "allow_external_files", "max_commit_bytes", "routing",
+    "allow_external_files", "max_commit_bytes", "routing", "auto_rejoin",
 }
 _LOCATION_KEYS = {"name", "connection", "container", "path", "retention", "region"}
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]{1,39}$")
@@ -99,6 +99,9 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
     allow_ext = t.get("allow_external_files", False)
     if not isinstance(allow_ext, bool):
         errors.add(f"{where}.allow_external_files", f"expected true or false, got {allow_ext!r}")
+    auto_rejoin = t.get("auto_rejoin", False)
+    if not isinstance(auto_rejoin, bool):
+        errors.add(f"{where}.auto_rejoin", f"expected true or false, got {auto_rejoin!r}")
     snapshots = None
     if t.get("snapshots") is not None:
         snapshots = _snapshots(t["snapshots"], f"{where}.snapshots", errors, replicas)
@@ -124,6 +127,7 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
         allow_external_files=allow_ext is True,
         max_commit_bytes=max_bytes or DEFAULT_MAX_COMMIT_BYTES,
         routing=routing,
+        auto_rejoin=auto_rejoin is True,
     )
 
 
