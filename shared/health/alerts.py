@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 LAG_THRESHOLD_EXCEEDED = "DeltaReplication.LagThresholdExceeded"
 DIVERGED = "DeltaReplication.Diverged"
 RECOVERED = "DeltaReplication.Recovered"
+WRITES_QUARANTINED = "DeltaReplication.WritesQuarantined"  # rejoin kept a former primary's outage commits aside
 
 ALERT_LAG = "lag_exceeded"
 ALERT_DIVERGED = "diverged"
@@ -58,3 +59,9 @@ class AlertPublisher:
         self._client.send([event])
         log.info("alert.published type=%s table=%s replica=%s", event_type, lag.table, lag.replica,
                  extra={"event_type": event_type, "table": lag.table, "replica": lag.replica})
+
+    def publish_event(self, event_type: str, subject: str, data: dict) -> None:
+        """Send one alert with its own subject and data (failover alerts); raises azure.core errors."""
+        self._client.send([EventGridEvent(subject=subject, event_type=event_type, data_version="1.0", data=data)])
+        log.info("alert.published type=%s subject=%s", event_type, subject,
+                 extra={"event_type": event_type, "subject": subject})
