@@ -2,7 +2,8 @@
 
     python -m cli [--settings local.settings.json] <command> [options]
 
-Commands: status, sync, verify, events, relay, cost, endpoint, dev, consolidate. Each has --help.
+Commands: status, sync, verify, events, relay, cost, endpoint, dev, consolidate, promote, rejoin,
+quarantine. Each has --help.
 Settings come from the environment (REPLICATION_CONFIG or REPLICATION_CONFIG_FILE and the
 connection settings), or from the Values of a Functions local.settings.json via --settings.
 """
@@ -62,7 +63,7 @@ def cmd_status(args) -> int:
     runtime = _runtime()
     rows = []
     for table in _tables(runtime, args.table):
-        for lag in measure_table(runtime.replicators[table.name]):
+        for lag in measure_table(runtime.replicator(table.name)):
             rows.append({"table": lag.table, "replica": lag.replica, "sourceVersion": lag.source_version,
                          "replicaVersion": lag.replica_version, "versionLag": lag.version_lag,
                          "lagSeconds": lag.lag_seconds, "state": lag.status.value, "detail": lag.detail})
@@ -99,7 +100,7 @@ def cmd_sync(args) -> int:
             bar.update(files)
             bar.set_postfix_str(f"{totals['bytes'] / 1e6:.1f} MB", refresh=False)
 
-        outcomes = runtime.replicators[table.name].replicate(None, progress=progress)
+        outcomes = runtime.replicator(table.name).replicate(None, progress=progress)
         record_replicated_bytes(runtime, table.name, outcomes)
         bar.close()
         for o in outcomes:
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import consolidate
 
     consolidate.add_parser(sub)
+    from cli import failover
+
+    failover.add_parsers(sub)
     return parser
 
 

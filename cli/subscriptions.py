@@ -1,30 +1,44 @@
-"""Event Grid subscription filters a configuration needs, per source storage account."""
+"""Event Grid subscription filters a configuration needs, per storage account that can be primary."""
 
 from __future__ import annotations
 
 from shared.replication.events import BLOB_CREATED, BLOB_RENAMED
+from shared.storage.clients import CLIENT_REQUEST_ID_PREFIX
 
 
-def subscription_filters(config, source_accounts: dict[str, str]) -> dict:
-    """One subscription per table: its `_delta_log/` subject prefix, BlobCreated and BlobRenamed.
+def subscription_filters(config, accounts: dict[str, str]) -> dict:
+    """One subscription per table and location: its `_delta_log/` subject prefix, BlobCreated and BlobRenamed.
 
-    ADLS Gen2 writers fire CreateFile (empty) then FlushWithClose; the advanced filter drops
-    CreateFile deliveries so replication starts when content exists (it would retry anyway).
+    Every location of a table (source and replicas) gets one, because any of them may become
+    the primary after `python -m cli promote`; events from a location that is not the primary
+    are fenced by replicate_commit. Two advanced filters keep deliveries cheap:
+    - ADLS Gen2 writers fire CreateFile (empty) then FlushWithClose; CreateFile deliveries are
+      dropped so replication starts when content exists (it would retry anyway);
+    - the replicator tags its own writes (x-ms-client-request-id starting with
+      CLIENT_REQUEST_ID_PREFIX), so each replica write raises no delivery at all.
+
+    Args:
+        config: the replication configuration.
+        accounts: connection name -> storage account name ("" when it cannot be resolved).
     """
-    accounts: dict[str, dict] = {}
+    by_connection: dict[str, dict] = {}
     for table in config.tables:
-        src = table.source
-        account = accounts.setdefault(src.connection, {
-            "connection": src.connection, "account": source_accounts.get(src.connection, ""), "subscriptions": []})
-        account["subscriptions"].append({
-            "name": f"delta-{table.name}",
-            "table": table.name,
-            "filter": {
-                "includedEventTypes": [BLOB_CREATED, BLOB_RENAMED],
-                "subjectBeginsWith": f"/blobServices/default/containers/{src.container}/blobs/{src.path}/_delta_log/",
-                "advancedFilters": [
-                    {"operatorType": "StringNotIn", "key": "data.api", "values": ["CreateFile"]},
-                ],
-            },
-        })
-    return {"sourceAccounts": list(accounts.values())}
+        for loc in table.locations:
+            account = by_connection.setdefault(loc.connection, {
+                "connection": loc.connection, "account": accounts.get(loc.connection, ""), "subscriptions": []})
+            # The source keeps the name it always had; other locations add theirs (names are per account).
+            name = f"delta-{table.name}" if loc is table.source else f"delta-{table.name}-{loc.name}"
+            account["subscriptions"].append({
+                "name": name,
+                "table": table.name,
+                "filter": {
+                    "includedEventTypes": [BLOB_CREATED, BLOB_RENAMED],
+                    "subjectBeginsWith": f"/blobServices/default/containers/{loc.container}/blobs/{loc.path}/_delta_log/",
+                    "advancedFilters": [
+                        {"operatorType": "StringNotIn", "key": "data.api", "values": ["CreateFile"]},
+                        {"operatorType": "StringNotBeginsWith", "key": "data.clientRequestId",
+                         "values": [CLIENT_REQUEST_ID_PREFIX]},
+                    ],
+                },
+            })
+    return {"sourceAccounts": list(by_connection.values())}

@@ -47,7 +47,7 @@ def main() -> int:
     # A SIGTERM unwinds normally, so the Azurite processes this started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    with AzuriteProcess(("eastus", "westeu")) as primary_region, AzuriteProcess(("seasia",)) as far_region:
+    with AzuriteProcess(("eastus", "westeu"), with_table=True) as primary_region, AzuriteProcess(("seasia",)) as far_region:
         settings = {
             # The function app's own storage: replication leases live there, never in replicas.
             "AzureWebJobsStorage": primary_region.connection_string("devstoreaccount1"),

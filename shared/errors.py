@@ -79,3 +79,15 @@ class ConsolidationConflict(ReplicationError):
     """Raised when other writers to the global table won every commit attempt; the next run retries."""
 
     retryable = True
+
+
+class TopologyConflict(ReplicationError):
+    """Raised when the topology changed between reading it and changing it (another promote won)."""
+
+
+class PromotionRefused(ReplicationError):
+    """Raised when a promote cannot proceed safely (the target is behind, the primary answers, a timeout)."""
+
+
+class RejoinRefused(ReplicationError):
+    """Raised when a location cannot rejoin: its history up to the promotion differs from the primary's."""

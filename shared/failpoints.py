@@ -36,6 +36,12 @@ def arm(name: str, *, after: int, action: Callable[[], None], where: dict | None
         _armed[name] = [after, action, where or {}]
 
 
+def arm_each(name: str, action: Callable[[], None], *, where: dict | None = None) -> None:
+    """Run `action` every time `name` is hit (e.g. a barrier making two threads meet there)."""
+    with _lock:
+        _armed[name] = [None, action, where or {}]
+
+
 def disarm_all() -> None:
     with _lock:
         _armed.clear()
@@ -49,7 +55,10 @@ def hit(name: str, **context) -> None:
         entry = _armed.get(name)
         if entry is None or any(context.get(k) != v for k, v in entry[2].items()):
             return
-        entry[0] -= 1
-        fire = entry[0] == 0
+        if entry[0] is None:
+            fire = True
+        else:
+            entry[0] -= 1
+            fire = entry[0] == 0
     if fire:
         entry[1]()

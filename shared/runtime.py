@@ -54,6 +54,8 @@ class ReplicationRuntime:
         self._alerts = None
         self._leases = None
         self._host_client = None
+        self._topology = None
+        self._by_primary: dict[tuple[str, str], TableReplicator] = {}
         self._lock = threading.Lock()
         self.settings = {}
         problems = []
@@ -86,12 +88,53 @@ class ReplicationRuntime:
         return BlobTableStore(self.clients[location.connection], location.container, location.path,
                               label=location.name, connection_name=location.connection)
 
-    def _build_replicator(self, table: TableConfig) -> TableReplicator:
-        source = self.store(table, table.source)
-        replicas = {r.name: self.store(table, r) for r in table.replicas}
-        root = TableRoot(self.settings[table.source.connection].account_name, table.source.container, table.source.path)
+    def _build_replicator(self, table: TableConfig, primary: str | None = None) -> TableReplicator:
+        """A replicator from `primary` (default: the configured source) to every other location."""
+        source_loc = table.source if primary is None else table.location(primary)
+        source = self.store(table, source_loc)
+        replicas = {r.name: self.store(table, r) for r in table.locations if r.name != source_loc.name}
+        root = TableRoot(self.settings[source_loc.connection].account_name, source_loc.container, source_loc.path)
         return TableReplicator(table, source, replicas, root, self._file_pool, self._task_pool,
                                leases=self.lease_store)
+
+    def topology_store(self):
+        """The ReplicationTopology table (STATUS_CONNECTION), built on first use."""
+        if self._topology is None:
+            from shared.failover.topology import TopologyStore
+
+            self._topology = TopologyStore(self._table_service())
+        return self._topology
+
+    def topology(self, table_name: str):
+        """The table's primary and epoch, read now (one point read; never cached).
+
+        Without the function app's storage configured there is nothing to read: the configured
+        source is the primary at epoch 0.
+
+        Raises:
+            ReplicaUnreachable: the function app's table storage did not answer.
+        """
+        from shared.failover.topology import default_topology
+
+        table = self.config.table(table_name)
+        try:
+            store = self.topology_store()
+        except ConfigError:
+            return default_topology(table)
+        return store.get(table)
+
+    def replicator(self, table_name: str, topology=None) -> TableReplicator:
+        """The replicator from the table's current primary (`topology`, else read now) to every
+        other location. Replicators (stores and clients) are reused; the topology is not."""
+        topology = topology or self.topology(table_name)
+        table = self.config.table(table_name)
+        if topology.primary == table.source.name:
+            return self.replicators[table_name]
+        key = (table_name, topology.primary)
+        with self._lock:
+            if key not in self._by_primary:
+                self._by_primary[key] = self._build_replicator(table, topology.primary)
+            return self._by_primary[key]
 
     def lease_store(self) -> LeaseStore:
         """Leases in the function app's storage (STATUS_CONNECTION / AzureWebJobsStorage), built on first use.

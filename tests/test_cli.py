@@ -70,16 +70,25 @@ def test_verify_passes_then_names_a_deleted_file_and_a_tampered_commit(lake):
 
 def test_events_prints_filters_that_match_the_deployment_template():
     env = {"REPLICATION_CONFIG_FILE": str(REPO / "replication.example.json"),
-           "EASTUS_STORAGE__blobServiceUri": "https://contosoeastus.blob.core.windows.net"}
+           "EASTUS_STORAGE__blobServiceUri": "https://contosoeastus.blob.core.windows.net",
+           "WESTEU_STORAGE__blobServiceUri": "https://contosowesteu.blob.core.windows.net",
+           "SEASIA_STORAGE__blobServiceUri": "https://contososeasia.blob.core.windows.net"}
     result = run_cli(None, "events", env_extra=env)
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     params = json.loads((REPO / "infra" / "main.parameters.example.json").read_text())["parameters"]
     assert params["eventSubscriptions"]["value"] == printed
     assert params["replicationConfig"]["value"] == json.loads((REPO / "replication.example.json").read_text())
+    # Every location that can become primary has a subscription (failover needs no redeploy).
+    assert [a["account"] for a in printed["sourceAccounts"]] == ["contosoeastus", "contosowesteu", "contososeasia"]
     (sub,) = printed["sourceAccounts"][0]["subscriptions"]
     assert sub["filter"]["subjectBeginsWith"] == "/blobServices/default/containers/lake/blobs/delta/sales/_delta_log/"
     assert set(sub["filter"]["includedEventTypes"]) == {"Microsoft.Storage.BlobCreated", "Microsoft.Storage.BlobRenamed"}
+    for account in printed["sourceAccounts"]:
+        (each,) = account["subscriptions"]
+        # The replicator's own writes (tagged request ids) raise no delivery.
+        assert {"operatorType": "StringNotBeginsWith", "key": "data.clientRequestId",
+                "values": ["delta-replication-"]} in each["filter"]["advancedFilters"]
     # The template passes these filters through unchanged.
     template = (REPO / "infra" / "subscriptions.bicep").read_text()
     for field in ("includedEventTypes", "subjectBeginsWith", "advancedFilters"):

@@ -227,8 +227,16 @@ def test_concurrent_transfer_adds_are_all_counted(azurite):
 def test_a_failing_transfer_record_never_fails_replication(azurite, request, caplog):
     lake = Lake(azurite, request.node.name)
     dead = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
-    lake.environ["AzureWebJobsStorage"] = azurite.connection_string("devstoreaccount1").replace(
-        f"TableEndpoint=http://127.0.0.1:{azurite.table_port}/devstoreaccount1", f"TableEndpoint={dead}")
+    # Only the transfer record's table service is dead: the topology (read per event, the fencing
+    # authority) must stay readable, or replication rightly waits for it (retryable).
+    from azure.data.tables import TableServiceClient
+
+    from shared.cost.transfer import TransferStore
+
+    lake.runtime._transfer = TransferStore(TableServiceClient.from_connection_string(
+        azurite.connection_string("devstoreaccount1").replace(
+            f"TableEndpoint=http://127.0.0.1:{azurite.table_port}/devstoreaccount1", f"TableEndpoint={dead}"),
+        retry_total=0, connection_timeout=2))
     try:
         caplog.set_level(logging.WARNING, logger="shared.cost.transfer")
         lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])

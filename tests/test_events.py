@@ -53,11 +53,18 @@ def test_data_temporary_and_hidden_files_are_ignored(blob):
     (blob_created_event("nobody", "lake", "delta/sales/_delta_log/00000000000000000001.json"), "account"),
     (blob_created_event("eastus", "other", "delta/sales/_delta_log/00000000000000000001.json"), "container"),
     (blob_created_event("eastus", "lake", "delta/orders/_delta_log/00000000000000000001.json"), "no configured table"),
-    (blob_created_event("westeu", "lake", "delta/sales/_delta_log/00000000000000000001.json"), "account"),
 ])
 def test_events_outside_configured_tables_are_rejected(event, message):
     with pytest.raises(InvalidEvent, match=message):
         route(event)
+
+
+def test_events_from_a_replica_location_route_with_their_location():
+    """Any location may be primary after a promote; the handler fences those that are not."""
+    ref = route(blob_created_event("westeu", "lake", "delta/sales/_delta_log/00000000000000000001.json"))
+    assert (ref.table.name, ref.location, ref.version) == ("sales", "westeu", 1)
+    assert route(blob_created_event("eastus", "lake", "delta/sales/_delta_log/00000000000000000001.json")).location \
+        == "primary"
 
 
 def _with_url(url):

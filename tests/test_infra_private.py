@@ -98,11 +98,14 @@ def test_private_networking_locks_down_every_storage_account():
     storage_settings = [s["name"] for s in settings if s["name"].endswith(("_STORAGE", "AzureWebJobsStorage"))]
     assert storage_settings == []
     # Dead letters reach the locked-down host account with the system topic's own identity.
-    (subscription,) = d.of_type("Microsoft.EventGrid/systemTopics/eventSubscriptions")
-    assert subscription.body["properties"]["deadLetterDestination"] is None
-    dead = subscription.body["properties"]["deadLetterWithResourceIdentity"]
-    assert dead["identity"]["type"] == "SystemAssigned"
-    assert dead["deadLetterDestination"]["properties"]["blobContainerName"] == "eventgrid-deadletters"
+    # One subscription per location that can become primary (eastus, westeu, seasia).
+    subscriptions = d.of_type("Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    assert len(subscriptions) == 3
+    for subscription in subscriptions:
+        assert subscription.body["properties"]["deadLetterDestination"] is None
+        dead = subscription.body["properties"]["deadLetterWithResourceIdentity"]
+        assert dead["identity"]["type"] == "SystemAssigned"
+        assert dead["deadLetterDestination"]["properties"]["blobContainerName"] == "eventgrid-deadletters"
 
 
 def test_without_private_networking_nothing_private_is_deployed():
@@ -118,9 +121,11 @@ def test_without_private_networking_nothing_private_is_deployed():
     (app,) = d.of_type("Microsoft.Web/sites")
     assert app.body["properties"]["virtualNetworkSubnetId"] is None
     assert app.body["properties"]["siteConfig"]["vnetRouteAllEnabled"] is False
-    (subscription,) = d.of_type("Microsoft.EventGrid/systemTopics/eventSubscriptions")
-    assert subscription.body["properties"]["deadLetterWithResourceIdentity"] is None
-    assert subscription.body["properties"]["deadLetterDestination"]["endpointType"] == "StorageBlob"
+    subscriptions = d.of_type("Microsoft.EventGrid/systemTopics/eventSubscriptions")
+    assert len(subscriptions) == 3
+    for subscription in subscriptions:
+        assert subscription.body["properties"]["deadLetterWithResourceIdentity"] is None
+        assert subscription.body["properties"]["deadLetterDestination"]["endpointType"] == "StorageBlob"
 
 
 def test_the_evaluator_refuses_conditions_it_cannot_decide(tmp_path):

@@ -67,6 +67,7 @@ class TableConfig:
     # "full": a new replica is readable at the newest checkpoint first, then older versions are
     # backfilled; "from_checkpoint": history before the seeding checkpoint is never copied.
     history: str = "full"
+    auto_rejoin: bool = False  # the lag check rejoins a diverged former primary (quarantining its extra commits)
 
     def replica(self, name: str) -> LocationConfig:
         for replica in self.replicas:

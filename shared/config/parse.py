@@ -78,7 +78,7 @@ def parse_config(raw: Any) -> ReplicationConfig:
 
 _TABLE_KEYS = {
     "name", "source", "replicas", "lag_threshold_seconds", "snapshots",
-    "allow_external_files", "max_commit_bytes", "routing", "history",
+    "allow_external_files", "max_commit_bytes", "routing", "history", "auto_rejoin",
 }
 HISTORY_CHOICES = ("full", "from_checkpoint")
 _LOCATION_KEYS = {"name", "connection", "container", "path", "retention", "region"}
@@ -118,6 +118,9 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
     allow_ext = t.get("allow_external_files", False)
     if not isinstance(allow_ext, bool):
         errors.add(f"{where}.allow_external_files", f"expected true or false, got {allow_ext!r}")
+    auto_rejoin = t.get("auto_rejoin", False)
+    if not isinstance(auto_rejoin, bool):
+        errors.add(f"{where}.auto_rejoin", f"expected true or false, got {auto_rejoin!r}")
     history = t.get("history", "full")
     if history not in HISTORY_CHOICES:
         errors.add(f"{where}.history", f"expected one of {list(HISTORY_CHOICES)}, got {history!r}: \"full\" "
@@ -149,6 +152,7 @@ def _parse_table(t: Any, where: str, errors: _Errors) -> TableConfig | None:
         max_commit_bytes=max_bytes or DEFAULT_MAX_COMMIT_BYTES,
         routing=routing,
         history=history if history in HISTORY_CHOICES else "full",
+        auto_rejoin=auto_rejoin is True,
     )
 
 

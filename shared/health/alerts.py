@@ -16,6 +16,7 @@ DIVERGED = "DeltaReplication.Diverged"
 RECOVERED = "DeltaReplication.Recovered"
 CONSOLIDATION_SOURCE_UNREACHABLE = "DeltaReplication.ConsolidationSourceUnreachable"
 CONSOLIDATION_SOURCE_RECOVERED = "DeltaReplication.ConsolidationSourceRecovered"
+WRITES_QUARANTINED = "DeltaReplication.WritesQuarantined"  # rejoin kept a former primary's outage commits aside
 
 ALERT_LAG = "lag_exceeded"
 ALERT_DIVERGED = "diverged"
@@ -74,3 +75,9 @@ class AlertPublisher:
         log.info("alert.published type=%s consolidation=%s source=%s", event_type, data["consolidation"],
                  data["source"], extra={"event_type": event_type, "consolidation": data["consolidation"],
                                         "source": data["source"]})
+
+    def publish_event(self, event_type: str, subject: str, data: dict) -> None:
+        """Send one alert with its own subject and data (failover alerts); raises azure.core errors."""
+        self._client.send([EventGridEvent(subject=subject, event_type=event_type, data_version="1.0", data=data)])
+        log.info("alert.published type=%s subject=%s", event_type, subject,
+                 extra={"event_type": event_type, "subject": subject})

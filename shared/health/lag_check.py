@@ -8,7 +8,8 @@ from datetime import datetime
 from shared.cost.transfer import record_replicated_bytes
 from shared.health import metrics
 from shared.health.alerts import AlertPublisher, alert_state, transition_event
-from shared.health.lag import ReplicaLag, measure_table
+from shared.errors import ReplicationError
+from shared.health.lag import ReplicaHealth, ReplicaLag, measure_table
 from shared.health.status import ALERT_OK, StatusStore
 from shared.maintenance.retention import purge_after_vacuum
 
@@ -29,8 +30,11 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
     """
     measured: list[ReplicaLag] = []
     for table in runtime.config.tables:
-        replicator = runtime.replicators[table.name]
+        topology = runtime.topology(table.name)
+        replicator = runtime.replicator(table.name, topology)
         previous = {row.replica: row for row in status.list_rows(table=table.name)}
+        if heal and table.auto_rejoin and topology.epoch > 0:
+            _auto_rejoin(runtime, table, replicator, topology)
         outcomes = replicator.replicate(None) if heal else []
         record_replicated_bytes(runtime, table.name, outcomes)
         if any(o.vacuum_versions for o in outcomes):
@@ -58,3 +62,20 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
                            "version_lag": lag.version_lag, "lag_seconds": lag.lag_seconds})
             measured.append(lag)
     return measured
+
+
+def _auto_rejoin(runtime, table, replicator, topology) -> None:
+    """Rejoin every reachable location that is ahead of or diverged from the primary (auto_rejoin)."""
+    from shared.failover.rejoin import rejoin
+
+    for lag in measure_table(replicator):
+        if lag.status != ReplicaHealth.DIVERGED:
+            continue
+        try:
+            result = rejoin(runtime, table.name, lag.replica)
+        except ReplicationError as err:
+            log.warning("rejoin.failed table=%s location=%s epoch=%d error=%s", table.name, lag.replica,
+                        topology.epoch, err, extra={"table": table.name, "location": lag.replica})
+            continue
+        log.info("rejoin.automatic table=%s location=%s epoch=%d quarantined=%s", table.name, lag.replica,
+                 topology.epoch, result.versions, extra={"table": table.name, "location": lag.replica})

@@ -125,6 +125,19 @@ class StatusStore(HostTable):
             "LastPurgeFiles": files, "LastPurgeBytes": bytes_freed,
         }, mode=UpdateMode.MERGE)
 
+    def record_quarantine(self, table: str, replica: str, *, detail: str | None = None,
+                          quarantine: str | None = None, alerted_epoch: int | None = None) -> None:
+        """Record a rejoin's quarantine on the location's row (Detail, Quarantine, QuarantineAlertedEpoch)."""
+        self._ensure_table()
+        entity = {"PartitionKey": table, "RowKey": replica}
+        if detail is not None:
+            entity["Detail"] = detail
+        if quarantine is not None:
+            entity["Quarantine"] = quarantine
+        if alerted_epoch is not None:
+            entity["QuarantineAlertedEpoch"] = alerted_epoch
+        self._table.upsert_entity(entity, mode=UpdateMode.MERGE)
+
     def get_entity(self, table: str, replica: str) -> dict | None:
         """The raw row (every column), or None."""
         try:

@@ -94,9 +94,9 @@ class _Skip(Exception):
 
 
 def primary_location(runtime, table: TableConfig) -> LocationConfig:
-    """The location that takes writes now. Today the configured source; the one place to change
-    when failover records the primary elsewhere."""
-    return table.source
+    """The location that takes writes now: the ReplicationTopology row's primary (read now), or
+    the configured source when no promote has happened."""
+    return table.location(runtime.topology(table.name).primary)
 
 
 def resolve_location(runtime, table: TableConfig, *, region: str | None = None, purpose: Purpose = Purpose.READ,

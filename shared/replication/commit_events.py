@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class EventDisposition(enum.Enum):
     REJECTED = "rejected"  # not ours or unsafe: acknowledged, nothing written
     IGNORED = "ignored"  # a configured table's non-log blob (data, temporary files)
+    FENCED = "fenced"  # a log file of a location that is not the table's primary: nothing copied
     HANDLED = "handled"
 
 
@@ -69,7 +70,17 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
         return EventResult(EventDisposition.IGNORED, table=ref.table.name, log_file=ref.log_file.name,
                            reason="sidecars are copied with their checkpoint")
     started = time.monotonic()
-    replicator = runtime.replicators[ref.table.name]
+    topology = runtime.topology(ref.table.name)
+    if ref.location != topology.primary:
+        # After a promote the old primary (or a replica's own write) must never feed the others.
+        log.warning("event.fenced table=%s location=%s primary=%s epoch=%d file=%s", ref.table.name, ref.location,
+                    topology.primary, topology.epoch, ref.log_file.name,
+                    extra={"table": ref.table.name, "location": ref.location, "epoch": topology.epoch})
+        return EventResult(EventDisposition.FENCED, table=ref.table.name, log_file=ref.log_file.name,
+                           version=ref.version,
+                           reason=f"location {ref.location} is not the primary ({topology.primary}) at epoch "
+                                  f"{topology.epoch}")
+    replicator = runtime.replicator(ref.table.name, topology)
     outcomes = replicator.replicate(ref.version, log_file_kind=ref.log_file.kind)
     record_replicated_bytes(runtime, ref.table.name, outcomes)
     if any(o.vacuum_versions for o in outcomes):

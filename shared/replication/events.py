@@ -46,6 +46,7 @@ class CommitRef:
 
     table: TableConfig
     log_file: LogFile
+    location: str | None = None  # which location of the table the event came from
 
     @property
     def version(self) -> int | None:
@@ -139,12 +140,16 @@ def _printable(text: str) -> str:
 
 
 def route_event(event: BlobEvent, config: ReplicationConfig, source_accounts: Mapping[str, str]) -> CommitRef | None:
-    """Find the configured table and log file an event names.
+    """Find the configured table, location and log file an event names.
+
+    Any location of a table (its source or a replica) may be the primary after a promote,
+    so events from every location route here; the caller fences those from a location that
+    is not the current primary.
 
     Args:
         event: the parsed event.
         config: the replication configuration.
-        source_accounts: connection name -> account name, for the tables' sources.
+        source_accounts: connection name -> account name, for every configured location.
 
     Returns:
         The CommitRef, or None for a blob inside a configured table that is not a
@@ -155,26 +160,26 @@ def route_event(event: BlobEvent, config: ReplicationConfig, source_accounts: Ma
     """
     account_matched = container_matched = False
     for table in config.tables:
-        src = table.source
-        if source_accounts.get(src.connection, "").lower() != event.account.lower():
-            continue
-        account_matched = True
-        if src.container != event.container:
-            continue
-        container_matched = True
-        root = src.path + "/"
-        if not event.path.startswith(root):
-            continue
-        rest = event.path[len(root):]
-        if not rest.startswith(LOG_DIR + "/"):
-            return None
-        name = rest[len(LOG_DIR) + 1:]
-        if name.startswith(".") or "/." in name:
-            return None
-        log_file = parse_log_name(name)
-        return CommitRef(table=table, log_file=log_file) if log_file else None
+        for loc in table.locations:
+            if source_accounts.get(loc.connection, "").lower() != event.account.lower():
+                continue
+            account_matched = True
+            if loc.container != event.container:
+                continue
+            container_matched = True
+            root = loc.path + "/"
+            if not event.path.startswith(root):
+                continue
+            rest = event.path[len(root):]
+            if not rest.startswith(LOG_DIR + "/"):
+                return None
+            name = rest[len(LOG_DIR) + 1:]
+            if name.startswith(".") or "/." in name:
+                return None
+            log_file = parse_log_name(name)
+            return CommitRef(table=table, log_file=log_file, location=loc.name) if log_file else None
     if not account_matched:
-        raise InvalidEvent(f"event for account {event.account!r}, which is no configured table's source")
+        raise InvalidEvent(f"event for account {event.account!r}, which holds no configured table location")
     if not container_matched:
         raise InvalidEvent(
             f"event for container {event.container!r} of account {event.account!r}, which holds no configured table"

@@ -6,6 +6,7 @@ Clients keep their HTTP connection pools, so they are reused across invocations.
 from __future__ import annotations
 
 import threading
+import uuid
 
 from azure.storage.blob import BlobServiceClient, LinearRetry
 
@@ -43,6 +44,25 @@ class RequestCounter:
             self.by_method = {}
 
 
+# Every request the function app sends carries this x-ms-client-request-id prefix, so the Event
+# Grid subscriptions on each location (any may become primary) drop the BlobCreated events of
+# the replicator's own writes with a StringNotBeginsWith filter on data.clientRequestId.
+CLIENT_REQUEST_ID_PREFIX = "delta-replication-"
+CLIENT_REQUEST_ID_HEADER = "x-ms-client-request-id"
+
+
+class _TagRequests:
+    """raw_request_hook: tag the request as the replicator's, then count it (if counting)."""
+
+    def __init__(self, counter: RequestCounter | None) -> None:
+        self._counter = counter
+
+    def __call__(self, request) -> None:
+        request.http_request.headers[CLIENT_REQUEST_ID_HEADER] = CLIENT_REQUEST_ID_PREFIX + uuid.uuid4().hex
+        if self._counter is not None:
+            self._counter(request)
+
+
 def build_blob_service_client(settings: ConnectionSettings, *, counter: RequestCounter | None = None) -> BlobServiceClient:
     """A BlobServiceClient for one connection: connection string, or Entra ID identity.
 
@@ -69,8 +89,8 @@ def build_probe_client(settings: ConnectionSettings, *, counter: RequestCounter 
 
 
 def _build(settings: ConnectionSettings, options: dict, counter: RequestCounter | None) -> BlobServiceClient:
-    if counter is not None:
-        options["raw_request_hook"] = counter
+    # The storage SDK runs this hook after setting its own request id and before signing.
+    options["raw_request_hook"] = _TagRequests(counter)
     if settings.connection_string:
         return BlobServiceClient.from_connection_string(settings.connection_string, **options)
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential

@@ -1,6 +1,7 @@
 """A replicator process that kills itself (SIGKILL) at an armed failpoint.
 
-Reads one JSON document on stdin: config, environ, failpoint, after, event.
+Reads one JSON document on stdin: config, environ, failpoint, after, and either event (replicate
+it) or rejoin ({"table", "location"}: run a rejoin).
 Exit status -9 means the failpoint fired; 0 means it was never reached.
 """
 
@@ -19,7 +20,12 @@ def main() -> int:
     job = json.load(sys.stdin)
     runtime = ReplicationRuntime(parse_config(job["config"]), job["environ"])
     failpoints.arm(job["failpoint"], after=job["after"], action=lambda: os.kill(os.getpid(), signal.SIGKILL))
-    handle_storage_event(runtime, job["event"])
+    if "rejoin" in job:
+        from shared.failover.rejoin import rejoin
+
+        rejoin(runtime, job["rejoin"]["table"], job["rejoin"]["location"])
+    else:
+        handle_storage_event(runtime, job["event"])
     return 0
 
 

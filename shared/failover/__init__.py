@@ -1,0 +1,1 @@
+"""Failover: the topology (primary and epoch), promote, rejoin with quarantine, replay."""

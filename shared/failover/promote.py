@@ -1,0 +1,145 @@
+"""Promote: make another location of a table its writable primary (planned or forced).
+
+Planned (the primary answers): bring LOCATION to the primary's head, waiting at most
+`timeout` seconds, then flip the topology at that head. Forced (the primary does not answer):
+flip at LOCATION's current head and report how far the old primary may be ahead of it.
+The flip is ETag-conditional (see topology.py): of two concurrent promotes one wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from shared import failpoints
+from shared.delta.source_log import SourceLog
+from shared.errors import PromotionRefused, ReplicaUnreachable, ReplicationError
+from shared.failover.topology import Topology
+from shared.delta.head import find_latest_version, find_source_head
+
+log = logging.getLogger(__name__)
+
+PROMOTE_FLIPPING = "promote.flipping"  # failpoint: the head is settled, the topology not yet changed
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """What a promote did. `old_primary_ahead` is an int, or "unknown" when it could not be reached."""
+
+    topology: Topology
+    forced: bool
+    head: int | None
+    old_primary_head: int | None
+    old_primary_ahead: int | str
+    waited_seconds: float
+
+    def as_json(self) -> dict:
+        return {**self.topology.as_json(), "forced": self.forced, "oldPrimaryHead": self.old_primary_head,
+                "oldPrimaryVersionsBeyondPromotion": self.old_primary_ahead,
+                "waitedSeconds": round(self.waited_seconds, 3)}
+
+
+def _check_target(runtime, table_name: str, to: str) -> tuple[object, Topology]:
+    try:
+        table = runtime.config.table(table_name)
+    except KeyError:
+        raise PromotionRefused(f"table {table_name!r} is not configured (configured: "
+                               f"{', '.join(t.name for t in runtime.config.tables)}); nothing was changed.") from None
+    names = [loc.name for loc in table.locations]
+    if to not in names:
+        raise PromotionRefused(f"table {table_name} has no location {to!r} (locations: {', '.join(names)}); "
+                               "nothing was changed.")
+    topology = runtime.topology(table_name)
+    if topology.primary == to:
+        raise PromotionRefused(f"{to} is already the primary of table {table_name} (epoch {topology.epoch}); "
+                               "nothing was changed.")
+    return table, topology
+
+
+def promote(runtime, table_name: str, to: str, *, force: bool = False, timeout: float = 300.0,
+            progress: Callable[[int | None, int | None], None] | None = None) -> PromoteResult:
+    """Make `to` the primary of `table_name`.
+
+    Args:
+        runtime: the ReplicationRuntime.
+        table_name: a configured table.
+        to: one of its locations (not the current primary).
+        force: the primary does not answer: flip at `to`'s own head (unplanned failover).
+        timeout: planned only: how long to wait for `to` to reach the primary's head.
+        progress: called with (location head, primary head) while waiting.
+
+    Returns:
+        The new topology and what the old primary may still hold beyond it.
+
+    Raises:
+        PromotionRefused: bad table or location; planned and the primary does not answer
+            (use force) or `to` did not catch up in time; `to` holds nothing.
+        TopologyConflict: another promote changed the topology first.
+    """
+    if timeout < 0:
+        raise ValueError(f"timeout is a number of seconds >= 0 (got {timeout})")
+    table, topology = _check_target(runtime, table_name, to)
+    replicator = runtime.replicator(table_name, topology)
+    target = replicator.replicas[to]
+    started = time.monotonic()
+    old_head: int | None = None
+    if force:
+        head = find_latest_version(target)
+        try:
+            old_head = find_source_head(SourceLog(table, replicator.source_store, replicator.root))
+            ahead: int | str = max(0, (-1 if old_head is None else old_head) - (-1 if head is None else head))
+        except ReplicaUnreachable:
+            old_head, ahead = None, "unknown"
+    else:
+        head, old_head = _wait_for_head(runtime, table_name, topology, replicator, to, timeout, progress)
+        ahead = 0
+    if head is None:
+        raise PromotionRefused(f"location {to} of table {table_name} holds no version of the table; it cannot "
+                               "become the primary. Nothing was changed.")
+    failpoints.hit(PROMOTE_FLIPPING, table=table_name, to=to)
+    flipped = runtime.topology_store().flip(topology, to, head)
+    log.warning("promote.done table=%s primary=%s previous=%s epoch=%d version=%d forced=%s old_primary_ahead=%s",
+                table_name, to, topology.primary, flipped.epoch, head, force, ahead,
+                extra={"table": table_name, "primary": to, "epoch": flipped.epoch})
+    return PromoteResult(flipped, force, head, old_head, ahead, time.monotonic() - started)
+
+
+def _wait_for_head(runtime, table_name, topology, replicator, to, timeout, progress) -> tuple[int, int]:
+    """Catch `to` up to the primary's head (re-read each round: writers should have stopped)."""
+    table = replicator.table
+    deadline = time.monotonic() + timeout
+    target = replicator.replicas[to]
+    while True:
+        source = SourceLog(table, replicator.source_store, replicator.root)
+        try:
+            primary_head = find_source_head(source)
+        except ReplicaUnreachable as err:
+            raise PromotionRefused(
+                f"the primary {topology.primary} of table {table_name} does not answer ({err}); a planned promote "
+                f"needs it. If its region is down, run `python -m cli promote --table {table_name} --to {to} "
+                "--force` (versions it holds beyond the new primary are quarantined at rejoin). Nothing was changed."
+            ) from err
+        head = find_latest_version(target)
+        if progress is not None:
+            progress(head, primary_head)
+        if head is not None and head == primary_head:
+            replicator.check_head_matches(to, target, source, head, head, target.list_log(f"{head:020d}"))
+            return head, primary_head
+        if time.monotonic() >= deadline:
+            raise PromotionRefused(
+                f"location {to} of table {table_name} is at version {head}, the primary {topology.primary} at "
+                f"{primary_head}, after waiting {timeout:.0f}s; stop the writers (or raise --timeout) and promote "
+                "again. Nothing was changed."
+            )
+        try:
+            outcomes = replicator.replicate(None)
+        except ReplicationError as err:
+            outcomes = []
+            log.warning("promote.sync_failed table=%s location=%s error=%s", table_name, to, err)
+        failed = [o for o in outcomes if o.replica == to and o.error is not None and not o.retryable]
+        if failed:
+            raise PromotionRefused(f"location {to} of table {table_name} cannot catch up: {failed[0].error} "
+                                   "Nothing was changed.")
+        time.sleep(0.2)

@@ -1,0 +1,163 @@
+"""List quarantined commits and replay their blind appends onto the current primary.
+
+Only blind appends (`add` actions with `dataChange: true`, nothing else but `commitInfo`) are
+replayed: their data files are copied into the primary, then one commit per quarantined
+version is made through deltalake carrying a Delta `txn` action (appId
+`quarantine/<table>/epoch-<E>`, version = the original version). Before each commit the
+primary's `txn` version for that appId is read, so a rerun applies each version once.
+Deletes, updates, merges and schema changes are listed for a person to decide.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import unquote
+from dataclasses import dataclass, field
+
+from shared.delta.log import parse_commit
+from shared.errors import ReplicationError
+from shared.failover.rejoin import MANIFEST, QUARANTINE_DIR, quarantine_store
+from shared.reads.locations import deltalake_options, deltalake_uri
+from shared.storage.blob_table_store import BlobTableStore
+
+log = logging.getLogger(__name__)
+
+_BLIND_APPEND_ACTIONS = {"add", "commitInfo"}
+
+
+@dataclass
+class QuarantinedCommit:
+    location: str
+    epoch: int
+    version: int
+    operation: str
+    rows_added: int
+    files_added: int
+    files_removed: int
+    blind_append: bool
+    actions: list = field(default_factory=list, repr=False)
+
+    def as_json(self) -> dict:
+        return {"location": self.location, "epoch": self.epoch, "version": self.version,
+                "operation": self.operation, "rowsAdded": self.rows_added, "filesAdded": self.files_added,
+                "filesRemoved": self.files_removed, "blindAppend": self.blind_append}
+
+
+def classify(location: str, epoch: int, version: int, actions: list[dict]) -> QuarantinedCommit:
+    """Summarise one quarantined commit; a blind append has only dataChange adds (and commitInfo)."""
+    info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {}) or {}
+    adds = [a["add"] for a in actions if "add" in a]
+    removes = [a["remove"] for a in actions if "remove" in a]
+    kinds = {k for a in actions for k in a}
+    rows = 0
+    for add in adds:
+        try:
+            rows += int(json.loads(add.get("stats") or "{}").get("numRecords", 0))
+        except (ValueError, TypeError):
+            pass
+    blind = bool(adds) and kinds <= _BLIND_APPEND_ACTIONS and all(a.get("dataChange") is True for a in adds)
+    return QuarantinedCommit(location, epoch, version, str(info.get("operation", "?")), rows, len(adds),
+                             len(removes), blind, actions)
+
+
+def _manifests(runtime, table) -> list[tuple[object, dict]]:
+    """(location, manifest) of every quarantine of the table, in every reachable location."""
+    found = []
+    for loc in table.locations:
+        container = runtime.clients[loc.connection].get_container_client(loc.container)
+        prefix = f"{QUARANTINE_DIR}/{loc.path}/epoch-"
+        try:
+            names = [b.name for b in container.list_blobs(name_starts_with=prefix) if b.name.endswith("/" + MANIFEST)]
+        except Exception as err:  # noqa: BLE001 - an unreachable location is reported, the others listed
+            log.warning("quarantine.unlisted table=%s location=%s error=%s", table.name, loc.name, type(err).__name__)
+            continue
+        for name in names:
+            doc = json.loads(container.get_blob_client(name).download_blob().readall())
+            found.append((loc, doc))
+    return sorted(found, key=lambda x: (x[1]["epoch"], x[0].name))
+
+
+def list_quarantine(runtime, table_name: str) -> list[QuarantinedCommit]:
+    """Every quarantined commit of the table, by epoch and version (empty when none)."""
+    table = runtime.config.table(table_name)
+    commits = []
+    for loc, manifest in _manifests(runtime, table):
+        store = quarantine_store(runtime, loc, manifest["epoch"])
+        for v in manifest["versions"]:
+            actions = parse_commit(store.get_log_file(f"{v:020d}.json"), where=f"{store.description} version {v}")
+            commits.append(classify(loc.name, manifest["epoch"], v, actions))
+    return commits
+
+
+@dataclass
+class ReplayResult:
+    app_id: str
+    applied: list[int] = field(default_factory=list)
+    already_applied: list[int] = field(default_factory=list)
+    needs_review: list[QuarantinedCommit] = field(default_factory=list)
+    primary_head: int | None = None
+    dry_run: bool = False
+
+    def as_json(self) -> dict:
+        return {"appId": self.app_id, "applied": self.applied, "alreadyApplied": self.already_applied,
+                "needsReview": [c.as_json() for c in self.needs_review], "primaryHead": self.primary_head,
+                "dryRun": self.dry_run}
+
+
+def replay(runtime, table_name: str, epoch: int, *, dry_run: bool = False) -> ReplayResult:
+    """Re-apply the blind appends quarantined at `epoch` to the current primary, each once.
+
+    Raises:
+        ReplicationError: no quarantine exists for that epoch.
+    """
+    from deltalake import DeltaTable
+    from deltalake.transaction import AddAction, CommitProperties, Transaction
+
+    table = runtime.config.table(table_name)
+    matches = [(loc, m) for loc, m in _manifests(runtime, table) if m["epoch"] == epoch]
+    if not matches:
+        raise ReplicationError(f"table {table_name} has no quarantine for epoch {epoch}; list them with "
+                               f"`python -m cli quarantine list --table {table_name}`. Nothing was changed.")
+    topology = runtime.topology(table_name)
+    primary_loc = table.location(topology.primary)
+    primary = runtime.replicator(table_name, topology).source_store
+    uri = deltalake_uri(primary_loc)
+    options = deltalake_options(runtime.settings[primary_loc.connection])
+    app_id = f"quarantine/{table_name}/epoch-{epoch}"
+    result = ReplayResult(app_id, dry_run=dry_run)
+    for loc, manifest in matches:
+        qstore: BlobTableStore = quarantine_store(runtime, loc, epoch)
+        for v in manifest["versions"]:
+            actions = parse_commit(qstore.get_log_file(f"{v:020d}.json"), where=f"{qstore.description} version {v}")
+            commit = classify(loc.name, epoch, v, actions)
+            if not commit.blind_append:
+                result.needs_review.append(commit)
+                continue
+            dt = DeltaTable(uri, storage_options=options)
+            done = dt.transaction_version(app_id)
+            if done is not None and done >= v:
+                result.already_applied.append(v)
+                continue
+            if dry_run:
+                result.applied.append(v)
+                continue
+            adds = [a["add"] for a in actions if "add" in a]
+            for add in adds:
+                primary.copy_file_from(qstore, unquote(add["path"]), expected_size=add.get("size"))
+            dt.create_write_transaction(
+                # deltalake takes the decoded path and encodes it in the log itself.
+                actions=[AddAction(unquote(add["path"]), int(add["size"]), add.get("partitionValues") or {},
+                                   int(add.get("modificationTime", 0)), True, add.get("stats") or "")
+                         for add in adds],
+                mode="append", schema=dt.schema(), partition_by=dt.metadata().partition_columns or None,
+                commit_properties=CommitProperties(
+                    app_transactions=[Transaction(app_id, v)],
+                    custom_metadata={"replayedFrom": f"{loc.name} epoch {epoch} version {v}"}),
+            )
+            result.applied.append(v)
+            log.warning("quarantine.replayed table=%s epoch=%d version=%d primary=%s files=%d", table_name, epoch, v,
+                        topology.primary, len(adds), extra={"table": table_name, "epoch": epoch, "version": v})
+    if not dry_run:
+        result.primary_head = DeltaTable(uri, storage_options=options).version()
+    return result

@@ -1,0 +1,136 @@
+"""The ReplicationTopology record: defaults, ETag-guarded flips, concurrent promotes, bad input,
+tagged replica writes and the quarantine staying outside retention's reach."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from shared import failpoints
+from shared.config.parse import parse_config
+from shared.errors import PromotionRefused, TopologyConflict
+from shared.failover.promote import PROMOTE_FLIPPING, promote
+from shared.failover.rejoin import quarantine_root
+from shared.maintenance.retention import apply_replica_retention
+from shared.runtime import ReplicationRuntime
+from shared.storage.clients import CLIENT_REQUEST_ID_PREFIX
+from tests.support.failover import deliver_new, failover_lake
+from tests.support.lake import batch
+
+
+@pytest.fixture
+def flake(azurite, request):
+    lake = failover_lake(azurite, request.node.name)
+    lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+    lake.write(batch(5, 5), partition_by=["region"])
+    deliver_new(lake, "eastus", set())
+    yield lake
+    failpoints.disarm_all()
+    lake.close()
+
+
+def test_without_a_row_the_configured_source_is_primary_at_epoch_zero(flake):
+    topology = flake.runtime.topology(flake.table_name)
+    assert (topology.primary, topology.epoch, topology.etag) == ("eastus", 0, None)
+    assert flake.runtime.replicator(flake.table_name).replicas.keys() == {"westeu", "seasia"}
+
+
+def test_a_flip_from_a_stale_read_is_refused(flake):
+    store = flake.runtime.topology_store()
+    stale = flake.runtime.topology(flake.table_name)
+    won = store.flip(stale, "westeu", 1)
+    assert (won.primary, won.epoch, won.previous_primary) == ("westeu", 1, "eastus")
+    with pytest.raises(TopologyConflict, match="lost a race"):
+        store.flip(stale, "seasia", 1)
+    again = flake.runtime.topology(flake.table_name)
+    with pytest.raises(TopologyConflict):
+        store.flip(stale, "seasia", 1)
+    assert flake.runtime.topology(flake.table_name) == again
+    # A flip from the current row succeeds (epoch 2) and the replicator follows it.
+    second = store.flip(again, "seasia", 1)
+    assert second.epoch == 2
+    assert flake.runtime.replicator(flake.table_name).replicas.keys() == {"eastus", "westeu"}
+
+
+def test_two_concurrent_promotes_exactly_one_wins(flake):
+    barrier = threading.Barrier(2, timeout=30)
+    failpoints.arm_each(PROMOTE_FLIPPING, barrier.wait)  # both have read epoch 0 before either flips
+    # Each operator runs their own process: separate runtimes, the same topology table.
+    runtimes = [ReplicationRuntime(parse_config(flake.config_doc), flake.environ) for _ in range(2)]
+    outcomes: dict[str, object] = {}
+
+    def run(runtime, to):
+        try:
+            outcomes[to] = promote(runtime, flake.table_name, to, force=True)
+        except TopologyConflict as err:
+            outcomes[to] = err
+
+    threads = [threading.Thread(target=run, args=(r, to)) for r, to in zip(runtimes, ("westeu", "seasia"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in runtimes:
+        r.close()
+    winners = [to for to, o in outcomes.items() if not isinstance(o, Exception)]
+    losers = [o for o in outcomes.values() if isinstance(o, TopologyConflict)]
+    assert len(winners) == 1 and len(losers) == 1
+    assert "another promote won" in str(losers[0]) and "Nothing was changed" in str(losers[0])
+    topology = flake.runtime.topology(flake.table_name)
+    assert (topology.primary, topology.epoch) == (winners[0], 1)
+
+
+@pytest.mark.parametrize("to, message", [("nowhere", "has no location 'nowhere'"),
+                                         ("eastus", "already the primary")])
+def test_promote_to_a_bad_location_says_why_and_changes_nothing(flake, to, message):
+    with pytest.raises(PromotionRefused, match=message):
+        promote(flake.runtime, flake.table_name, to, force=True)
+    assert flake.runtime.topology(flake.table_name).epoch == 0
+
+
+def test_planned_promote_refuses_when_the_location_cannot_catch_up_in_time(flake):
+    flake.write(batch(10, 5), partition_by=["region"])  # westeu lacks it; no time to copy
+    with pytest.raises(PromotionRefused, match="after waiting 0s; stop the writers"):
+        promote(flake.runtime, flake.table_name, "westeu", timeout=0)
+    assert flake.runtime.topology(flake.table_name).epoch == 0
+
+
+class HeaderLog:
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, request) -> None:
+        http = request.http_request
+        if http.method == "PUT":
+            with self._lock:
+                self.writes.append((http.url.split("?")[0], http.headers.get("x-ms-client-request-id", "")))
+
+
+def test_replica_writes_carry_the_tagged_client_request_id(flake):
+    log = HeaderLog()
+    runtime = ReplicationRuntime(parse_config(flake.config_doc), flake.environ, counter=log)
+    try:
+        flake.write(batch(10, 5), partition_by=["region"])
+        runtime.replicator(flake.table_name).replicate(None)
+    finally:
+        runtime.close()
+    commit_puts = [w for w in log.writes if w[0].endswith(f"_delta_log/{2:020d}.json")]
+    assert len(commit_puts) == 2  # one per replica
+    assert log.writes and all(rid.startswith(CLIENT_REQUEST_ID_PREFIX) for _, rid in log.writes)
+
+
+def test_retention_never_lists_or_deletes_the_quarantine(flake):
+    table = flake.runtime.config.table(flake.table_name)
+    westeu = table.location("westeu")
+    root = quarantine_root(westeu, 1)
+    assert not root.startswith(westeu.path + "/")  # outside the table root
+    blob = flake.clients["westeu"].get_blob_client(flake.container, f"{root}/_delta_log/{9:020d}.json")
+    blob.upload_blob(b"{}\n")
+    orphan = flake.clients["westeu"].get_blob_client(flake.container, f"{root}/region=x/part-old.parquet")
+    orphan.upload_blob(b"x" * 10)
+    replicator = flake.runtime.replicator(flake.table_name)
+    assert not any("_quarantine" in e.name for e in replicator.replicas["westeu"].list_files())
+    apply_replica_retention(replicator, "westeu")
+    assert blob.exists() and orphan.exists()
