@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from shared import failpoints
-from shared.delta.source_log import SourceLog
-from shared.errors import PromotionRefused, ReplicaUnreachable, ReplicationError
-from shared.failover.topology import Topology
 from shared.delta.head import find_latest_version, find_source_head
+from shared.delta.source_log import SourceLog
+from shared.errors import PromotionRefused, ReplicationError, ReplicaUnreachable
+from shared.failover.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,15 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
 from shared import failpoints
-from shared.delta.log import LAST_CHECKPOINT, LOG_DIR, LogFileKind, TableRoot, parse_commit, parse_log_name, \
-    referenced_files
+from shared.delta.log import (
+    LAST_CHECKPOINT,
+    LOG_DIR,
+    LogFileKind,
+    TableRoot,
+    parse_commit,
+    parse_log_name,
+    referenced_files,
+)
 from shared.errors import RejoinRefused, ReplicationError
 from shared.storage.blob_table_store import BlobTableStore
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from urllib.parse import unquote
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from shared.delta.log import parse_commit
 from shared.errors import ReplicationError

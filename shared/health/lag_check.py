@@ -6,9 +6,9 @@ import logging
 from datetime import datetime
 
 from shared.cost.transfer import record_replicated_bytes
+from shared.errors import ReplicationError
 from shared.health import metrics
 from shared.health.alerts import AlertPublisher, alert_state, transition_event
-from shared.errors import ReplicationError
 from shared.health.lag import ReplicaHealth, ReplicaLag, measure_table
 from shared.health.status import ALERT_OK, StatusStore
 from shared.maintenance.retention import purge_after_vacuum
@@ -38,7 +38,7 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
         outcomes = replicator.replicate(None) if heal else []
         record_replicated_bytes(runtime, table.name, outcomes)
         if any(o.vacuum_versions for o in outcomes):
-            purge_after_vacuum(runtime, table.name, outcomes, status=status)  # a VACUUM whose event was lost
+            purge_after_vacuum(replicator, outcomes, status=status)  # a VACUUM whose event was lost
         lags = measure_table(replicator, outcomes=outcomes, now=now,
                              previous_versions={k: v.replica_version for k, v in previous.items()})
         for lag in lags:

@@ -129,7 +129,7 @@ def apply_replica_retention(replicator, name: str, *, now: datetime | None = Non
     now = now or datetime.now(timezone.utc)
     table = replicator.table
     store = replicator.replicas[name]
-    policy = table.replica(name).retention
+    policy = table.location(name).retention  # a former primary rejoined as a replica mirrors
     dry = dry_run if dry_run is not None else bool(policy and policy.dry_run)
     result = RetentionResult(table.name, name, dry_run=dry)
     fields = {"table": table.name, "replica": name, "dry_run": dry}
@@ -197,17 +197,18 @@ def _remove_legacy_lease(store, paths: list[str], table: str, replica: str) -> N
              extra={"table": table, "replica": replica})
 
 
-def purge_after_vacuum(runtime, table_name: str, outcomes, *, status=None) -> list[RetentionResult]:
+def purge_after_vacuum(replicator, outcomes, *, status=None) -> list[RetentionResult]:
     """Run retention on every replica that just received a `VACUUM END` commit.
 
-    Called right after replication, so a purge on the primary reaches each region within
-    seconds of its event. A failure is logged and left to the daily timer; it never fails
-    the replication that triggered it.
+    Called right after replication, with the replicator that replicated (the one from the
+    current primary), so a purge on the primary reaches each region within seconds of its
+    event. A failure is logged and left to the daily timer; it never fails the replication
+    that triggered it.
     """
     results = []
-    replicator = runtime.replicators[table_name]
+    table_name = replicator.table.name
     for outcome in outcomes:
-        if not outcome.vacuum_versions:
+        if not outcome.vacuum_versions or outcome.replica not in replicator.replicas:
             continue
         try:
             result = apply_replica_retention(replicator, outcome.replica)
@@ -231,11 +232,16 @@ def record_purge(status, result: RetentionResult) -> None:
 
 
 def apply_retention(runtime, *, now: datetime | None = None, status=None) -> list[RetentionResult]:
-    """Apply retention to every replica of every table, recording each in `status` when given."""
+    """Apply retention to every replica of every table, recording each in `status` when given.
+
+    Follows the topology: after a failover the new primary is the reference and is never
+    treated as a replica (its files are the ones every replica mirrors).
+    """
     results = []
     for t in runtime.config.tables:
-        for r in t.replicas:
-            result = apply_replica_retention(runtime.replicators[t.name], r.name, now=now)
+        replicator = runtime.replicator(t.name)
+        for name in replicator.replicas:
+            result = apply_replica_retention(replicator, name, now=now)
             if status is not None:
                 record_purge(status, result)
             results.append(result)

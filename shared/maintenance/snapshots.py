@@ -62,9 +62,10 @@ def snapshot_files(state) -> list[ReferencedFile]:
 def maintain_table_snapshots(runtime, table, *, now: datetime | None = None) -> SnapshotResult:
     """Remove interrupted snapshots, take one at the replica's current version, keep the newest keep_last."""
     config = table.snapshots
-    replicator = runtime.replicators[table.name]
-    replica_store = replicator.replicas[config.replica]
-    replica_loc = table.replica(config.replica)
+    replicator = runtime.replicator(table.name)  # follows the topology
+    replica_loc = table.location(config.replica)
+    # After a failover the snapshot location may be the primary itself: snapshot it there.
+    replica_store = replicator.replicas.get(config.replica) or runtime.store(table, replica_loc)
     from shared.storage.blob_table_store import BlobTableStore
 
     root = BlobTableStore(runtime.clients[replica_loc.connection], config.container, config.path,

@@ -85,7 +85,7 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
     record_replicated_bytes(runtime, ref.table.name, outcomes)
     if any(o.vacuum_versions for o in outcomes):
         # A VACUUM on the primary: purge the same files from those replicas now, not at the daily timer.
-        purge_after_vacuum(runtime, ref.table.name, outcomes, status=_status_or_none(runtime))
+        purge_after_vacuum(replicator, outcomes, status=_status_or_none(runtime))
     result = EventResult(EventDisposition.HANDLED, table=ref.table.name, log_file=ref.log_file.name,
                          version=ref.version, outcomes=outcomes)
     states = ",".join(f"{o.replica}:{o.state.value}" for o in outcomes)

@@ -15,11 +15,24 @@ import pytest
 
 from devtools.azurite import AzuriteProcess
 from shared.failover import rejoin as rejoin_module
-from shared.failover.rejoin import REJOIN_CATCH_UP, REJOIN_COPIED, REJOIN_REMOVED, rejoin
 from shared.failover.promote import promote
+from shared.failover.rejoin import (
+    REJOIN_CATCH_UP,
+    REJOIN_COPIED,
+    REJOIN_REMOVED,
+    rejoin,
+)
+from shared.maintenance.retention import apply_retention
 from shared.replication.commit_events import EventDisposition
 from tests.scenarios.test_crash_injection import REPO
-from tests.support.failover import LineageReader, deliver_new, events_of, failover_lake, version_rows, write_to
+from tests.support.failover import (
+    LineageReader,
+    deliver_new,
+    events_of,
+    failover_lake,
+    version_rows,
+    write_to,
+)
 from tests.support.lake import batch, rows
 from tests.test_cli import run_cli
 
@@ -80,6 +93,12 @@ def test_planned_switchover_loses_nothing_and_fences_the_old_primary(azurite, re
         assert len(warnings) == 1 and warnings[0].startswith(f"event.fenced table={name} location=eastus "
                                                                "primary=westeu epoch=1 ")
         assert lake.blobs("seasia") == before
+        # Retention follows the topology: westeu (now primary) is the reference, never a replica;
+        # eastus (now a replica, no retention block of its own) mirrors it.
+        westeu_before = lake.blobs("westeu")
+        results = apply_retention(lake.runtime)
+        assert sorted(r.replica for r in results) == ["eastus", "seasia"]
+        assert lake.blobs("westeu") == westeu_before
     finally:
         lake.close()
 
