@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -33,6 +34,8 @@ def watch(args, status_command) -> int:
     """Render `status_command(args)` every `args.interval` seconds until Ctrl-C; returns 0."""
     if args.interval <= 0:
         raise SystemExit("error: --interval must be a positive number of seconds")
+    # Inherited as ignored when started in the background without job control; Ctrl-C must stop it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     tty = sys.stdout.isatty()
     if tty:
         sys.stdout.write("\x1b[2J")  # once: later frames overwrite in place

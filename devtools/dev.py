@@ -244,6 +244,9 @@ def run(opts: DevOptions) -> int:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C: the finally stops the children
+    # Started in the background by a shell without job control (`nohup ... &`, some CI runners),
+    # Python inherits SIGINT as ignored and would never see Ctrl-C or `kill -INT`: take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started: dict[str, subprocess.Popen] = {}
     state_path = state_dir / "dev.json"
     try:
