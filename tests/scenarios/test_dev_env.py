@@ -37,6 +37,12 @@ def clean_env() -> dict:
             if not k.endswith("_STORAGE") and not k.startswith("REPLICATION_CONFIG") and k != "AzureWebJobsStorage"}
 
 
+def ignore_sigint() -> None:
+    """Start children as a shell without job control would (`nohup ... &`, some CI runners): with
+    SIGINT ignored. Ctrl-C and `kill -INT` must still stop them, so they must take SIGINT back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class DevRun:
     """One `dev` process; its output lines are collected by a thread and awaited with deadlines."""
 
@@ -45,7 +51,8 @@ class DevRun:
                 "--blob-port", str(ports["blob"]), "--queue-port", str(ports["queue"]),
                 "--table-port", str(ports["table"]), "--functions-url", f"http://127.0.0.1:{ports['functions']}"]
         self.proc = subprocess.Popen(command + args, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+                                     stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                                     preexec_fn=ignore_sigint)
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -275,7 +282,8 @@ def test_status_watch_redraws_in_place_in_a_terminal(lake):
     env["REPLICATION_CONFIG"] = json.dumps(lake.config_doc)
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "cli", "status", "--watch", "--interval", "0.2"], cwd=REPO,
-                            env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+                            env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=ignore_sigint)
     os.close(slave)
     buffer: list[str] = []
     try:
