@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 
 import pytest
 
@@ -143,3 +144,30 @@ def test_history_setting_is_validated_with_its_field_path():
         with pytest.raises(ConfigError) as info:
             parse_config(bad)
         assert "tables[0].history: expected one of ['full', 'from_checkpoint']" in str(info.value)
+
+
+def test_history_the_primary_vacuumed_blocks_the_backfill_without_failing_the_replica(azurite, request, caplog):
+    lake = Lake(azurite, request.node.name, table_overrides={"replicas": [
+        {"name": "westeu", "connection": "WESTEU_STORAGE", "container": "placeholder", "path": "delta/sales"}]})
+    lake.config_doc["tables"][0]["replicas"][0]["container"] = lake.container
+    try:
+        build(lake)
+        lake.write(batch(5000, 5), mode="overwrite")  # v13 removes every earlier file
+        time.sleep(1.1)  # VACUUM compares deletion timestamps with the clock
+        vacuumed = lake.table().vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+        assert len(vacuumed) == 13
+        lake.table().create_checkpoint()
+        head = lake.head("eastus")
+        caplog.set_level("WARNING")
+        (outcome,) = lake.runtime.replicators["sales"].replicate(None)
+        # Readable at the head from the newest checkpoint; the vacuumed history cannot be copied.
+        assert outcome.error is None and outcome.head_after == head == lake.head("westeu")
+        assert outcome.history is not None and outcome.history.low == 0
+        assert_same_rows(lake, "westeu", head)
+        blocked = [r.getMessage() for r in caplog.records if r.getMessage().startswith("history.backfill_blocked")]
+        assert len(blocked) == 1 and "table=sales replica=westeu versions=0.." in blocked[0]
+        # The next catch-up (a lag check) tries again and again reports no error.
+        (again,) = lake.runtime.replicators["sales"].replicate(None)
+        assert again.error is None and again.history is not None
+    finally:
+        lake.close()

@@ -32,7 +32,7 @@ from shared.delta.log import (
     version_prefix,
 )
 from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
-from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError
+from shared.errors import CommitNotFound, DataFileMissing, ReplicaDiverged, ReplicationError
 from shared.health import metrics
 from shared.replication.history import MissingHistory, missing_history, primary_bottom
 from shared.replication.outcome import (
@@ -345,15 +345,23 @@ class TableReplicator:
             return None
         low, high = missing.low, min(missing.high, missing.low + BACKFILL_STEP_VERSIONS - 1)
         bottom = primary_bottom(source)
-        if bottom is not None and low == bottom[0] and bottom[1] is not None:
-            # The primary's log starts at a checkpoint (older versions cleaned up): start there.
-            self._seed(name, store, source, low, bottom[1], outcome)
-            outcome.backfilled += 1
-            low += 1
-        if low <= high:
-            entries = source.entries_for(low, high)
-            written = self._write_versions(name, store, source, low, high, entries, outcome)
-            outcome.backfilled += written - low + 1
+        try:
+            if bottom is not None and low == bottom[0] and bottom[1] is not None:
+                # The primary's log starts at a checkpoint (older versions cleaned up): start there.
+                self._seed(name, store, source, low, bottom[1], outcome)
+                outcome.backfilled += 1
+                low += 1
+            if low <= high:
+                entries = source.entries_for(low, high)
+                written = self._write_versions(name, store, source, low, high, entries, outcome)
+                outcome.backfilled += written - low + 1
+        except DataFileMissing as err:
+            # The primary vacuumed files these old versions need: they cannot be read on the
+            # primary either. The replica is current at its head, so this is no replica error;
+            # the history stays reported as missing and the next catch-up tries again.
+            log.warning("history.backfill_blocked table=%s replica=%s versions=%d..%d error=%s", self.table.name,
+                        name, missing.low, high, err, extra={"table": self.table.name, "replica": name})
+            return missing_history(store, source, head)
         log.info("history.backfilled table=%s replica=%s versions=%d..%d", self.table.name, name, missing.low, high,
                  extra={"table": self.table.name, "replica": name})
         if high < missing.high:
