@@ -102,7 +102,7 @@ class ReplicationRuntime:
         if self._topology is None:
             from shared.failover.topology import TopologyStore
 
-            self._topology = TopologyStore(self._table_service())
+            self._topology = TopologyStore(self.table_service())
         return self._topology
 
     def topology(self, table_name: str):

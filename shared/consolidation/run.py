@@ -20,7 +20,6 @@ from deltalake import DeltaTable
 
 from shared import failpoints
 from shared.config.model import ConsolidationConfig, ConsolidationSource
-from shared.consolidation.locations import deltalake_options, deltalake_uri
 from shared.consolidation.merge import TargetTable
 from shared.consolidation.reader import (
     CommitRows,
@@ -39,6 +38,7 @@ from shared.health.alerts import (
     CONSOLIDATION_SOURCE_RECOVERED,
     CONSOLIDATION_SOURCE_UNREACHABLE,
 )
+from shared.reads.locations import deltalake_options, deltalake_uri
 from shared.storage.blob_table_store import BlobTableStore
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from azure.data.tables import TableServiceClient, UpdateMode
 
 from shared.config.model import TableConfig
 from shared.errors import ReplicaUnreachable, TopologyConflict
+from shared.storage.host_table import HostTable
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def default_topology(table: TableConfig) -> Topology:
     return Topology(table.name, table.source.name)
 
 
-class TopologyStore:
+class TopologyStore(HostTable):
     """Rows of the ReplicationTopology table.
 
     Args:
@@ -64,8 +65,7 @@ class TopologyStore:
     """
 
     def __init__(self, service: TableServiceClient, *, table_name: str = TOPOLOGY_TABLE) -> None:
-        self._service = service
-        self._table = service.get_table_client(table_name)
+        super().__init__(service, table_name)
 
     def get(self, table: TableConfig) -> Topology:
         """The table's current topology (one point read); the configured default without a row.
@@ -105,10 +105,7 @@ class TopologyStore:
                   "PreviousPrimary": current.primary}
         try:
             if current.etag is None:
-                try:
-                    self._service.create_table(self._table.table_name)
-                except ResourceExistsError:
-                    pass
+                self._ensure_table()
                 metadata = self._table.create_entity(entity)
             else:
                 metadata = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=current.etag,
