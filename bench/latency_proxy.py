@@ -19,6 +19,39 @@ import time
 log = logging.getLogger(__name__)
 
 
+class ProxyProcess:
+    """The proxy in a process of its own (as the network is: its CPU and GIL are not the
+    measured process's). `port` is where clients connect. Stops only the process it started."""
+
+    def __init__(self, target_port: int, rtt_ms: float) -> None:
+        self.target_port, self.rtt_ms = target_port, rtt_ms
+        self.port: int | None = None
+        self._process = None
+
+    def __enter__(self) -> "ProxyProcess":
+        import subprocess
+        import sys
+
+        self._process = subprocess.Popen([sys.executable, "-m", "bench.latency_proxy", str(self.target_port),
+                                          str(self.rtt_ms)], stdout=subprocess.PIPE, text=True)
+        line = self._process.stdout.readline()
+        if not line.strip().isdigit():
+            self._process.kill()
+            self._process.wait()
+            raise RuntimeError(f"latency proxy did not start (printed {line!r})")
+        self.port = int(line)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except Exception:  # noqa: BLE001 - it must not outlive the benchmark
+            self._process.kill()
+            self._process.wait()
+        self._process.stdout.close()
+
+
 class LatencyProxy:
     """In-process proxy thread; `port` is where clients connect, `rtt_ms` the injected round trip."""
 
@@ -104,15 +137,19 @@ class LatencyProxy:
 
 def main() -> None:
     """python -m bench.latency_proxy <target_port> <rtt_ms>: prints the listening port, runs until killed."""
+    import signal
     import sys
 
     proxy = LatencyProxy(int(sys.argv[1]), float(sys.argv[2]))
     proxy.start()
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     print(proxy.port, flush=True)
     try:
-        threading.Event().wait()
+        stopped.wait()
     except KeyboardInterrupt:
-        proxy.stop()
+        pass
+    proxy.stop()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from azure.storage.blob import (
 )
 from deltalake import DeltaTable
 
-from bench.latency_proxy import LatencyProxy
+from bench.latency_proxy import ProxyProcess
 from devtools.azurite import AzuriteProcess, account_key
 from devtools.events import blob_created_event
 from shared.config.parse import parse_config
@@ -83,8 +83,29 @@ class SyntheticTable:
             self.cc.upload_blob(f"{self.path}/_delta_log/{self.version:020d}.json", data, overwrite=False)
             return self.version
 
+    def compact(self) -> None:
+        """OPTIMIZE (deltalake): the live files become one; the old ones stay as history."""
+        with self.lock:
+            table = DeltaTable(self.uri, storage_options=self.options)
+            table.optimize.compact()
+            table.update_incremental()
+            self.version = table.version()
+
     def checkpoint(self) -> None:
         DeltaTable(self.uri, storage_options=self.options).create_checkpoint()
+
+
+def build_table(primary: AzuriteProcess, container: str, versions: int, compact_every: int | None) -> SyntheticTable:
+    """A `versions`-commit table with a checkpoint at its head: appends, and an OPTIMIZE every
+    `compact_every` commits when given (a streaming table's usual shape: history >> live data)."""
+    table = SyntheticTable(primary, container)
+    while table.version + 1 < versions:
+        if compact_every and (table.version + 1) % compact_every == 0:
+            table.compact()
+        else:
+            table.commit()
+    table.checkpoint()
+    return table
 
 
 def _rclone_remote_env(env: dict, name: str, endpoint: str, account: str, container: str) -> None:
@@ -107,14 +128,14 @@ def rclone(verb: str, primary: AzuriteProcess, src_container: str, proxy_port: i
     return time.perf_counter() - started
 
 
-def _runtime(primary: AzuriteProcess, proxy_port: int, tables: list[tuple], counter=None):
+def _runtime(primary: AzuriteProcess, replica_port: int, tables: list[tuple], counter=None):
     """tables: (name, primary container[, replica container])."""
     doc = {"tables": [{"name": t[0], "source": {"connection": "EASTUS_STORAGE", "container": t[1], "path": "t"},
                        "replicas": [{"name": "westeu", "connection": "WESTEU_STORAGE", "container": t[-1],
                                      "path": "t"}]} for t in tables]}
     return ReplicationRuntime(parse_config(doc), {"AzureWebJobsStorage": primary.connection_string("devstoreaccount1"),
                                                  "EASTUS_STORAGE": primary.connection_string("eastus"),
-                                                 "WESTEU_STORAGE": remote_connection(proxy_port, "westeu")},
+                                                 "WESTEU_STORAGE": remote_connection(replica_port, "westeu")},
                               counter=counter)
 
 
@@ -123,7 +144,7 @@ def measure_lag(primary: AzuriteProcess, replica: AzuriteProcess, rtt_ms: float,
     from bench.__main__ import Workload, floor_copy
 
     tag = f"lag{int(rtt_ms)}"
-    with LatencyProxy(replica.port, rtt_ms) as proxy:
+    with ProxyProcess(replica.port, rtt_ms) as proxy:
         remote = BlobServiceClient.from_connection_string(remote_connection(proxy.port, "westeu"))
         for c in (tag, f"{tag}floor", f"{tag}rclone"):
             remote.create_container(c)
@@ -150,16 +171,11 @@ def measure_lag(primary: AzuriteProcess, replica: AzuriteProcess, rtt_ms: float,
             "rclone_p50": statistics.median(sync), "rclone_p99": pct(sync, 0.99)}
 
 
-def measure_readable(primary: AzuriteProcess, replica: AzuriteProcess, rtt_ms: float, versions: int,
-                     table: SyntheticTable | None = None) -> tuple[dict, SyntheticTable]:
-    """A new replica of a `versions`-commit table with a checkpoint: readable, then backfilled."""
-    if table is None:
-        table = SyntheticTable(primary, f"ready{versions}")
-        while table.version + 1 < versions:
-            table.commit()
-        table.checkpoint()
+def measure_readable(primary: AzuriteProcess, replica: AzuriteProcess, rtt_ms: float,
+                     table: SyntheticTable, shape: str) -> dict:
+    """A new replica of `table` (with a checkpoint at its head): readable, then backfilled."""
     tag = f"r{int(rtt_ms)}x{uuid.uuid4().hex[:6]}"
-    with LatencyProxy(replica.port, rtt_ms) as proxy:
+    with ProxyProcess(replica.port, rtt_ms) as proxy:
         remote = BlobServiceClient.from_connection_string(remote_connection(proxy.port, "westeu"))
         remote.create_container(tag)
         remote.create_container(tag + "rc")
@@ -179,71 +195,96 @@ def measure_readable(primary: AzuriteProcess, replica: AzuriteProcess, rtt_ms: f
         backfill = time.perf_counter() - started - readable
         runtime.close()
         copy = rclone("copy", primary, table.container, proxy.port, tag + "rc")
-    return ({"rtt_ms": rtt_ms, "versions": table.version + 1, "readable_s": readable, "seeded_at": first.seeded,
-             "backfill_s": backfill, "backfill_steps": steps, "backfill_versions_per_s": (first.seeded or 0) / backfill,
-             "rclone_copy_s": copy, "rclone_versions_per_s": (table.version + 1) / copy}, table)
+    return {"rtt_ms": rtt_ms, "shape": shape, "versions": table.version + 1, "readable_s": readable,
+            "seeded_at": first.seeded,
+            "backfill_s": backfill, "backfill_steps": steps, "backfill_versions_per_s": (first.seeded or 0) / backfill,
+            "rclone_copy_s": copy, "rclone_versions_per_s": (table.version + 1) / copy,
+            "readable_vs_rclone": readable / copy}
+
+
+def _write_commits(spec: dict, out, seconds: float, rate: float, tables: int) -> None:
+    """The writers, in a process of their own (writers are other machines): one thread per table
+    at rate/tables commits/s, each commit's time (time.monotonic, system-wide) sent to `out`."""
+    client = BlobServiceClient.from_connection_string(spec["connection"])
+
+    def writer(i: int) -> None:
+        cc = client.get_container_client(spec["containers"][i])
+        version = spec["versions"][i]
+        interval = tables / rate
+        next_at = time.monotonic()
+        end = next_at + seconds
+        while time.monotonic() < end:
+            name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+            cc.upload_blob(f"t/{name}", spec["parquet"], overwrite=False)
+            version += 1
+            cc.upload_blob(f"t/_delta_log/{version:020d}.json", spec["template"].replace(spec["old_path"], name).encode(),
+                           overwrite=False)
+            out.put((i, version, time.monotonic()))
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(tables)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(None)
 
 
 def measure_throughput(primary: AzuriteProcess, replica: AzuriteProcess, rates: list[float], seconds: float,
                        tables: int = 4, workers: int = 8) -> list[dict]:
-    """Synthetic writers on `tables` tables at each total rate; events delivered by `workers` threads."""
+    """Synthetic writers (another process) on `tables` tables at each total rate; each event
+    delivered as it happens by `workers` threads of this process, the replica direct on loopback."""
+    import multiprocessing
+
     results = []
+    context = multiprocessing.get_context("spawn")
     for rate in rates:
         tag = f"tp{int(rate)}"
         synth = [SyntheticTable(primary, f"{tag}t{i}") for i in range(tables)]
         names = [(f"t{i}", s.container) for i, s in enumerate(synth)]
-        with LatencyProxy(replica.port, 0) as proxy:
-            runtime = _runtime(primary, proxy.port, names)
-            for name, _ in names:
-                runtime.replicators[name].replicate(None)  # the replicas start at the primary's head
-            events: queue.Queue = queue.Queue()
-            committed: dict = {}
-            done: dict = {}
-            lock = threading.Lock()
+        runtime = _runtime(primary, replica.port, names)
+        for name, _ in names:
+            runtime.replicators[name].replicate(None)  # the replicas start at the primary's head
+        events: queue.Queue = queue.Queue()
+        committed: dict = {}
+        done: dict = {}
+        lock = threading.Lock()
 
-            def worker() -> None:
-                while (item := events.get()) is not None:
-                    key, container, v = item
-                    handle_storage_event(runtime, blob_created_event("eastus", container, f"t/_delta_log/{v:020d}.json",
-                                                                     azurite_port=primary.port))
-                    with lock:
-                        done[key] = time.perf_counter()
-
-            writer_cpu = [0.0]
-
-            def writer(i: int) -> None:
-                interval = tables / rate
-                next_at = time.perf_counter()
-                end = next_at + seconds
-                cpu = time.thread_time()
-                while time.perf_counter() < end:
-                    v = synth[i].commit()
-                    committed[(i, v)] = time.perf_counter()
-                    events.put(((i, v), synth[i].container, v))
-                    next_at += interval
-                    time.sleep(max(0.0, next_at - time.perf_counter()))
+        def worker() -> None:
+            while (item := events.get()) is not None:
+                key, container, v = item
+                handle_storage_event(runtime, blob_created_event("eastus", container, f"t/_delta_log/{v:020d}.json",
+                                                                 azurite_port=primary.port))
                 with lock:
-                    writer_cpu[0] += time.thread_time() - cpu
+                    done[key] = time.monotonic()
 
-            threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
-            for t in threads:
-                t.start()
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            cpu_before = usage.ru_utime + usage.ru_stime
-            started = time.perf_counter()
-            writers = [threading.Thread(target=writer, args=(i,)) for i in range(tables)]
-            for t in writers:
-                t.start()
-            for t in writers:
-                t.join()
-            written = time.perf_counter() - started
-            for _ in threads:
-                events.put(None)
-            for t in threads:
-                t.join()
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            cpu = usage.ru_utime + usage.ru_stime - cpu_before - writer_cpu[0]
-            runtime.close()
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        spec = {"connection": primary.connection_string("eastus"), "containers": [s.container for s in synth],
+                "versions": [s.version for s in synth], "template": synth[0].template, "old_path": synth[0].old_path,
+                "parquet": synth[0].parquet}
+        out = context.Queue()
+        writers = context.Process(target=_write_commits, args=(spec, out, seconds, rate, tables))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = usage.ru_utime + usage.ru_stime
+        writers.start()
+        started = None
+        while (item := out.get()) is not None:
+            i, v, at = item
+            started = started or at
+            committed[(i, v)] = at
+            events.put(((i, v), synth[i].container, v))
+        written = time.monotonic() - started
+        writers.join()
+        for _ in threads:
+            events.put(None)
+        for t in threads:
+            t.join()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime - cpu_before
+        runtime.close()
         lags = [done[k] - committed[k] for k in committed if k in done]
         missed = [k for k in committed if k not in done]
         row = {"target_rate": rate, "achieved_rate": len(committed) / written, "commits": len(committed),
@@ -262,11 +303,12 @@ def run(*, quick: bool) -> dict:
             row = measure_lag(primary, replica, rtt, 8 if quick else 30)
             print("lag:", json.dumps(row), flush=True)
             out["lag"].append(row)
-        table = None
-        for rtt in (0, 30):
-            row, table = measure_readable(primary, replica, rtt, 300 if quick else 1000, table)
-            print("readable:", json.dumps(row), flush=True)
-            out["readable"].append(row)
+        for shape, compact_every in (("compacted", 50), ("append-only", None)):
+            table = build_table(primary, f"ready{shape[0]}", 1000, compact_every)
+            for rtt in (0, 30):
+                row = measure_readable(primary, replica, rtt, table, shape)
+                print("readable:", json.dumps(row), flush=True)
+                out["readable"].append(row)
         out["throughput"] = measure_throughput(primary, replica, [25, 50] if quick else [25, 50, 75, 100],
                                                8 if quick else 30)
     return out

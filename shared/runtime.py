@@ -6,6 +6,7 @@ not (each invocation reads positions from the replicas themselves).
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +18,12 @@ from shared.config.settings import (
     resolve_connection,
     resolve_host_storage,
     resolve_status_connection,
+    transport_options,
 )
 from shared.delta.log import TableRoot
 from shared.errors import ConfigError
 from shared.replication.replicator import TableReplicator
+from shared.replication.sequencer import Sequencer
 from shared.storage.blob_table_store import BlobTableStore
 from shared.storage.clients import RequestCounter, build_blob_service_client
 from shared.storage.lease import LeaseStore
@@ -43,12 +46,14 @@ class ReplicationRuntime:
     """
 
     def __init__(self, config: ReplicationConfig, environ: Mapping[str, str] | None = None, *,
-                 counter: RequestCounter | None = None) -> None:
+                 counter: RequestCounter | None = None, transfer_flush_seconds: float | None = None) -> None:
         self.config = config
+        self.transfer_flush_seconds = transfer_flush_seconds
         self.counter = counter
         self._environ = environ
         self._status = None
         self._transfer = None
+        self._transfer_recorder = None
         self._shared_table_service = None
         self._consolidation_status = None
         self._alerts = None
@@ -82,6 +87,7 @@ class ReplicationRuntime:
         self.source_accounts = {name: s.account_name for name, s in self.settings.items()}
         self._file_pool = ThreadPoolExecutor(max_workers=FILE_COPY_WORKERS, thread_name_prefix="copy")
         self._task_pool = ThreadPoolExecutor(max_workers=TASK_WORKERS, thread_name_prefix="replica")
+        self._sequencer = Sequencer()
         self.replicators = {t.name: self._build_replicator(t) for t in config.tables}
 
     def store(self, table: TableConfig, location) -> BlobTableStore:
@@ -95,7 +101,7 @@ class ReplicationRuntime:
         replicas = {r.name: self.store(table, r) for r in table.locations if r.name != source_loc.name}
         root = TableRoot(self.settings[source_loc.connection].account_name, source_loc.container, source_loc.path)
         return TableReplicator(table, source, replicas, root, self._file_pool, self._task_pool,
-                               leases=self.lease_store)
+                               leases=self.lease_store, sequencer=self._sequencer)
 
     def topology_store(self):
         """The ReplicationTopology table (STATUS_CONNECTION), built on first use."""
@@ -127,14 +133,23 @@ class ReplicationRuntime:
         """The replicator from the table's current primary (`topology`, else read now) to every
         other location. Replicators (stores and clients) are reused; the topology is not."""
         topology = topology or self.topology(table_name)
+        return self.replicator_from(table_name, topology.primary)
+
+    def replicator_from(self, table_name: str, primary: str) -> TableReplicator:
+        """The replicator that treats location `primary` as the primary (built once, reused).
+        Only what the topology names may write; others serve reads made before it is known."""
         table = self.config.table(table_name)
-        if topology.primary == table.source.name:
+        if primary == table.source.name:
             return self.replicators[table_name]
-        key = (table_name, topology.primary)
+        key = (table_name, primary)
         with self._lock:
             if key not in self._by_primary:
-                self._by_primary[key] = self._build_replicator(table, topology.primary)
+                self._by_primary[key] = self._build_replicator(table, primary)
             return self._by_primary[key]
+
+    def submit(self, fn, *args):
+        """Run `fn` on the runtime's task pool (for callers outside it: never from a pool task)."""
+        return self._task_pool.submit(fn, *args)
 
     def lease_store(self) -> LeaseStore:
         """Leases in the function app's storage (STATUS_CONNECTION / AzureWebJobsStorage), built on first use.
@@ -154,6 +169,7 @@ class ReplicationRuntime:
         from azure.data.tables import TableServiceClient
 
         settings = resolve_status_connection(self._environ)
+        options = {**transport_options(self._environ), **options}
         if settings.connection_string:
             return TableServiceClient.from_connection_string(settings.connection_string, **options)
         from azure.identity import DefaultAzureCredential
@@ -188,6 +204,21 @@ class ReplicationRuntime:
                                                                connection_timeout=5, read_timeout=10))
         return self._transfer
 
+    def transfer_recorder(self):
+        """Replicated bytes, batched into the ReplicationTransfer rows (flushed at close)."""
+        with self._lock:
+            if self._transfer_recorder is None:
+                from shared.cost.transfer import TransferRecorder
+
+                options = {} if self.transfer_flush_seconds is None else {"flush_seconds": self.transfer_flush_seconds}
+                self._transfer_recorder = TransferRecorder(self.transfer_store, **options)
+            return self._transfer_recorder
+
+    def flush_transfers(self) -> None:
+        """Write the replicated bytes the recorder holds now (tests, shutdown)."""
+        if self._transfer_recorder is not None:
+            self._transfer_recorder.flush()
+
     def consolidation_status(self):
         """The ConsolidationStatus table (STATUS_CONNECTION), built on first use."""
         if self._consolidation_status is None:
@@ -219,6 +250,8 @@ class ReplicationRuntime:
     def close(self) -> None:
         self._file_pool.shutdown(wait=True)
         self._task_pool.shutdown(wait=True)
+        if self._transfer_recorder is not None:
+            self._transfer_recorder.close()
         for client in self.clients.values():
             client.close()
         if self._host_client is not None:
@@ -234,6 +267,8 @@ def get_runtime() -> ReplicationRuntime:
     with _runtime_lock:
         if _runtime is None:
             _runtime = ReplicationRuntime(load_config())
+            # The host never closes it; what the transfer recorder holds is written on the way out.
+            atexit.register(_runtime.flush_transfers)
         return _runtime
 
 

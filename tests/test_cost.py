@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 
 import pytest
@@ -77,6 +78,7 @@ def test_cost_json_measures_each_location_snapshots_and_replicated_bytes(lake, t
         for o in r.outcomes:
             by_events[o.replica] += o.bytes + o.log_bytes
     assert by_events["westeu"] > 0 and by_events["seasia"] > 0
+    lake.runtime.flush_transfers()  # batched in memory; written every few seconds and at close
     transfer = TransferStore(TableServiceClient.from_connection_string(lake.environ["AzureWebJobsStorage"]))
     recorded = {d.replica: d.total_bytes for d in transfer.list_days(table_name)}
     assert recorded == by_events  # the record is exactly what the outcomes counted
@@ -194,6 +196,40 @@ def test_bad_cost_arguments_are_refused(args, message):
     assert result.returncode == 2 and message in result.stderr and result.stdout == ""
 
 
+def test_replicated_bytes_are_written_in_batches_on_a_timer_and_at_close(lake):
+    table_name = "batch" + uuid.uuid4().hex[:10]  # its own rows in the shared ReplicationTransfer table
+    lake.config_doc["tables"][0]["name"] = table_name
+    lake.runtime.transfer_flush_seconds = 3600  # no timer flush during the first part
+    transfer = TransferStore(TableServiceClient.from_connection_string(lake.environ["AzureWebJobsStorage"]))
+    lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+    for i in range(3):
+        lake.write(batch(10 + i * 5, 5), partition_by=["region"])
+    results = lake.deliver_all(lake.events())
+    expected = {"westeu": [0, 0], "seasia": [0, 0]}
+    for r in results:
+        for o in r.outcomes:
+            expected[o.replica][0] += o.bytes + o.log_bytes
+            expected[o.replica][1] += o.files
+    assert [r.disposition for r in results].count(EventDisposition.HANDLED) == 4
+    assert expected["westeu"][0] > 0 and expected["seasia"][1] >= 4
+    assert transfer.list_days(table_name) == []  # four commits, no Table write yet
+    lake.runtime.close()  # the runtime's close writes what it holds
+    assert {d.replica: [d.total_bytes, d.files] for d in transfer.list_days(table_name)} == expected
+
+    # A host never closes its runtime: the recorder's own thread writes within flush_seconds.
+    lake._runtime = None
+    lake.runtime.transfer_flush_seconds = 0.05
+    lake.write(batch(40, 5), partition_by=["region"])
+    (result,) = lake.deliver_all(lake.events(start_after=f"{lake.table_path}/_delta_log/{3:020d}.json"))
+    for o in result.outcomes:
+        expected[o.replica][0] += o.bytes + o.log_bytes
+        expected[o.replica][1] += o.files
+    deadline = time.monotonic() + 10
+    while (recorded := {d.replica: [d.total_bytes, d.files] for d in transfer.list_days(table_name)}) != expected:
+        assert time.monotonic() < deadline, f"the timer never wrote the bytes: {recorded} != {expected}"
+        time.sleep(0.05)
+
+
 def test_concurrent_transfer_adds_are_all_counted(azurite):
     service = TableServiceClient.from_connection_string(azurite.connection_string("devstoreaccount1"))
     store = TransferStore(service, table_name="Transfer" + uuid.uuid4().hex[:12])
@@ -244,6 +280,7 @@ def test_a_failing_transfer_record_never_fails_replication(azurite, request, cap
         results = lake.deliver_all(lake.events())
         assert all(o.error is None for r in results for o in r.outcomes)
         lake.assert_replicas_equal()
+        lake.runtime.flush_transfers()
         failures = [r for r in caplog.records if r.getMessage().startswith("transfer.not_recorded")]
         assert len(failures) >= 2 and all(r.levelno == logging.WARNING for r in failures)
         assert not any("AccountKey" in r.getMessage() for r in caplog.records)

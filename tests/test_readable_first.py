@@ -171,3 +171,52 @@ def test_history_the_primary_vacuumed_blocks_the_backfill_without_failing_the_re
         assert again.error is None and again.history is not None
     finally:
         lake.close()
+
+
+def test_backfill_writes_a_batch_at_once_and_a_hole_it_leaves_reads_as_an_error(azurite, request, monkeypatch):
+    """History below the readable run is written a batch of commits at once: a version whose
+    chain has a hole (a write that failed) is an error for readers, never other rows, and the
+    next step fills the hole."""
+    from shared import failpoints
+
+    monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 0)
+    lake = Lake(azurite, request.node.name)
+    try:
+        build(lake)
+        replicator = lake.runtime.replicators["sales"]
+        replicator.replicate(None)  # readable at 9..12, history 0..8 missing
+        monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 5000)
+
+        def fail() -> None:
+            raise OSError("injected: the commit write failed")
+
+        failpoints.arm(failpoints.COMMIT_BEFORE, after=3, action=fail, where={"replica": "westeu"})
+        try:
+            outcomes = {o.replica: o for o in replicator.replicate(None)}
+        finally:
+            failpoints.disarm_all()
+        assert outcomes["seasia"].error is None and outcomes["seasia"].history is None
+        assert "injected: the commit write failed" in str(outcomes["westeu"].error)
+        (hole,) = sorted(set(range(9)) - set(commits(lake, "westeu")))  # exactly the failed write
+        assert commits(lake, "westeu") == [v for v in range(13) if v != hole]
+        for v in range(hole):
+            assert_same_rows(lake, "westeu", v)
+        assert_not_readable(lake, "westeu", hole)
+        for v in range(hole + 1, 9):
+            # Above the hole: readable only through a checkpoint after it, and then right.
+            try:
+                got = rows(lake.table("westeu", v).to_pyarrow_table())
+            except Exception as err:  # noqa: BLE001 - deltalake's own error types
+                assert "contiguous" in str(err) or "version" in str(err).lower(), err
+                assert v < 4 or hole >= 4, f"version {v} has the checkpoint at 4 and should read"
+            else:
+                assert got == rows(lake.table("eastus", v).to_pyarrow_table()), v
+                assert hole < 4 <= v  # only via the checkpoint at 4
+        assert_same_rows(lake, "westeu", 12)
+        assert details(lake)["westeu"] == (ReplicaHealth.HEALTHY, 12, f"history backfilling: versions {hole}..{hole}")
+        # The next step fills the hole; the history is complete.
+        outcomes = replicator.replicate(None)
+        assert [(o.error, o.history) for o in outcomes] == [(None, None)] * 2
+        lake.assert_replicas_equal(every_version=True)
+    finally:
+        lake.close()

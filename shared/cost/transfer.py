@@ -10,8 +10,9 @@ retried on a concurrent change, so concurrent invocations never lose each other'
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 TRANSFER_TABLE = "ReplicationTransfer"
 MAX_ATTEMPTS = 20
+# How long replicated bytes wait in memory before they are written (see TransferRecorder).
+FLUSH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class TransferStore(HostTable):
         super().__init__(service, table_name)
 
     def add(self, table: str, replica: str, *, nbytes: int, log_bytes: int = 0, files: int = 0,
-            now: datetime | None = None) -> None:
+            now: datetime | None = None, day: str | None = None) -> None:
         """Add to today's (UTC) row for one table and replica; exact under concurrent adds.
 
         Raises:
@@ -74,7 +77,7 @@ class TransferStore(HostTable):
         if nbytes < 0 or log_bytes < 0 or files < 0:
             raise ValueError("replicated bytes and files are never negative")
         self._ensure_table()
-        day = _day(now)
+        day = day or _day(now)
         key = f"{day}|{replica}"
         stamp = datetime.now(timezone.utc).isoformat()
         for attempt in range(MAX_ATTEMPTS):
@@ -124,27 +127,92 @@ def _value(prop) -> int:
     return int(prop.value if isinstance(prop, EntityProperty) else prop)
 
 
+class TransferRecorder:
+    """Replicated bytes, added up in memory and written to the ReplicationTransfer rows in
+    batches: at most every `flush_seconds` per row (a background thread), and at close.
+
+    Per commit the record would cost two Table requests (read, conditional merge), as many
+    as the commit's own copy; batched it costs two per row per interval whatever the rate.
+    The price: a host that dies loses at most the last interval's bytes from the cost report,
+    never anything of replication. `flush_seconds=0` writes at once (the CLI, some tests).
+
+    Args:
+        store: builds the TransferStore on first use; may raise (no STATUS_CONNECTION).
+    """
+
+    def __init__(self, store: Callable[[], TransferStore | None], *, flush_seconds: float = FLUSH_SECONDS) -> None:
+        self._store_factory = store
+        self._store: TransferStore | None = None
+        self.flush_seconds = flush_seconds
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str, str], list[int]] = {}  # (table, replica, day) -> bytes, log, files
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, table: str, outcomes: Iterable, *, now: datetime | None = None) -> None:
+        """Count what these outcomes copied since last counted (outcome.transfer_recorded)."""
+        day = _day(now)
+        added = False
+        with self._lock:
+            for o in outcomes:
+                delta = (o.bytes - o.transfer_recorded[0], o.log_bytes - o.transfer_recorded[1],
+                         o.files - o.transfer_recorded[2])
+                o.transfer_recorded = (o.bytes, o.log_bytes, o.files)
+                if delta[0] or delta[1]:
+                    row = self._pending.setdefault((table, o.replica, day), [0, 0, 0])
+                    for i in range(3):
+                        row[i] += delta[i]
+                    added = True
+            if added and self.flush_seconds > 0 and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="transfer-flush", daemon=True)
+                self._thread.start()
+        if added and self.flush_seconds <= 0:
+            self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending now. Never raises: a failure is one WARNING per row and those
+        bytes are dropped (retrying into a dead table service would only grow memory)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        store = self._resolve_store(next(iter(pending))[0])
+        if store is None:
+            return
+        for (table, replica, day), (nbytes, log_bytes, files) in pending.items():
+            try:
+                store.add(table, replica, nbytes=nbytes, log_bytes=log_bytes, files=files, day=day)
+            except Exception as err:  # noqa: BLE001 - never fail replication for the cost record
+                log.warning("transfer.not_recorded table=%s replica=%s bytes=%d error=%s", table, replica,
+                            nbytes + log_bytes, type(err).__name__, extra={"table": table, "replica": replica})
+
+    def _resolve_store(self, table: str) -> TransferStore | None:
+        if self._store is None:
+            try:
+                self._store = self._store_factory()
+            except Exception as err:  # noqa: BLE001 - e.g. no STATUS_CONNECTION: report, never fail replication
+                log.warning("transfer.not_recorded table=%s error=%s", table, type(err).__name__,
+                            extra={"table": table})
+                return None
+        return self._store
+
+    def close(self) -> None:
+        """Stop the background flushes and write what is pending."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+
+
 def record_replicated_bytes(runtime, table: str, outcomes: Iterable, *, now: datetime | None = None) -> None:
-    """Add what replication copied (outcome.bytes and .log_bytes) to today's transfer rows.
+    """Add what replication copied (outcome.bytes and .log_bytes, beyond what was counted
+    already) to today's transfer rows, through the runtime's recorder (batched).
 
     Never raises: the record is for cost reports, and replication must not fail because of it
-    (a failure is one WARNING line; the bytes of that invocation are then missing from the report).
+    (a failure is one WARNING line; the bytes of that batch are then missing from the report).
     """
-    copied = [o for o in outcomes if (o.bytes or o.log_bytes)]
-    if not copied:
-        return
-    try:
-        store = runtime.transfer_store()
-    except Exception as err:  # noqa: BLE001 - e.g. no STATUS_CONNECTION: report, never fail replication
-        log.warning("transfer.not_recorded table=%s error=%s", table, type(err).__name__,
-                    extra={"table": table})
-        return
-    if store is None:
-        return
-    for o in copied:
-        try:
-            store.add(table, o.replica, nbytes=o.bytes, log_bytes=o.log_bytes, files=o.files, now=now)
-        except Exception as err:  # noqa: BLE001 - never fail replication for the cost record
-            log.warning("transfer.not_recorded table=%s replica=%s bytes=%d error=%s", table, o.replica,
-                        o.bytes + o.log_bytes, type(err).__name__,
-                        extra={"table": table, "replica": o.replica})
+    runtime.transfer_recorder().add(table, outcomes, now=now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import threading
@@ -143,6 +144,30 @@ class _BoundedCache:
             return self._total
 
 
+class CommitDigests:
+    """Size and MD5 of primary commits this process read, per (epoch, version); kept across
+    invocations so the next commit's divergence check needs no HEAD of the primary's previous
+    one. Within an epoch a primary's commit never changes (Delta writes each once; cleanup
+    only deletes), and a promote starts a new epoch, so an entry is never stale."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[int, int], tuple[int, bytes]] = OrderedDict()
+
+    def put(self, epoch: int, version: int, data: bytes) -> None:
+        digest = (len(data), hashlib.md5(data).digest())  # noqa: S324 - a content check, as Content-MD5
+        with self._lock:
+            self._entries[(epoch, version)] = digest
+            self._entries.move_to_end((epoch, version))
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+    def get(self, epoch: int, version: int) -> tuple[int, bytes] | None:
+        with self._lock:
+            return self._entries.get((epoch, version))
+
+
 class SourceLog:
     """Thread-safe reads of the primary's log for one invocation, shared by its replicas.
 
@@ -152,8 +177,14 @@ class SourceLog:
     """
 
     def __init__(self, table: TableConfig, store: TableStore, root: TableRoot, *,
-                 commit_cache_bytes: int = COMMIT_CACHE_BYTES) -> None:
+                 commit_cache_bytes: int = COMMIT_CACHE_BYTES, digests: CommitDigests | None = None,
+                 epoch: int | None = None) -> None:
         self.table = table
+        # Digests are remembered only under a known epoch (see at_epoch); until then the
+        # first few read are held here.
+        self._digests = digests
+        self._epoch = epoch
+        self._unfiled: dict[int, bytes] = {}
         self.store = store
         self.root = root
         self._lock = threading.Lock()
@@ -214,9 +245,28 @@ class SourceLog:
             where = f"table {self.table.name} version {version}"
             actions = parse_commit(data, where=f"{where} on the primary")
             files = referenced_files(actions, self.root, allow_external=self.table.allow_external_files, where=where)
+            self._file_digest(version, data)
             return SourceCommit(version, data, files)
 
         return self._commits.get(("commit", version), read, lambda c: c.footprint)
+
+    def _file_digest(self, version: int, data: bytes) -> None:
+        if self._digests is None:
+            return
+        if self._epoch is not None:
+            self._digests.put(self._epoch, version, data)
+        elif len(self._unfiled) < 4:
+            with self._lock:
+                self._unfiled[version] = data
+
+    def at_epoch(self, epoch: int) -> "SourceLog":
+        """The topology was read: this is the primary at `epoch`; remember what was read so far."""
+        with self._lock:
+            self._epoch, unfiled, self._unfiled = epoch, self._unfiled, {}
+        if self._digests is not None:
+            for version, data in unfiled.items():
+                self._digests.put(epoch, version, data)
+        return self
 
     def commit_bytes(self, version: int) -> bytes:
         return self.commit(version).data
@@ -225,7 +275,12 @@ class SourceLog:
         return self.commit(version).files
 
     def commit_entry(self, version: int) -> LogEntry | None:
-        """The primary's commit blob properties (one HEAD), or None when it is gone."""
+        """The primary's commit blob properties (one HEAD), or None when it is gone; size and
+        MD5 only, without a request, when this process read that commit at this epoch."""
+        known = (self._digests.get(self._epoch, version)
+                 if self._digests is not None and self._epoch is not None else None)
+        if known is not None:
+            return LogEntry(commit_name(version), known[0], content_md5=known[1])
         return self._once(("entry", version), lambda: self.store.log_entry(commit_name(version)))
 
     def last_checkpoint(self) -> tuple[int, bytes] | None:

@@ -70,7 +70,18 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
         return EventResult(EventDisposition.IGNORED, table=ref.table.name, log_file=ref.log_file.name,
                            reason="sidecars are copied with their checkpoint")
     started = time.monotonic()
-    topology = runtime.topology(ref.table.name)
+    # The commit is read from where the event says while the topology is read: a read of a
+    # location that turns out not to be the primary is discarded, and nothing is written
+    # before the topology is known.
+    reading = runtime.submit(runtime.topology, ref.table.name)
+    replicator = runtime.replicator_from(ref.table.name, ref.location)
+    source = replicator.source_log()
+    if ref.log_file.kind == LogFileKind.COMMIT:
+        try:
+            source.commit(ref.version)
+        except Exception:  # noqa: BLE001 - replicate() reads it again and reports the error
+            pass
+    topology = reading.result()
     if ref.location != topology.primary:
         # After a promote the old primary (or a replica's own write) must never feed the others.
         log.warning("event.fenced table=%s location=%s primary=%s epoch=%d file=%s", ref.table.name, ref.location,
@@ -80,8 +91,8 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
                            version=ref.version,
                            reason=f"location {ref.location} is not the primary ({topology.primary}) at epoch "
                                   f"{topology.epoch}")
-    replicator = runtime.replicator(ref.table.name, topology)
-    outcomes = replicator.replicate(ref.version, log_file_kind=ref.log_file.kind)
+    outcomes = replicator.replicate(ref.version, log_file_kind=ref.log_file.kind,
+                                    source=source.at_epoch(topology.epoch))
     record_replicated_bytes(runtime, ref.table.name, outcomes)
     if any(o.vacuum_versions for o in outcomes):
         # A VACUUM on the primary: purge the same files from those replicas now, not at the daily timer.

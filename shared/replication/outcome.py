@@ -39,8 +39,11 @@ class ReplicaOutcome:
     vacuum_versions: list = field(default_factory=list)  # VACUUM END commits written to this replica
     history: MissingHistory | None = None  # history still to backfill after this invocation (catch-up only)
     seeded: int | None = None  # the checkpoint version an empty replica was made readable at
-    backfilled: int = 0
-    readable_seconds: float | None = None  # for a seeded replica: time until it was readable at its head  # versions below the replica's readable run written by this invocation
+    backfilled: int = 0  # versions below the replica's readable run written by this invocation
+    readable_seconds: float | None = None  # for a seeded replica: time until it was readable at its head
+    # (bytes, log_bytes, files) already added to the transfer record by the replicator itself;
+    # the caller records only what came after.
+    transfer_recorded: tuple = (0, 0, 0)
 
     @property
     def retryable(self) -> bool:

@@ -12,6 +12,7 @@ Invariants protected here:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,8 +32,18 @@ from shared.delta.log import (
     parse_log_name,
     version_prefix,
 )
-from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
-from shared.errors import CommitNotFound, DataFileMissing, ReplicaDiverged, ReplicationError
+from shared.delta.source_log import (
+    CommitDigests,
+    SourceCommit,
+    SourceLog,
+    complete_checkpoints,
+)
+from shared.errors import (
+    CommitNotFound,
+    DataFileMissing,
+    ReplicaDiverged,
+    ReplicationError,
+)
 from shared.health import metrics
 from shared.replication.history import MissingHistory, missing_history, primary_bottom
 from shared.replication.outcome import (
@@ -41,6 +52,7 @@ from shared.replication.outcome import (
     is_vacuum_end,
     unexpected,
 )
+from shared.replication.sequencer import Sequencer
 from shared.storage.lease import LeaseStore, location_lease_name
 from shared.storage.table_store import LogEntry, TableStore
 
@@ -73,12 +85,17 @@ class TableReplicator:
         replicas: replica name -> store, in configuration order.
         root: the primary's table root, to recognise absolute URIs inside the table.
         file_pool: a shared, bounded pool for file copies.
+        sequencer: orders this process's concurrent events per replica location (shared by
+            the replicators of one runtime).
     """
 
     def __init__(self, table: TableConfig, source: TableStore, replicas: dict[str, TableStore],
                  root: TableRoot, file_pool: ThreadPoolExecutor, task_pool: ThreadPoolExecutor | None = None, *,
-                 leases: "Callable[[], LeaseStore]") -> None:
+                 leases: "Callable[[], LeaseStore]",
+                 sequencer: Sequencer | None = None) -> None:
         self.table = table
+        self._sequencer = sequencer or Sequencer()
+        self._digests = CommitDigests()
         self._leases = leases
         self.source_store = source
         self.replicas = replicas
@@ -92,21 +109,28 @@ class TableReplicator:
         the function app's storage (never in the replica's account)."""
         return self._leases().hold(location_lease_name(*store.location_key), **kwargs)
 
+    def source_log(self) -> SourceLog:
+        """A fresh per-invocation view of the primary's log (reads made through it are shared);
+        once told the topology's epoch (`at_epoch`), the digests of the commits it read are
+        remembered for the next invocations."""
+        return SourceLog(self.table, self.source_store, self.root, digests=self._digests)
+
     def replicate(self, version: int | None, *, log_file_kind: LogFileKind | None = None,
-                  progress=None) -> list[ReplicaOutcome]:
+                  progress=None, source: SourceLog | None = None) -> list[ReplicaOutcome]:
         """Bring every replica up to at least `version` (None: the primary's head).
 
         Args:
             version: the version an event named, or None to catch up to the primary's head.
             log_file_kind: the kind of log file the event named; checkpoint events (and
                 catch-up) also bring `_last_checkpoint` forward.
+            source: this invocation's view of the primary's log, when reads were started already.
 
         Returns:
             One outcome per replica. Errors are captured per replica, never raised here.
         """
         if version is not None and version < 0:
             raise ValueError(f"a Delta version is never negative (got {version})")
-        source = SourceLog(self.table, self.source_store, self.root)
+        source = source or self.source_log()
         target = version
         if log_file_kind == LogFileKind.LAST_CHECKPOINT or version is None:
             hint = source.last_checkpoint()
@@ -175,8 +199,11 @@ class TableReplicator:
         # up and checked. They are invisible until their commit exists, which waits for the checks;
         # a replica that turns out diverged or already there costs at most this commit's files.
         early = self._start_early_copies(store, source, target) if fast else None
+        ordered = contextlib.ExitStack()
         try:
-            head, entries = self._locate_head(store, target)
+            if fast:  # after the lower versions in flight here: then this one is the next
+                ordered.enter_context(self._sequencer.turn(store.location_key, target))
+            head, entries = self._locate_head(store, target, expect_next=fast)
             outcome.head_before = head
             if early is not None and not (head is not None and head == target - 1):
                 self._finish_copies(early, outcome)  # settled before anything else; catch-up redoes failures
@@ -197,10 +224,11 @@ class TableReplicator:
                 if failed:
                     raise next(iter(failed.values()))
                 failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
-                self._write_commit(name, store, commit, outcome)
+                created = self._write_commit(name, store, commit, outcome)
                 failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
                 head = target
-                outcome.state = ReplicaState.REPLICATED
+                # Not created: it was there with the primary's bytes (a duplicate event).
+                outcome.state = ReplicaState.REPLICATED if created else ReplicaState.UP_TO_DATE
             elif head is None or head < target:
                 self._validate_target(source, target)
                 with self.lease(store) as waited:
@@ -237,6 +265,7 @@ class TableReplicator:
             log.exception("replica.failed table=%s replica=%s retryable=%s error=%s", self.table.name, name,
                           outcome.error.retryable, outcome.error, extra=fields)
         finally:
+            ordered.close()
             if early is not None:
                 self._finish_copies(early, outcome)  # no copy outlives the invocation that started it
         outcome.seconds = time.monotonic() - started
@@ -297,9 +326,13 @@ class TableReplicator:
         return self._write_versions(name, store, source, start, target, entries, outcome)
 
     def _write_versions(self, name: str, store: TableStore, source: SourceLog, start: int, target: int,
-                        entries: list[LogEntry], outcome: ReplicaOutcome) -> int:
-        """Write versions start..target in order (version start-1 is on the replica), each commit
-        after its files, with the `.crc` and checkpoint files of each version after its commit.
+                        entries: list[LogEntry], outcome: ReplicaOutcome, *, in_order: bool = True) -> int:
+        """Write versions start..target (version start-1 is on the replica), each commit after
+        its files, with the `.crc` and checkpoint files of each version after its commit.
+
+        `in_order=False` (history below a readable run only) writes each batch's commits at
+        once: a reader of a version whose chain still has a hole gets an error (delta-rs:
+        "Expected contiguous commit files"; Spark: versions not contiguous), never other rows.
         Returns the last version written."""
         head = start - 1
         checkpoints = complete_checkpoints(entries)
@@ -315,7 +348,10 @@ class TableReplicator:
                 if following is not None and following <= target and current.error is None:
                     upcoming = self._start_batch(store, source, following, target)
                 failed = self._finish_copies(current.copies, outcome)
-                for commit in current.commits:
+                if not in_order:
+                    head = self._write_batch_at_once(name, store, source, current, failed, crcs, checkpoints,
+                                                     outcome, head)
+                for commit in current.commits if in_order else []:
                     missing = next((f.path for f in commit.files if f.path in failed), None)
                     if missing is not None:
                         raise failed[missing]
@@ -334,39 +370,76 @@ class TableReplicator:
             self._abandon(upcoming)  # no copy outlives the invocation that started it
         return head
 
+    def _write_batch_at_once(self, name: str, store: TableStore, source: SourceLog, batch: _Batch,
+                             failed: dict, crcs: set[int], checkpoints: dict[int, list[str]],
+                             outcome: ReplicaOutcome, head: int) -> int:
+        """Write a batch's commits concurrently (those before the first with a failed file), then
+        their `.crc` and checkpoint files; raise the first error after all writes settled."""
+        ready, error = [], None
+        for commit in batch.commits:
+            missing = next((f.path for f in commit.files if f.path in failed), None)
+            if missing is not None:
+                error = failed[missing]
+                break
+            ready.append(commit)
+
+        def write(commit: SourceCommit) -> None:
+            failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
+            self._write_commit(name, store, commit, outcome)
+            failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
+
+        writes = {self._files.submit(write, commit): commit.version for commit in ready}
+        written = []
+        for future in as_completed(writes):
+            try:
+                future.result()
+                written.append(writes[future])
+            except Exception as err:  # noqa: BLE001 - the others still settle first
+                error = error or unexpected(err, f"table {self.table.name} writing version {writes[future]}")
+        # Log files of a version only once its commit exists (checkpoints also need the commit).
+        self._copy_log_files(store, source, [f"{v:020d}.crc" for v in sorted(written) if v in crcs], outcome)
+        for v in sorted(written):
+            if v in checkpoints:
+                self._copy_checkpoint(store, source, checkpoints[v], outcome)
+        if error is not None:
+            raise error
+        return max(written, default=head)
+
     def _backfill(self, name: str, store: TableStore, source: SourceLog, head: int,
                   outcome: ReplicaOutcome) -> MissingHistory | None:
-        """One step of backfilling history below the replica's readable run, in ascending order.
+        """One step of backfilling history below the replica's readable run: ascending, batch
+        by batch, up to BACKFILL_STEP_VERSIONS versions (holes an interrupted step left included).
 
         Returns what is still missing afterwards (None when the history is complete).
         """
-        missing = missing_history(store, source, head)
-        if missing is None:
-            return None
-        low, high = missing.low, min(missing.high, missing.low + BACKFILL_STEP_VERSIONS - 1)
-        bottom = primary_bottom(source)
-        try:
-            if bottom is not None and low == bottom[0] and bottom[1] is not None:
-                # The primary's log starts at a checkpoint (older versions cleaned up): start there.
-                self._seed(name, store, source, low, bottom[1], outcome)
-                outcome.backfilled += 1
-                low += 1
-            if low <= high:
-                entries = source.entries_for(low, high)
-                written = self._write_versions(name, store, source, low, high, entries, outcome)
-                outcome.backfilled += written - low + 1
-        except DataFileMissing as err:
-            # The primary vacuumed files these old versions need: they cannot be read on the
-            # primary either. The replica is current at its head, so this is no replica error;
-            # the history stays reported as missing and the next catch-up tries again.
-            log.warning("history.backfill_blocked table=%s replica=%s versions=%d..%d error=%s", self.table.name,
-                        name, missing.low, high, err, extra={"table": self.table.name, "replica": name})
-            return missing_history(store, source, head)
-        log.info("history.backfilled table=%s replica=%s versions=%d..%d", self.table.name, name, missing.low, high,
-                 extra={"table": self.table.name, "replica": name})
-        if high < missing.high:
-            return MissingHistory(high + 1, missing.high, missing.above)
-        return None
+        budget, previous = BACKFILL_STEP_VERSIONS, None
+        while (missing := missing_history(store, source, head)) is not None and budget > 0:
+            if previous is not None and missing.low <= previous:
+                return missing  # no progress (cannot happen without an error); the next step retries
+            previous = low = missing.low
+            high = min(missing.high, low + budget - 1)
+            bottom = primary_bottom(source)
+            try:
+                if bottom is not None and low == bottom[0] and bottom[1] is not None:
+                    # The primary's log starts at a checkpoint (older versions cleaned up): start there.
+                    self._seed(name, store, source, low, bottom[1], outcome)
+                    outcome.backfilled += 1
+                    low += 1
+                if low <= high:
+                    entries = source.entries_for(low, high)
+                    written = self._write_versions(name, store, source, low, high, entries, outcome, in_order=False)
+                    outcome.backfilled += written - low + 1
+            except DataFileMissing as err:
+                # The primary vacuumed files these old versions need: they cannot be read on the
+                # primary either. The replica is current at its head, so this is no replica error;
+                # the history stays reported as missing and the next catch-up tries again.
+                log.warning("history.backfill_blocked table=%s replica=%s versions=%d..%d error=%s", self.table.name,
+                            name, missing.low, high, err, extra={"table": self.table.name, "replica": name})
+                return missing_history(store, source, head)
+            log.info("history.backfilled table=%s replica=%s versions=%d..%d", self.table.name, name, missing.low,
+                     high, extra={"table": self.table.name, "replica": name})
+            budget -= high - missing.low + 1
+        return missing
 
     def _start_batch(self, store: TableStore, source: SourceLog, first: int, target: int) -> _Batch:
         """Read the commits from `first` (at most BATCH_VERSIONS, about BATCH_COMMIT_BYTES) in
@@ -434,10 +507,19 @@ class TableReplicator:
                 if not future.cancel():
                     future.exception()
 
-    def _locate_head(self, store: TableStore, target: int) -> tuple[int | None, list[LogEntry]]:
-        """Two HEAD requests (in parallel) answer the common cases; otherwise search listings."""
+    def _locate_head(self, store: TableStore, target: int, *,
+                     expect_next: bool = False) -> tuple[int | None, list[LogEntry]]:
+        """Two HEAD requests (in parallel) answer the common cases; otherwise search listings.
+
+        `expect_next` (an event for a new commit): one HEAD, of target-1. When it is there the
+        replica is taken to be at target-1; if it already holds target (a duplicate event), the
+        conditional commit write finds it and compares it, as the second HEAD would have.
+        """
         if target == 0:
             return find_head(store, target)
+        if expect_next:
+            before = store.log_entry(commit_name(target - 1))
+            return (target - 1, [before]) if before is not None else find_head(store, target)
         # The file pool, not the task pool this runs in: a task waiting on its own pool can deadlock.
         at = self._files.submit(store.log_entry, commit_name(target))
         before = store.log_entry(commit_name(target - 1))
@@ -538,8 +620,9 @@ class TableReplicator:
         if source.store.log_entry(name) is not None:
             self._copy_log_files(store, source, [name], outcome)
 
-    def _write_commit(self, name: str, store: TableStore, commit: SourceCommit, outcome: ReplicaOutcome) -> None:
-        """Create the commit with the primary's exact bytes, only if absent; never overwrite."""
+    def _write_commit(self, name: str, store: TableStore, commit: SourceCommit, outcome: ReplicaOutcome) -> bool:
+        """Create the commit with the primary's exact bytes, only if absent; never overwrite.
+        Returns whether it was created (False: it was there already, identical)."""
         version, data = commit.version, commit.data
         started = time.monotonic()
         if not store.create_log_file(commit_name(version), data):
@@ -550,12 +633,13 @@ class TableReplicator:
                     "different content; the replica has diverged. Inspect both commits and restore "
                     "the replica from a snapshot. It will not be overwritten."
                 )
-            return
+            return False
         if is_vacuum_end(commit):
             outcome.vacuum_versions.append(version)
         log.info("commit.replicated table=%s replica=%s version=%d files=%d seconds=%.3f",
                  self.table.name, name, version, len(commit.files), time.monotonic() - started,
                  extra={"table": self.table.name, "replica": name, "version": version, "files": len(commit.files)})
+        return True
 
     def _copy_checkpoint(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
         """Sidecars first, then the checkpoint parts: a reader never finds a part without its data."""

@@ -11,6 +11,7 @@ import uuid
 from azure.storage.blob import BlobServiceClient, LinearRetry
 
 from shared.config.model import ConnectionSettings
+from shared.config.settings import transport_options
 
 # Event Grid redelivers on failure, so a few quick retries beat the SDK's minutes-long default.
 _RETRY = dict(backoff=0.5, retry_total=2, random_jitter_range=0.2)
@@ -91,6 +92,7 @@ def build_probe_client(settings: ConnectionSettings, *, counter: RequestCounter 
 def _build(settings: ConnectionSettings, options: dict, counter: RequestCounter | None) -> BlobServiceClient:
     # The storage SDK runs this hook after setting its own request id and before signing.
     options["raw_request_hook"] = _TagRequests(counter)
+    options.update(transport_options())
     if settings.connection_string:
         return BlobServiceClient.from_connection_string(settings.connection_string, **options)
     from azure.identity import DefaultAzureCredential, ManagedIdentityCredential

@@ -1,0 +1,67 @@
+"""Concurrent events of one table in one process: each version waits for the lower ones in
+flight, so each finds its predecessor written and takes the one-version path (no lease)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from azure.storage.blob import BlobServiceClient
+
+from shared import failpoints
+from shared.replication.outcome import ReplicaState
+from shared.storage.lease import LOCKS_CONTAINER, location_lease_name
+from tests.support.lake import batch
+
+
+def _wait_for(predicate, what: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_concurrent_events_of_one_table_take_the_fast_path_in_version_order(lake):
+    lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+    lake.deliver_all(lake.events())
+    for i in range(1, 6):
+        lake.write(batch(i * 10, 5), partition_by=["region"])
+    events = {int(e["subject"].rsplit("/", 1)[1].split(".")[0]): e
+              for e in lake.events(start_after=f"{lake.table_path}/_delta_log/{0:020d}.json")}
+    assert sorted(events) == [1, 2, 3, 4, 5]
+    replicator = lake.runtime.replicator("sales")
+    westeu = replicator.replicas["westeu"]
+    sequencer = lake.runtime._sequencer
+    # Seeding version 0 took westeu's lease (and so created its blob); start from none.
+    host = BlobServiceClient.from_connection_string(lake.environ["AzureWebJobsStorage"])
+    lease_blob = host.get_blob_client(LOCKS_CONTAINER, location_lease_name(*westeu.location_key))
+    lease_blob.delete_blob()
+
+    # Version 1 stops just before its westeu commit write, holding its turn, until released.
+    release = threading.Event()
+    failpoints.arm(failpoints.COMMIT_BEFORE, after=1, action=lambda: release.wait(30), where={"replica": "westeu"})
+    results: dict[int, object] = {}
+    threads = []
+    try:
+        for v in sorted(events):
+            thread = threading.Thread(target=lambda v=v: results.__setitem__(v, lake.deliver(events[v])))
+            thread.start()
+            threads.append(thread)
+            # The next event starts only once this one holds or awaits its turn for westeu.
+            _wait_for(lambda n=len(threads): sequencer.waiting(westeu.location_key) == n, f"version {v}'s turn")
+        release.set()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        release.set()
+        failpoints.disarm_all()
+
+    for replica in ("westeu", "seasia"):
+        outcomes = [next(o for o in results[v].outcomes if o.replica == replica) for v in sorted(events)]
+        assert [o.state for o in outcomes] == [ReplicaState.REPLICATED] * 5, replica
+        # Each found its predecessor already written: the one-version path, never a catch-up.
+        assert [(o.head_before, o.head_after) for o in outcomes] == [(v - 1, v) for v in range(1, 6)], replica
+    assert sequencer.waiting(westeu.location_key) == 0
+    lake.assert_replicas_equal()
+    # No lease was taken for westeu (taking one creates its blob): the one-version path needs none.
+    assert not lease_blob.exists()
