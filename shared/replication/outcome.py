@@ -31,6 +31,7 @@ class ReplicaOutcome:
     head_after: int | None = None
     files: int = 0
     bytes: int = 0
+    files_present: int = 0  # files to copy that the replica already had (nothing sent)
     seconds: float = 0.0
     checkpoints: int = 0
     log_bytes: int = 0  # checkpoints, sidecars and .crc copied (data bytes are in `bytes`)

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -74,6 +75,28 @@ class _Batch:
     commits: list = field(default_factory=list)  # SourceCommit, in version order
     copies: dict = field(default_factory=dict)  # copy future -> path
     error: ReplicationError | None = None
+
+
+class _Ahead:
+    """A call run on a thread of its own (the next batch's reads, while this one is written).
+    Not a pool task: a replica task waiting on its own pool could deadlock it."""
+
+    def __init__(self, fn, *args, **kwargs) -> None:
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), name="batch-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args, kwargs) -> None:
+        try:
+            self._value = fn(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - re-raised in result()
+            self._error = err
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class TableReplicator:
@@ -340,14 +363,22 @@ class TableReplicator:
         # Pipelined: the next batch's commits are read and its files copied while this batch's
         # commits are written, in order. Files landing early are harmless: nothing references
         # them until their own commit exists.
+        # Whether to ask before copying: when most of the last finished batch's files were on
+        # the replica already (history whose files a seed copied), a HEAD beats a failed copy.
+        probe = False
         upcoming = self._start_batch(store, source, start, target)
         try:
             while upcoming is not None:
                 current, upcoming = upcoming, None
+                if isinstance(current, _Ahead):
+                    current = current.result()
                 following = current.commits[-1].version + 1 if current.commits else None
                 if following is not None and following <= target and current.error is None:
-                    upcoming = self._start_batch(store, source, following, target)
+                    # Read on a thread of its own while this batch is finished and written.
+                    upcoming = _Ahead(self._start_batch, store, source, following, target, probe=probe)
+                present = outcome.files_present
                 failed = self._finish_copies(current.copies, outcome)
+                probe = 2 * (outcome.files_present - present) > len(current.copies)
                 if not in_order:
                     head = self._write_batch_at_once(name, store, source, current, failed, crcs, checkpoints,
                                                      outcome, head)
@@ -441,13 +472,17 @@ class TableReplicator:
             budget -= high - missing.low + 1
         return missing
 
-    def _start_batch(self, store: TableStore, source: SourceLog, first: int, target: int) -> _Batch:
+    def _start_batch(self, store: TableStore, source: SourceLog, first: int, target: int, *,
+                     probe: bool = False) -> _Batch:
         """Read the commits from `first` (at most BATCH_VERSIONS, about BATCH_COMMIT_BYTES) in
         parallel, then start copying their files."""
         versions = list(range(first, min(first + BATCH_VERSIONS, target + 1)))
         batch = _Batch()
         held = 0
-        window = 4  # reads in flight: enough to hide latency, few enough to stop near the byte limit
+        # Reads in flight: 4 hide latency and stop near the byte limit whatever the commits'
+        # sizes; 16 when the listing says the whole batch fits under the limit anyway.
+        sizes = [source.sizes.get(commit_name(v)) for v in versions]
+        window = 16 if None not in sizes and sum(sizes) <= BATCH_COMMIT_BYTES else 4
         pending = [(v, self._files.submit(source.commit, v)) for v in versions[:window]]
         position = len(pending)
         try:
@@ -470,7 +505,8 @@ class TableReplicator:
                 future.cancel() or future.exception()
         unique = {f.path: f for commit in batch.commits for f in commit.files}
         batch.copies = {
-            self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size, bulk=True): f.path
+            self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size, bulk=True,
+                               probe=probe): f.path
             for f in unique.values()
         }
         return batch
@@ -489,6 +525,8 @@ class TableReplicator:
                                 type(err).__name__, exc_info=err)
                 continue
             failpoints.hit(failpoint, replica=outcome.replica, path=path)
+            if not copied and not log_files:
+                outcome.files_present += 1
             if copied and log_files:
                 outcome.log_bytes += copied
             elif copied:
@@ -502,6 +540,11 @@ class TableReplicator:
     @staticmethod
     def _abandon(batch) -> None:
         """Cancel or wait for a started batch's copies, so no copy outlives the invocation."""
+        if isinstance(batch, _Ahead):
+            try:
+                batch = batch.result()
+            except Exception:  # noqa: BLE001 - the error that ended the loop is the one reported
+                return
         if batch is not None:
             for future in batch.copies:
                 if not future.cancel():

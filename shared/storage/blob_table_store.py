@@ -348,8 +348,18 @@ class BlobTableStore:
                 ) from err
 
     def copy_file_from(self, source: "BlobTableStore", path: str, *, expected_size: int | None = None,
-                       bulk: bool = False) -> int:
+                       bulk: bool = False, probe: bool = False) -> int:
         dst = self._container.get_blob_client(self._file_blob(path))
+        if probe:
+            # Likely there already (history whose files a seed copied): one HEAD answers,
+            # where a copy attempt would read, send and then fail.
+            with self._storage(f"checking {path}"):
+                try:
+                    dst.get_blob_properties()
+                except ResourceNotFoundError:
+                    pass
+                else:
+                    return self._check_existing(source, dst, path, expected_size)
         # Latency path (one commit): small files stream, done when the PUT returns. Bulk path
         # (catch-up, seeding): one Copy Blob request per file halves the requests sent.
         small = not bulk and expected_size is not None and expected_size <= SMALL_FILE_BYTES

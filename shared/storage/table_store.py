@@ -82,10 +82,11 @@ class TableStore(Protocol):
         """
 
     def copy_file_from(self, source: "TableStore", path: str, *, expected_size: int | None = None,
-                       bulk: bool = False) -> int:
+                       bulk: bool = False, probe: bool = False) -> int:
         """Copy `path` from `source` unless present; the bytes copied (0 when it was present).
 
-        `bulk` favours throughput (many files) over the latency of one file.
+        `bulk` favours throughput (many files) over the latency of one file; `probe` asks
+        first whether it is present (cheaper when it most likely is).
 
         Never overwrites a complete file. Raises DataFileMissing if the source lacks it and
         ReplicaDiverged if this store holds a different-sized file at `path`.
