@@ -284,7 +284,7 @@ def measure_memory(size_mib: int) -> dict:
 
 
 def measure_sustained(seconds: float, rate: float) -> dict:
-    with AzuriteProcess(("eastus", "westeu")) as a, AzuriteProcess(("seasia",)) as b:
+    with AzuriteProcess(("eastus", "westeu"), with_table=True) as a, AzuriteProcess(("seasia",)) as b:
         work = Workload(a, "sustained")
         doc = config_doc("sustained", "sustained")
         doc["tables"][0]["replicas"].append({"name": "seasia", "connection": "SEASIA_STORAGE",
@@ -411,7 +411,7 @@ def main() -> int:
                                  "cpus": os.cpu_count(),
                                  "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                                  "date": time.strftime("%Y-%m-%d")}}
-    with AzuriteProcess(("eastus", "westeu")) as az:
+    with AzuriteProcess(("eastus", "westeu"), with_table=True) as az:
         scaling = measure_scaling(az, sizes, args.samples)
         results["seeding"] = measure_seeding(az, scaling.pop("work"))
     results["scaling"] = {"per_commit": scaling["per_commit"],

@@ -65,3 +65,52 @@ def test_concurrent_events_of_one_table_take_the_fast_path_in_version_order(lake
     lake.assert_replicas_equal()
     # No lease was taken for westeu (taking one creates its blob): the one-version path needs none.
     assert not lease_blob.exists()
+
+
+def test_the_steady_state_sends_one_head_per_replica_and_none_to_the_primary(lake):
+    """Per commit and replica: one HEAD (version N-1 on the replica), the file's GET and PUT,
+    the commit's PUT. The primary's N-1 is not asked again: this process read it at this epoch."""
+    from shared.config.parse import parse_config
+    from shared.replication.commit_events import handle_storage_event
+    from shared.runtime import ReplicationRuntime
+    from tests.scenarios.test_data_safety import RequestAudit
+
+    lake.write(batch(0, 5), mode="overwrite")
+    audit = RequestAudit()
+    runtime = ReplicationRuntime(parse_config(lake.config_doc), lake.environ, counter=audit)
+    try:
+        assert [r.disposition.value for r in (handle_storage_event(runtime, e) for e in lake.events())] == ["handled"]
+        for i in range(1, 5):
+            lake.write(batch(i * 10, 5))
+            (event,) = [e for e in lake.events() if e["subject"].endswith(f"{i:020d}.json")]
+            del audit.requests[:]
+            (outcome_states,) = [[o.state for o in handle_storage_event(runtime, event).outcomes]]
+            assert outcome_states == [ReplicaState.REPLICATED] * 2
+            log = f"{lake.table_path}/_delta_log/"
+            seen = sorted((method, account, path.split("/", 1)[1].removeprefix(log))
+                          for method, account, path, *_ in audit.requests
+                          if "/_delta_log/" in path)
+            expected = [("GET", "eastus", f"{i:020d}.json")]  # version i-1 was read here before
+            for replica in ("seasia", "westeu"):
+                expected += [("HEAD", replica, f"{i - 1:020d}.json"), ("PUT", replica, f"{i:020d}.json")]
+            assert seen == sorted(expected), i
+            data = [(m, a) for m, a, p, *_ in audit.requests if "/_delta_log/" not in p and p.endswith(".parquet")]
+            assert sorted(data) == sorted([("GET", "eastus")] * 2 + [("PUT", "westeu"), ("PUT", "seasia")]), i
+    finally:
+        runtime.close()
+    lake.assert_replicas_equal()
+
+
+def test_remembered_primary_digests_hold_only_within_their_epoch(lake):
+    import hashlib
+
+    lake.write(batch(0, 5), mode="overwrite")
+    lake.write(batch(10, 5))
+    replicator = lake.runtime.replicators["sales"]
+    data = replicator.source_log().at_epoch(3).commit_bytes(1)  # read at epoch 3: remembered
+    remembered = replicator.source_log().at_epoch(3).commit_entry(1)
+    assert (remembered.size, remembered.content_md5, remembered.last_modified) == (
+        len(data), hashlib.md5(data).digest(), None)  # from memory: no request, no blob properties
+    for source in (replicator.source_log().at_epoch(4), replicator.source_log()):
+        asked = source.commit_entry(1)  # another epoch, or none known: the primary is asked (a HEAD)
+        assert asked.size == len(data) and asked.last_modified is not None

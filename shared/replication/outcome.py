@@ -10,6 +10,9 @@ from shared.delta.source_log import SourceCommit
 from shared.errors import ReplicationError, UnexpectedFailure
 from shared.replication.history import MissingHistory
 
+# Paths a seed remembers for the backfill that follows it (about 6 MiB of names at most).
+SEEDED_PATHS_LIMIT = 50_000
+
 # Written by delta-rs and Spark as the last commit of a VACUUM: the files are gone now.
 VACUUM_END = "VACUUM END"
 
@@ -45,6 +48,17 @@ class ReplicaOutcome:
     # (bytes, log_bytes, files) already added to the transfer record by the replicator itself;
     # the caller records only what came after.
     transfer_recorded: tuple = (0, 0, 0)
+
+    # Files this invocation's seed copied (at most SEEDED_PATHS_LIMIT, else None): its backfill
+    # skips them instead of asking. Dropped when the invocation ends.
+    seeded_paths: set | None = field(default_factory=set, repr=False, compare=False)
+
+    def remember_seeded(self, paths) -> None:
+        if self.seeded_paths is None:
+            return
+        self.seeded_paths.update(paths)
+        if len(self.seeded_paths) > SEEDED_PATHS_LIMIT:
+            self.seeded_paths = None  # a huge table: the backfill asks (HEAD) instead
 
     @property
     def retryable(self) -> bool:

@@ -74,6 +74,7 @@ BATCH_COMMIT_BYTES = 4 * 1024 * 1024
 class _Batch:
     commits: list = field(default_factory=list)  # SourceCommit, in version order
     copies: dict = field(default_factory=dict)  # copy future -> path
+    known_present: int = 0  # files not copied: the seed of this invocation copied them
     error: ReplicationError | None = None
 
 
@@ -288,6 +289,7 @@ class TableReplicator:
             log.exception("replica.failed table=%s replica=%s retryable=%s error=%s", self.table.name, name,
                           outcome.error.retryable, outcome.error, extra=fields)
         finally:
+            outcome.seeded_paths = None  # only for this invocation's backfill
             ordered.close()
             if early is not None:
                 self._finish_copies(early, outcome)  # no copy outlives the invocation that started it
@@ -366,7 +368,9 @@ class TableReplicator:
         # Whether to ask before copying: when most of the last finished batch's files were on
         # the replica already (history whose files a seed copied), a HEAD beats a failed copy.
         probe = False
-        upcoming = self._start_batch(store, source, start, target)
+        # Below a readable run, files this invocation's seed copied are there: no request for them.
+        known = None if in_order else outcome.seeded_paths
+        upcoming = self._start_batch(store, source, start, target, known=known)
         try:
             while upcoming is not None:
                 current, upcoming = upcoming, None
@@ -375,7 +379,9 @@ class TableReplicator:
                 following = current.commits[-1].version + 1 if current.commits else None
                 if following is not None and following <= target and current.error is None:
                     # Read on a thread of its own while this batch is finished and written.
-                    upcoming = _Ahead(self._start_batch, store, source, following, target, probe=probe)
+                    upcoming = _Ahead(self._start_batch, store, source, following, target, probe=probe,
+                                      known=known)
+                outcome.files_present += current.known_present
                 present = outcome.files_present
                 failed = self._finish_copies(current.copies, outcome)
                 probe = 2 * (outcome.files_present - present) > len(current.copies)
@@ -473,7 +479,7 @@ class TableReplicator:
         return missing
 
     def _start_batch(self, store: TableStore, source: SourceLog, first: int, target: int, *,
-                     probe: bool = False) -> _Batch:
+                     probe: bool = False, known: set | None = None) -> _Batch:
         """Read the commits from `first` (at most BATCH_VERSIONS, about BATCH_COMMIT_BYTES) in
         parallel, then start copying their files."""
         versions = list(range(first, min(first + BATCH_VERSIONS, target + 1)))
@@ -504,6 +510,11 @@ class TableReplicator:
             for _, future in pending:
                 future.cancel() or future.exception()
         unique = {f.path: f for commit in batch.commits for f in commit.files}
+        if known:
+            present = [path for path in unique if path in known]
+            for path in present:
+                del unique[path]
+            batch.known_present = len(present)
         batch.copies = {
             self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size, bulk=True,
                                probe=probe): f.path
@@ -625,6 +636,7 @@ class TableReplicator:
             if failed:
                 raise next(iter(failed.values()))
             nfiles += len(files)
+            outcome.remember_seeded(f.path for f in files)
         self._copy_checkpoint(store, source, names, outcome)
         try:
             commit = source.commit(version)
