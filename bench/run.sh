@@ -14,4 +14,7 @@ if [[ "${1:-}" == "consolidation" ]]; then
   exec .venv/bin/python -m bench.consolidation "$@"  # bench/run.sh consolidation [--quick]
 fi
 .venv/bin/python -m bench "$@"
-exec .venv/bin/python -m bench.consolidation
+.venv/bin/python -m bench.report  # bench/RESULTS.md and its plots from bench/out/results.json
+quick=()
+for arg in "$@"; do if [[ "$arg" == "--quick" ]]; then quick=(--quick); fi; done
+exec .venv/bin/python -m bench.consolidation "${quick[@]}"
