@@ -14,7 +14,7 @@ import pytest
 from shared.config.parse import parse_config
 from shared.errors import ConfigError
 from shared.health.lag import ReplicaHealth, measure_table
-from shared.replication import replicator as replicator_module
+from shared.replication import catch_up as replicator_module
 from shared.replication.history import MissingHistory
 from tests.support.lake import Lake, batch, rows
 
@@ -225,7 +225,6 @@ def test_backfill_writes_a_batch_at_once_and_a_hole_it_leaves_reads_as_an_error(
 def test_the_backfill_after_a_seed_sends_nothing_for_the_files_the_seed_copied(azurite, request):
     """Appends only: every file of the history is live at the checkpoint, so the seed copied it;
     the backfill in the same invocation writes the old commits without a request for them."""
-    from collections import Counter
 
     from shared.config.parse import parse_config
     from shared.runtime import ReplicationRuntime
