@@ -88,6 +88,7 @@ class ReplicationRuntime:
         self._file_pool = ThreadPoolExecutor(max_workers=FILE_COPY_WORKERS, thread_name_prefix="copy")
         self._task_pool = ThreadPoolExecutor(max_workers=TASK_WORKERS, thread_name_prefix="replica")
         self._sequencer = Sequencer()
+        self._topology_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="topology")
         self.replicators = {t.name: self._build_replicator(t) for t in config.tables}
 
     def store(self, table: TableConfig, location) -> BlobTableStore:
@@ -147,9 +148,10 @@ class ReplicationRuntime:
                 self._by_primary[key] = self._build_replicator(table, primary)
             return self._by_primary[key]
 
-    def submit(self, fn, *args):
-        """Run `fn` on the runtime's task pool (for callers outside it: never from a pool task)."""
-        return self._task_pool.submit(fn, *args)
+    def topology_async(self, table_name: str):
+        """The topology read on a small pool of its own (a future): beside the commit read, and
+        never queued behind replica tasks waiting for their turn."""
+        return self._topology_pool.submit(self.topology, table_name)
 
     def lease_store(self) -> LeaseStore:
         """Leases in the function app's storage (STATUS_CONNECTION / AzureWebJobsStorage), built on first use.
@@ -250,6 +252,7 @@ class ReplicationRuntime:
     def close(self) -> None:
         self._file_pool.shutdown(wait=True)
         self._task_pool.shutdown(wait=True)
+        self._topology_pool.shutdown(wait=True)
         if self._transfer_recorder is not None:
             self._transfer_recorder.close()
         for client in self.clients.values():

@@ -114,3 +114,26 @@ def test_remembered_primary_digests_hold_only_within_their_epoch(lake):
     for source in (replicator.source_log().at_epoch(4), replicator.source_log()):
         asked = source.commit_entry(1)  # another epoch, or none known: the primary is asked (a HEAD)
         assert asked.size == len(data) and asked.last_modified is not None
+
+
+def test_a_late_duplicate_whose_files_the_primary_vacuumed_is_up_to_date_not_an_error(lake):
+    """The one-version path asks only for N-1; a late duplicate of N whose files are gone from
+    the primary must still be recognised as there (and compared), not retried for hours."""
+    import json
+
+    lake.write(batch(0, 5), mode="overwrite")
+    lake.write(batch(10, 5), mode="overwrite")
+    lake.write(batch(20, 5), mode="overwrite")
+    events = lake.events()
+    lake.deliver_all(events)
+    container = lake.clients["eastus"].get_container_client(lake.container)
+    commit = container.download_blob(f"{lake.table_path}/_delta_log/{1:020d}.json").readall().decode()
+    added = [json.loads(line)["add"]["path"] for line in commit.splitlines() if '"add"' in line]
+    assert added
+    for path in added:  # as a VACUUM would, on the primary only
+        container.delete_blob(f"{lake.table_path}/{path}")
+    (late,) = [e for e in events if e["subject"].endswith(f"{1:020d}.json")]
+    result = lake.deliver(late)
+    assert [(o.replica, o.state, o.error) for o in result.outcomes] == [
+        ("westeu", ReplicaState.UP_TO_DATE, None), ("seasia", ReplicaState.UP_TO_DATE, None)]
+    lake.assert_replicas_equal(every_version=False)

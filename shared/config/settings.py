@@ -29,11 +29,14 @@ DEVELOPMENT_STORAGE = (
 # Proxy variables requests honours. Without any, clients stop "trusting the environment":
 # requests would otherwise stat and read ~/.netrc on every request (storage never
 # authenticates by netrc), a measurable share of each request's CPU.
-PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy",
+                   # and the CA bundles it takes from the environment (a private CA)
+                   "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 def transport_options(environ: Mapping[str, str] | None = None) -> dict:
-    """Options for every storage client's HTTP transport: environment settings only when a proxy is set."""
+    """Options for every storage client's HTTP transport: environment settings only when a proxy
+    or a CA bundle is set."""
     env = os.environ if environ is None else environ
     return {} if any(env.get(name) for name in PROXY_VARIABLES) else {"use_env_settings": False}
 

@@ -134,7 +134,8 @@ class TransferRecorder:
     Per commit the record would cost two Table requests (read, conditional merge), as many
     as the commit's own copy; batched it costs two per row per interval whatever the rate.
     The price: a host that dies loses at most the last interval's bytes from the cost report,
-    never anything of replication. `flush_seconds=0` writes at once (the CLI, some tests).
+    never anything of replication (atexit does not run when a worker is killed). The CLI
+    writes at its runtime's close. `flush_seconds=0` writes at once.
 
     Args:
         store: builds the TransferStore on first use; may raise (no STATUS_CONNECTION).

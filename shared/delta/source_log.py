@@ -6,6 +6,7 @@ import hashlib
 import json
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -144,19 +145,25 @@ class _BoundedCache:
             return self._total
 
 
+# How long a remembered digest stands in for a HEAD of the primary. Bounded so that a table
+# dropped and re-created at the same path without a promote (same epoch) is asked again soon.
+TRUST_SECONDS = 30.0
+
+
 class CommitDigests:
     """Size and MD5 of primary commits this process read, per (epoch, version); kept across
     invocations so the next commit's divergence check needs no HEAD of the primary's previous
     one. Within an epoch a primary's commit never changes (Delta writes each once; cleanup
     only deletes), and a promote starts a new epoch, so an entry is never stale."""
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, *, trust_seconds: float = TRUST_SECONDS) -> None:
         self.capacity = capacity
+        self.trust_seconds = trust_seconds
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, int], tuple[int, bytes]] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, int], tuple[int, bytes, float]] = OrderedDict()
 
     def put(self, epoch: int, version: int, data: bytes) -> None:
-        digest = (len(data), hashlib.md5(data).digest())  # noqa: S324 - a content check, as Content-MD5
+        digest = (len(data), hashlib.md5(data).digest(), time.monotonic())  # noqa: S324 - as Content-MD5
         with self._lock:
             self._entries[(epoch, version)] = digest
             self._entries.move_to_end((epoch, version))
@@ -164,8 +171,13 @@ class CommitDigests:
                 self._entries.popitem(last=False)
 
     def get(self, epoch: int, version: int) -> tuple[int, bytes] | None:
+        """Size and MD5, if read at this epoch in the last `trust_seconds` (the next commit's
+        event, in the steady state); older entries are asked again."""
         with self._lock:
-            return self._entries.get((epoch, version))
+            entry = self._entries.get((epoch, version))
+        if entry is None or time.monotonic() - entry[2] > self.trust_seconds:
+            return None
+        return entry[0], entry[1]
 
 
 class SourceLog:

@@ -73,7 +73,7 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
     # The commit is read from where the event says while the topology is read: a read of a
     # location that turns out not to be the primary is discarded, and nothing is written
     # before the topology is known.
-    reading = runtime.submit(runtime.topology, ref.table.name)
+    reading = runtime.topology_async(ref.table.name)
     replicator = runtime.replicator_from(ref.table.name, ref.location)
     source = replicator.source_log()
     if ref.log_file.kind == LogFileKind.COMMIT:
