@@ -17,6 +17,7 @@ proxy runs in a process of its own: the network's work is not the measured proce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -24,6 +25,7 @@ import statistics
 import subprocess
 import threading
 import time
+import types
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -178,19 +180,6 @@ def measure_lag(primary: AzuriteProcess, replica: AzuriteProcess, rtt_ms: float,
             "rclone_p50": statistics.median(sync), "rclone_p99": pct(sync, 0.99)}
 
 
-class _Direct:
-    """No proxy: the replica's own port."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    def __enter__(self) -> "_Direct":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
 def measure_readable(primary: AzuriteProcess, replica: AzuriteProcess, rtt_ms: float,
                      table: SyntheticTable, shape: str) -> dict:
     """A new replica of `table` (with a checkpoint at its head): readable, then backfilled.
@@ -200,7 +189,8 @@ def measure_readable(primary: AzuriteProcess, replica: AzuriteProcess, rtt_ms: f
     streams through itself either way."""
     tag = f"r{int(rtt_ms)}x{uuid.uuid4().hex[:6]}"
     same = replica is primary
-    with (_Direct(primary.port) if same else ProxyProcess(replica.port, rtt_ms)) as proxy:
+    direct = contextlib.nullcontext(types.SimpleNamespace(port=primary.port))  # no proxy: the port itself
+    with (direct if same else ProxyProcess(replica.port, rtt_ms)) as proxy:
         remote = BlobServiceClient.from_connection_string(remote_connection(proxy.port, "westeu"))
         remote.create_container(tag)
         remote.create_container(tag + "rc")

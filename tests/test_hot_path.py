@@ -88,3 +88,26 @@ def test_a_replica_already_at_the_version_costs_at_most_the_commits_files(azurit
         assert lake.blobs("westeu") == before  # same names, sizes and etags: nothing rewritten
     finally:
         lake.close()
+
+
+def test_a_probing_copy_of_a_file_the_replica_has_costs_one_head(lake):
+    """probe=True (history whose files a seed copied): one HEAD answers, nothing is read or sent."""
+    import json
+
+    from tests.scenarios.test_data_safety import RequestAudit
+
+    lake.write(batch(0, 5), mode="overwrite")
+    lake.deliver_all(lake.events())
+    commit = lake.clients["eastus"].get_container_client(lake.container).download_blob(
+        f"{lake.table_path}/_delta_log/{0:020d}.json").readall().decode()
+    (add,) = [json.loads(line)["add"] for line in commit.splitlines() if '"add"' in line]
+    audit = RequestAudit()
+    runtime = ReplicationRuntime(parse_config(lake.config_doc), lake.environ, counter=audit)
+    try:
+        replicator = runtime.replicators["sales"]
+        copied = replicator.replicas["westeu"].copy_file_from(replicator.source_store, add["path"],
+                                                             expected_size=add["size"], bulk=True, probe=True)
+    finally:
+        runtime.close()
+    assert copied == 0  # present: nothing copied
+    assert [(method, account) for method, account, *_ in audit.requests] == [("HEAD", "westeu")]

@@ -154,7 +154,7 @@ class CommitDigests:
     """Size and MD5 of primary commits this process read, per (epoch, version); kept across
     invocations so the next commit's divergence check needs no HEAD of the primary's previous
     one. Within an epoch a primary's commit never changes (Delta writes each once; cleanup
-    only deletes), and a promote starts a new epoch, so an entry is never stale."""
+    only deletes), and a promote starts a new epoch; entries are trusted for TRUST_SECONDS."""
 
     def __init__(self, capacity: int = 1024, *, trust_seconds: float = TRUST_SECONDS) -> None:
         self.capacity = capacity
@@ -162,10 +162,13 @@ class CommitDigests:
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[int, int], tuple[int, bytes, float]] = OrderedDict()
 
-    def put(self, epoch: int, version: int, data: bytes) -> None:
-        digest = (len(data), hashlib.md5(data).digest(), time.monotonic())  # noqa: S324 - as Content-MD5
+    @staticmethod
+    def digest(data: bytes) -> tuple[int, bytes]:
+        return len(data), hashlib.md5(data).digest()  # noqa: S324 - a content check, as Content-MD5
+
+    def put(self, epoch: int, version: int, digest: tuple[int, bytes]) -> None:
         with self._lock:
-            self._entries[(epoch, version)] = digest
+            self._entries[(epoch, version)] = (*digest, time.monotonic())
             self._entries.move_to_end((epoch, version))
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
@@ -189,14 +192,13 @@ class SourceLog:
     """
 
     def __init__(self, table: TableConfig, store: TableStore, root: TableRoot, *,
-                 commit_cache_bytes: int = COMMIT_CACHE_BYTES, digests: CommitDigests | None = None,
-                 epoch: int | None = None) -> None:
+                 commit_cache_bytes: int = COMMIT_CACHE_BYTES, digests: CommitDigests | None = None) -> None:
         self.table = table
         # Digests are remembered only under a known epoch (see at_epoch); until then the
-        # first few read are held here.
+        # ones read are held here (an event reads one commit before the topology is known).
         self._digests = digests
-        self._epoch = epoch
-        self._unfiled: dict[int, bytes] = {}
+        self._epoch: int | None = None
+        self._unfiled: dict[int, tuple[int, bytes]] = {}
         self.store = store
         self.root = root
         self._lock = threading.Lock()
@@ -265,19 +267,22 @@ class SourceLog:
     def _file_digest(self, version: int, data: bytes) -> None:
         if self._digests is None:
             return
-        if self._epoch is not None:
-            self._digests.put(self._epoch, version, data)
-        elif len(self._unfiled) < 4:
-            with self._lock:
-                self._unfiled[version] = data
+        digest = CommitDigests.digest(data)
+        with self._lock:
+            if self._epoch is None:
+                if len(self._unfiled) < 4:
+                    self._unfiled[version] = digest
+                return
+            epoch = self._epoch
+        self._digests.put(epoch, version, digest)
 
     def at_epoch(self, epoch: int) -> "SourceLog":
         """The topology was read: this is the primary at `epoch`; remember what was read so far."""
         with self._lock:
             self._epoch, unfiled, self._unfiled = epoch, self._unfiled, {}
         if self._digests is not None:
-            for version, data in unfiled.items():
-                self._digests.put(epoch, version, data)
+            for version, digest in unfiled.items():
+                self._digests.put(epoch, version, digest)
         return self
 
     def commit_bytes(self, version: int) -> bytes:

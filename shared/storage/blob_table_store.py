@@ -355,11 +355,11 @@ class BlobTableStore:
             # where a copy attempt would read, send and then fail.
             with self._storage(f"checking {path}"):
                 try:
-                    dst.get_blob_properties()
+                    props = dst.get_blob_properties()
                 except ResourceNotFoundError:
                     pass
                 else:
-                    return self._check_existing(source, dst, path, expected_size)
+                    return self._check_existing(source, dst, path, expected_size, props=props)
         # Latency path (one commit): small files stream, done when the PUT returns. Bulk path
         # (catch-up, seeding): one Copy Blob request per file halves the requests sent.
         small = not bulk and expected_size is not None and expected_size <= SMALL_FILE_BYTES
@@ -445,9 +445,10 @@ class BlobTableStore:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _check_existing(self, source, dst, path: str, expected_size: int | None) -> int:
-        """A blob already exists at `path`: a finished or running copy of ours, or a conflict."""
-        props = dst.get_blob_properties()
+    def _check_existing(self, source, dst, path: str, expected_size: int | None, *, props=None) -> int:
+        """A blob already exists at `path` (`props`, when just read): a finished or running copy
+        of ours, or a conflict."""
+        props = props or dst.get_blob_properties()
         status = props.copy.status if props.copy else None
         if status == "pending":
             self._wait_for_copy(dst, path, expected_size)
@@ -497,7 +498,7 @@ class BlobTableStore:
                     raise ReplicaUnreachable(
                         f"{self.description}: {path} holds a failed copy again; it will be retried."
                     ) from None
-                return self._check_existing(source, dst, path, expected_size)
+                return self._check_existing(source, dst, path, expected_size, props=existing)
         return size
 
     def _ensure_container(self) -> None:
