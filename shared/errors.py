@@ -91,3 +91,19 @@ class PromotionRefused(ReplicationError):
 
 class RejoinRefused(ReplicationError):
     """Raised when a location cannot rejoin: its history up to the promotion differs from the primary's."""
+
+
+class AccessDenied(ReplicationError):
+    """Raised when storage refuses our credentials (401/403): retrying cannot help; the message names
+    the connection setting and the permission to grant, and `hint` holds that advice alone."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class TopologyUnavailable(ReplicationError):
+    """Raised when the ReplicationTopology cannot be read (host table storage down, or its table missing
+    after a promotion has happened): acting on a guessed primary could write into a fenced location."""
+
+    retryable = True
