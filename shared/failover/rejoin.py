@@ -1,12 +1,13 @@
 """Rejoin a former primary (or any location ahead of the primary) with quarantine.
 
 After a forced promote at version P, the old primary may hold versions above P that were
-written during the outage and never reached the new primary. Rejoin keeps them and makes the
-location an ordinary replica again:
+written during the outage and never reached the new primary (and, after any promote, the
+fence). Rejoin keeps them and makes the location an ordinary replica again:
 
-1. versions <= P must equal the primary's byte for byte, else it is a different table: refuse;
-2. every version above P that is not the primary's (the first differing one and all after it)
-   is copied, with its `.crc`/checkpoint files and every data/DV/CDC file its commit adds, to
+1. find where the location left the primary's lineage (lineage.py: the first version d that is
+   not the primary's, filed under the epoch of the last promotion before d, whichever of any
+   number of failovers that was); a location sharing no commit is a different table: refuse;
+2. every version from d on is copied, with its `.crc`/checkpoint files and every data/DV/CDC file its commit adds, to
    `<container>/_quarantine/<table path>/epoch-<E>/` in the location's own account (outside
    the table root, so retention never lists it), and each copy is verified (size and MD5);
    a manifest `quarantine.json` is written last;
@@ -42,6 +43,7 @@ from shared.delta.log import (
     referenced_files,
 )
 from shared.errors import RejoinRefused, ReplicationError
+from shared.failover.lineage import plan_quarantine
 from shared.storage.blob_table_store import BlobTableStore
 
 log = logging.getLogger(__name__)
@@ -106,44 +108,6 @@ def _md5(store: BlobTableStore, path: str) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _commits(entries) -> dict[int, object]:
-    return {lf.version: e for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
-
-
-def _same(old: BlobTableStore, primary: BlobTableStore, mine, theirs) -> bool:
-    if mine.size != theirs.size:
-        return False
-    if mine.content_md5 and theirs.content_md5:
-        return mine.content_md5 == theirs.content_md5
-    return old.get_log_file(mine.name) == primary.get_log_file(theirs.name)
-
-
-def plan_quarantine(table, old: BlobTableStore, primary: BlobTableStore, promoted_at: int,
-                    location: str) -> tuple[list[int], list]:
-    """The versions of `old` to quarantine and `old`'s log listing.
-
-    Raises:
-        RejoinRefused: a version <= promoted_at differs from the primary's.
-    """
-    entries = old.list_log()
-    mine = _commits(entries)
-    theirs = _commits(primary.list_log())
-    for v in sorted(mine):
-        if v > promoted_at:
-            break
-        if v in theirs and not _same(old, primary, mine[v], theirs[v]):
-            raise RejoinRefused(
-                f"location {location} of table {table.name} has version {v} (at or before the promotion at "
-                f"version {promoted_at}) with different content from the primary's: it is a different table. "
-                "Nothing was changed; inspect both and restore the location from a snapshot."
-            )
-    ahead = [v for v in sorted(mine) if v > promoted_at]
-    for i, v in enumerate(ahead):
-        if v not in theirs or not _same(old, primary, mine[v], theirs[v]):
-            return ahead[i:], entries
-    return [], entries
-
-
 def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) -> RejoinResult:
     """Quarantine what `location` holds beyond the promotion, then make it a replica again.
 
@@ -161,26 +125,27 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
     if topology.epoch == 0 or topology.promoted_at_version is None:
         raise RejoinRefused(f"table {table_name} has never been promoted (epoch 0); there is nothing to rejoin. "
                             f"Use `python -m cli sync --table {table_name}` to catch a replica up.")
+    history = runtime.topology_store().history(table)
     replicator = runtime.replicator(table_name, topology)
     old = replicator.replicas[location]
     primary = replicator.source_store
-    promoted_at = topology.promoted_at_version
-    qstore = quarantine_store(runtime, loc, topology.epoch)
-    result = RejoinResult(table_name, location, topology.epoch, promoted_at, dry_run=dry_run,
-                          quarantine_path=f"{loc.container}/{quarantine_root(loc, topology.epoch)}")
     if dry_run:
-        versions, entries = plan_quarantine(table, old, primary, promoted_at, location)
-        manifest = read_manifest(qstore)
-        result.versions = sorted(set(versions) | set(manifest["versions"] if manifest else []))
-        result.log_files = _log_files(entries, set(versions))
-        result.data_files = len(_data_files(table, old, versions))
+        plan = plan_quarantine(table, old, primary, history, location)
+        result = _result(table_name, loc, plan, dry_run=True)
+        manifest = read_manifest(quarantine_store(runtime, loc, plan.epoch))
+        result.versions = sorted(set(plan.versions) | set(manifest["versions"] if manifest else []))
+        result.log_files = _log_files(plan.entries, set(plan.versions))
+        result.data_files = len(_data_files(table, old, plan.versions))
         return result
     with runtime.lease_store().hold(f"rejoin/{table_name}"):
         with replicator.lease(old):  # no catch-up writes into the location while its log is trimmed
-            versions, entries = plan_quarantine(table, old, primary, promoted_at, location)
+            plan = plan_quarantine(table, old, primary, history, location)
+            result = _result(table_name, loc, plan, dry_run=False)
+            versions, entries = plan.versions, plan.entries
+            qstore = quarantine_store(runtime, loc, plan.epoch)
             manifest = read_manifest(qstore)
             if versions:
-                manifest = _quarantine(runtime, table, loc, topology, old, qstore, versions, entries, manifest)
+                manifest = _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entries, manifest)
                 failpoints.hit(REJOIN_COPIED, location=location)
                 _repair_last_checkpoint(old, versions[0] - 1)
                 result.removed = _remove(old, entries, versions)
@@ -196,9 +161,14 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
     if result.versions:
         result.alerted = _record(runtime, result)
     log.warning("rejoin.done table=%s location=%s epoch=%d quarantined=%s removed=%d head=%s", table_name, location,
-                topology.epoch, result.versions, result.removed, result.head_after,
-                extra={"table": table_name, "location": location, "epoch": topology.epoch})
+                result.epoch, result.versions, result.removed, result.head_after,
+                extra={"table": table_name, "location": location, "epoch": result.epoch})
     return result
+
+
+def _result(table_name: str, loc, plan, *, dry_run: bool) -> RejoinResult:
+    return RejoinResult(table_name, loc.name, plan.epoch, plan.promoted_at_version, dry_run=dry_run,
+                        quarantine_path=f"{loc.container}/{quarantine_root(loc, plan.epoch)}")
 
 
 def _log_files(entries, versions: set[int]) -> list[str]:
@@ -218,7 +188,7 @@ def _data_files(table, old: BlobTableStore, versions: list[int]) -> dict:
     return files
 
 
-def _quarantine(runtime, table, loc, topology, old, qstore, versions, entries, manifest) -> dict:
+def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entries, manifest) -> dict:
     """Copy, verify (size and MD5), then write the manifest (the union with an earlier run's)."""
     names = _log_files(entries, set(versions))
     data = _data_files(table, old, versions)
@@ -238,8 +208,8 @@ def _quarantine(runtime, table, loc, topology, old, qstore, versions, entries, m
         checked[path] = copy.result()
     previous = manifest or {}
     doc = {
-        "table": table.name, "location": loc.name, "epoch": topology.epoch, "primary": topology.primary,
-        "promotedAtVersion": topology.promoted_at_version,
+        "table": table.name, "location": loc.name, "epoch": plan.epoch, "primary": topology.primary,
+        "promotedAtVersion": plan.promoted_at_version,
         "versions": sorted(set(previous.get("versions", [])) | set(versions)),
         "logFiles": sorted(set(previous.get("logFiles", [])) | set(names)),
         "dataFiles": sorted(set(previous.get("dataFiles", [])) | set(data)),
@@ -249,7 +219,7 @@ def _quarantine(runtime, table, loc, topology, old, qstore, versions, entries, m
     blob = runtime.clients[loc.connection].get_blob_client(loc.container, f"{qstore.root}/{MANIFEST}")
     blob.upload_blob(json.dumps(doc, indent=1).encode(), overwrite=True)
     log.info("rejoin.quarantined table=%s location=%s epoch=%d versions=%s files=%d", table.name, loc.name,
-             topology.epoch, versions, len(checked), extra={"table": table.name, "location": loc.name})
+             plan.epoch, versions, len(checked), extra={"table": table.name, "location": loc.name})
     return doc
 
 

@@ -1,10 +1,18 @@
 """The ReplicationTopology Azure Table: which location of a table takes writes, and since which epoch.
 
 PartitionKey = table name, one row (RowKey "topology") with Primary, Epoch, PromotedAtVersion,
-PromotedAt and PreviousPrimary. Without a row the configured source is the primary at epoch 0.
-The row changes only under an ETag condition (created the first time), so of two operators
-promoting at once exactly one wins. It lives in the function app's storage, next to
-ReplicationStatus, and is read once per invocation, never cached.
+PromotedAt and PreviousPrimary: the current primary. Beside it, one row per promotion ever made
+(RowKey "epoch-<E>", the same columns): the history rejoin needs to find where a location left the
+primary's lineage after any number of failovers. A flip writes both in one entity-group
+transaction: the current row only under an ETag condition (created the first time), the history
+row only if absent, so of two operators promoting at once exactly one wins and the history never
+misses an epoch. It lives in the function app's storage, next to ReplicationStatus, and is read
+once per invocation, never cached.
+
+Without a row the configured source is the primary at epoch 0, but only while nothing says a
+promotion happened: when the ReplicationTopology *table* is missing (host storage replaced or the
+table deleted), the promotion markers in the data locations decide (see markers.py) and a missing
+table after a promotion is `TopologyUnavailable`, never epoch 0.
 """
 
 from __future__ import annotations
@@ -22,16 +30,21 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.data.tables import TableServiceClient, UpdateMode
+from azure.data.tables import TableServiceClient, TableTransactionError, UpdateMode
 
 from shared.config.model import TableConfig
-from shared.errors import ReplicaUnreachable, TopologyConflict
+from shared.errors import ReplicaUnreachable, TopologyConflict, TopologyUnavailable
 from shared.storage.host_table import HostTable
 
 log = logging.getLogger(__name__)
 
 TOPOLOGY_TABLE = "ReplicationTopology"
 ROW_KEY = "topology"
+HISTORY_PREFIX = "epoch-"  # RowKey of one promotion's history row: epoch-<E>
+
+
+def history_row_key(epoch: int) -> str:
+    return f"{HISTORY_PREFIX}{epoch}"
 
 
 @dataclass(frozen=True)
@@ -62,10 +75,13 @@ class TopologyStore(HostTable):
 
     Args:
         service: a TableServiceClient for the function app's storage (STATUS_CONNECTION).
+        markers: decides, when the table itself is missing, whether a promotion ever happened
+            (`shared.failover.markers.PromotionMarkers`); None: a missing table is epoch 0.
     """
 
-    def __init__(self, service: TableServiceClient, *, table_name: str = TOPOLOGY_TABLE) -> None:
+    def __init__(self, service: TableServiceClient, *, table_name: str = TOPOLOGY_TABLE, markers=None) -> None:
         super().__init__(service, table_name)
+        self._markers = markers
 
     def get(self, table: TableConfig) -> Topology:
         """The table's current topology (one point read); the configured default without a row.
@@ -73,43 +89,103 @@ class TopologyStore(HostTable):
         Raises:
             ReplicaUnreachable: the table service did not answer (retryable: replicating with
                 a guessed primary could copy from a fenced location).
+            TopologyUnavailable: the ReplicationTopology table is missing and a promotion
+                marker says the table was promoted (or a location that could hold one does not
+                answer): epoch 0 would name a deposed primary.
         """
         try:
             entity = self._table.get_entity(table.name, ROW_KEY)
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as err:
+            if err.error_code == "TableNotFound" and self._markers is not None:
+                return self._missing_table(table)
             return default_topology(table)
         except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
             raise ReplicaUnreachable(
                 f"topology of table {table.name}: the function app's table storage did not answer "
                 f"({type(err).__name__}); it will be retried."
             ) from err
-        version = entity.get("PromotedAtVersion")
-        return Topology(
-            table=table.name, primary=entity["Primary"], epoch=int(entity.get("Epoch", 0)),
-            promoted_at_version=None if version is None or version == -1 else int(version),
-            promoted_at=entity.get("PromotedAt") or None, previous_primary=entity.get("PreviousPrimary") or None,
-            etag=entity.metadata.get("etag"),
-        )
+        return _from_entity(table.name, entity)
+
+    def _missing_table(self, table: TableConfig) -> Topology:
+        """No ReplicationTopology table at all: epoch 0 only if no location holds a promotion marker.
+
+        Once every location answered without one, the (empty) table is created, so the next
+        reads are one point read again; a host storage replaced later is checked again.
+        """
+        found = self._markers.latest(table)
+        if found.marker is not None:
+            raise TopologyUnavailable(
+                f"topology of table {table.name}: the {self.table_name} table is missing from the function app's "
+                f"storage, but location {found.location} holds a promotion marker (epoch {found.marker['epoch']}, "
+                f"primary {found.marker['primary']}); the table was promoted, so epoch 0 (the configured source) "
+                "would fence the real primary. Restore the topology with `python -m cli topology restore --table "
+                f"{table.name}` (it rebuilds the rows from the markers). Nothing was replicated."
+            )
+        if found.unreachable:
+            raise TopologyUnavailable(
+                f"topology of table {table.name}: the {self.table_name} table is missing from the function app's "
+                f"storage and location(s) {', '.join(found.unreachable)} did not answer, so whether the table was "
+                "ever promoted cannot be told; it will be retried. Nothing was replicated."
+            )
+        self._ensure_table()
+        log.warning("topology.table_created table=%s reason=missing_and_no_promotion_marker", table.name,
+                    extra={"table": table.name})
+        return default_topology(table)
+
+    def history(self, table: TableConfig) -> list[Topology]:
+        """Every promotion of the table, by epoch (empty when never promoted).
+
+        A current row written before history rows existed (an older version of this app) is
+        its own epoch's history; earlier epochs of such a table are unknown.
+
+        Raises:
+            ReplicaUnreachable: the table service did not answer.
+            TopologyUnavailable: see `get`.
+        """
+        current = self.get(table)
+        rows: dict[int, Topology] = {}
+        if current.etag is not None:
+            try:
+                for entity in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": table.name}):
+                    if str(entity["RowKey"]).startswith(HISTORY_PREFIX):
+                        row = _from_entity(table.name, entity)
+                        rows[row.epoch] = row
+            except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
+                raise ReplicaUnreachable(
+                    f"topology history of table {table.name}: the function app's table storage did not answer "
+                    f"({type(err).__name__}); it will be retried."
+                ) from err
+            rows.setdefault(current.epoch, current)
+        return [rows[e] for e in sorted(rows) if e >= 1]
 
     def flip(self, current: Topology, primary: str, promoted_at_version: int) -> Topology:
         """Make `primary` the table's primary at epoch `current.epoch + 1`, only if the row is
-        still `current` (its ETag; created when `current` came from no row).
+        still `current` (its ETag; created when `current` came from no row), and record the
+        promotion as history row `epoch-<E>`: both or neither (one transaction).
 
         Raises:
             TopologyConflict: another promote changed the row since `current` was read;
                 nothing was written.
         """
         now = datetime.now(timezone.utc).isoformat()
-        entity = {"PartitionKey": current.table, "RowKey": ROW_KEY, "Primary": primary, "Epoch": current.epoch + 1,
-                  "PromotedAtVersion": promoted_at_version, "PromotedAt": now,
-                  "PreviousPrimary": current.primary}
+        epoch = current.epoch + 1
+        columns = {"Primary": primary, "Epoch": epoch, "PromotedAtVersion": promoted_at_version, "PromotedAt": now,
+                   "PreviousPrimary": current.primary}
+        entity = {"PartitionKey": current.table, "RowKey": ROW_KEY, **columns}
+        history = {"PartitionKey": current.table, "RowKey": history_row_key(epoch), **columns}
+        if current.etag is None:
+            self._ensure_table()
+            operations = [("create", entity), ("create", history)]
+        else:
+            operations = [("update", entity, {"mode": UpdateMode.REPLACE, "etag": current.etag,
+                                              "match_condition": MatchConditions.IfNotModified}),
+                          ("create", history)]
         try:
-            if current.etag is None:
-                self._ensure_table()
-                metadata = self._table.create_entity(entity)
-            else:
-                metadata = self._table.update_entity(entity, mode=UpdateMode.REPLACE, etag=current.etag,
-                                                     match_condition=MatchConditions.IfNotModified)
+            results = self._table.submit_transaction(operations)
+        except TableTransactionError as err:
+            if err.status_code in (404, 409, 412) or err.error_code in ("EntityAlreadyExists", "UpdateConditionNotSatisfied"):
+                raise TopologyConflict(self._conflict(current, primary)) from err
+            raise
         except (ResourceExistsError, ResourceModifiedError) as err:
             raise TopologyConflict(self._conflict(current, primary)) from err
         except HttpResponseError as err:
@@ -117,13 +193,48 @@ class TopologyStore(HostTable):
                 raise TopologyConflict(self._conflict(current, primary)) from err
             raise
         log.warning("topology.flipped table=%s primary=%s previous=%s epoch=%d promoted_at_version=%d",
-                    current.table, primary, current.primary, current.epoch + 1, promoted_at_version,
-                    extra={"table": current.table, "primary": primary, "epoch": current.epoch + 1})
-        return Topology(current.table, primary, current.epoch + 1, promoted_at_version, now, current.primary,
-                        metadata.get("etag"))
+                    current.table, primary, current.primary, epoch, promoted_at_version,
+                    extra={"table": current.table, "primary": primary, "epoch": epoch})
+        return Topology(current.table, primary, epoch, promoted_at_version, now, current.primary,
+                        results[0].get("etag"))
+
+    def restore(self, table: TableConfig, rows: list[Topology]) -> Topology:
+        """Recreate the current row and the history rows from promotion markers (`rows`, by epoch);
+        only into a table that has no current row (never over a live topology).
+
+        Raises:
+            TopologyConflict: the table has a current row already; nothing was written.
+        """
+        self._ensure_table()
+        last = rows[-1]
+        operations = [("create", {"PartitionKey": table.name, "RowKey": ROW_KEY, **_columns(last)})]
+        operations += [("upsert", {"PartitionKey": table.name, "RowKey": history_row_key(r.epoch), **_columns(r)})
+                       for r in rows]
+        try:
+            results = self._table.submit_transaction(operations)
+        except TableTransactionError as err:
+            raise TopologyConflict(f"topology of table {table.name} already has a current row; restore writes only "
+                                   "into a missing topology. Nothing was changed.") from err
+        return Topology(table.name, last.primary, last.epoch, last.promoted_at_version, last.promoted_at,
+                        last.previous_primary, results[0].get("etag"))
 
     def _conflict(self, current: Topology, primary: str) -> str:
         return (f"promotion of table {current.table} to {primary} lost a race: the topology changed after it "
                 f"was read at epoch {current.epoch} (primary {current.primary}); another promote won. Nothing "
                 "was changed by this one. Check `python -m cli promote --help` and the current primary "
                 "(`python -m cli status`), then promote again only if still needed.")
+
+
+def _columns(t: Topology) -> dict:
+    return {"Primary": t.primary, "Epoch": t.epoch, "PromotedAtVersion": t.promoted_at_version,
+            "PromotedAt": t.promoted_at or "", "PreviousPrimary": t.previous_primary or ""}
+
+
+def _from_entity(table_name: str, entity) -> Topology:
+    version = entity.get("PromotedAtVersion")
+    return Topology(
+        table=table_name, primary=entity["Primary"], epoch=int(entity.get("Epoch", 0)),
+        promoted_at_version=None if version is None or version == -1 else int(version),
+        promoted_at=entity.get("PromotedAt") or None, previous_primary=entity.get("PreviousPrimary") or None,
+        etag=entity.metadata.get("etag"),
+    )

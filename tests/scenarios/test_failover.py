@@ -241,3 +241,52 @@ def test_sigkill_at_each_rejoin_step_then_rerun_converges(azurite, request, fail
         assert [(c.version, c.rows_added) for c in list_quarantine(lake.runtime, name)] == [(4, 5), (5, 5), (6, 5)]
     finally:
         lake.close()
+
+
+def test_rejoin_after_two_failovers_quarantines_each_deposed_lineage(azurite, request):
+    """westeu promoted at v2 while eastus holds outage commits v3-v4; seasia promoted at v5 while
+    westeu holds its own outage commit v6. Both rejoin; eastus's v3-v4 are quarantined (epoch 1),
+    westeu's v6 (epoch 2), and every outage row is replayable."""
+    lake = failover_lake(azurite, request.node.name)
+    name = lake.table_name
+    try:
+        lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+        for i in range(1, 3):
+            lake.write(batch(i * 5, 5), partition_by=["region"])
+        deliver_new(lake, "eastus", set())
+        for k in range(2):  # eastus's outage commits v3-v4: their events never arrive
+            lake.write(batch(9000 + k * 5, 5), partition_by=["region"])
+        first = promote(lake.runtime, name, "westeu", force=True)
+        assert (first.topology.epoch, first.topology.promoted_at_version) == (1, 2)
+        for i in range(3, 6):
+            write_to(lake, "westeu", batch(i * 5, 5), partition_by=["region"])
+        deliver_new(lake, "westeu", set())
+        assert lake.head("seasia") == 5
+        write_to(lake, "westeu", batch(8000, 5), partition_by=["region"])  # westeu's outage commit v6
+        second = promote(lake.runtime, name, "seasia", force=True)
+        assert (second.topology.epoch, second.topology.promoted_at_version, second.topology.previous_primary) == \
+            (2, 5, "westeu")
+        for i in range(6, 8):
+            write_to(lake, "seasia", batch(i * 5, 5), partition_by=["region"])
+        west = rejoin(lake.runtime, name, "westeu")
+        assert (west.epoch, west.promoted_at_version, west.versions[0]) == (2, 5, 6)
+        east = rejoin(lake.runtime, name, "eastus")
+        assert (east.epoch, east.promoted_at_version, east.versions[:2]) == (1, 2, [3, 4])
+        assert east.head_after == west.head_after == lake.head("seasia") == 7
+        assert_same_log(lake, "seasia", "eastus")
+        assert_same_log(lake, "seasia", "westeu")
+        from shared.failover.replay import list_quarantine, replay
+
+        appends = [(c.location, c.epoch, c.version, c.rows_added) for c in list_quarantine(lake.runtime, name)
+                   if c.blind_append]
+        assert appends == [("eastus", 1, 3, 5), ("eastus", 1, 4, 5), ("westeu", 2, 6, 5)]
+        assert replay(lake.runtime, name, 1).applied == [3, 4]
+        assert replay(lake.runtime, name, 2).applied == [6]
+        seasia_ids = ids(lake, "seasia")
+        assert [i for i in seasia_ids if i >= 8000] == list(range(8000, 8005)) + list(range(9000, 9010))
+        # The topology kept every promotion beside the current row.
+        history = lake.runtime.topology_store().history(lake.runtime.config.table(name))
+        assert [(h.epoch, h.primary, h.promoted_at_version, h.previous_primary) for h in history] == \
+            [(1, "westeu", 2, "eastus"), (2, "seasia", 5, "westeu")]
+    finally:
+        lake.close()
