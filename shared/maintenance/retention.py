@@ -13,6 +13,10 @@ The only code, with snapshots, that deletes from a replica. Per replica, under i
   version references them, even after the primary vacuumed them.
 - Nothing is deleted when the primary's `_delta_log` cannot be listed or is empty: an
   absent primary is not a primary that vacuumed everything.
+- Nothing is deleted while the replica's log is not a byte-identical prefix of the primary's
+  (checked in the same run, prefix.py): a diverged or ahead replica (a deposed primary, a
+  fenced location) holds files only its lineage has; it keeps every one until rejoin has
+  quarantined them. The status row's Detail says why nothing was purged.
 
 `replicate_commit` runs this right after a replica receives a `VACUUM END` commit, so
 purges arrive within seconds; the daily timer is the safety net.
@@ -37,6 +41,7 @@ from shared.delta.log import (
 from shared.delta.source_log import complete_checkpoints
 from shared.delta.table_state import table_state
 from shared.errors import ReplicationError
+from shared.maintenance.prefix import not_a_prefix
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +154,13 @@ def apply_replica_retention(replicator, name: str, *, now: datetime | None = Non
             log.warning("retention.skipped table=%s replica=%s reason=%s", table.name, name, result.skipped,
                         extra=fields)
             return result
+        diverged = not_a_prefix(store, replicator.source_store, entries, source_entries)
+        if diverged is not None:
+            result.skipped = (f"{diverged}; nothing is purged until `python -m cli rejoin --table {table.name} "
+                              f"--location {name}` has quarantined what only it holds")
+            log.warning("retention.skipped table=%s replica=%s reason=%s", table.name, name, result.skipped,
+                        extra=fields)
+            return result
         primary_files = {f.name for f in replicator.source_store.list_files()}
         keep_from = min(_keep_from(store, source_versions, commits, head, policy, now), head)
         checkpoints = sorted(v for v in complete_checkpoints(entries) if v <= keep_from)
@@ -223,9 +235,14 @@ def purge_after_vacuum(replicator, outcomes, *, status=None) -> list[RetentionRe
 
 
 def record_purge(status, result: RetentionResult) -> None:
-    """Record files and bytes freed in the replica's status row; a failure only logs."""
+    """Record files and bytes freed in the replica's status row (and, when a safety check stopped
+    the run, why nothing was purged, in Detail); a failure only logs."""
     try:
         status.record_purge(result.table, result.replica, files=result.files_freed, bytes_freed=result.bytes_freed)
+        if result.skipped is not None:
+            # record_quarantine is the status store's one writer of Detail alone (a MERGE).
+            status.record_quarantine(result.table, result.replica,
+                                     detail=f"retention purged nothing: {result.skipped}")
     except Exception as err:  # noqa: BLE001 - the purge happened; its record is best effort
         log.warning("retention.record_failed table=%s replica=%s error=%s", result.table, result.replica,
                     type(err).__name__)

@@ -5,6 +5,10 @@ the data and deletion-vector files active at the replica's version, copied, and 
 log whose version 0 holds protocol, metaData and those add actions. It is complete only
 once that commit exists (written last); anything else under the folder is an interrupted
 snapshot, never counted, and removed by the next run.
+
+A replica whose log is not a byte-identical prefix of the primary's (prefix.py: diverged,
+ahead, fenced) is not snapshotted and its snapshots are not rotated: a snapshot of another
+lineage would push the last good ones out of keep_last.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from shared.delta.log import (
     safe_relative_path,
 )
 from shared.delta.table_state import state_commit, table_state
+from shared.maintenance.prefix import not_a_prefix
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class SnapshotResult:
     kept: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     removed_incomplete: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why no snapshot was taken and none rotated
 
 
 def snapshot_files(state) -> list[ReferencedFile]:
@@ -71,6 +77,15 @@ def maintain_table_snapshots(runtime, table, *, now: datetime | None = None) -> 
     root = BlobTableStore(runtime.clients[replica_loc.connection], config.container, config.path,
                           label=f"snapshots of {table.name}", connection_name=replica_loc.connection)
     result = SnapshotResult(table.name, config.replica)
+    if config.replica in replicator.replicas:
+        diverged = not_a_prefix(replica_store, replicator.source_store, replica_store.list_log(""),
+                                replicator.source_store.list_log(""))
+        if diverged is not None:
+            result.skipped = (f"{diverged}; no snapshot is taken or rotated until `python -m cli rejoin --table "
+                              f"{table.name} --location {config.replica}` has quarantined what only it holds")
+            log.warning("snapshot.skipped table=%s replica=%s reason=%s", table.name, config.replica, result.skipped,
+                        extra={"table": table.name, "replica": config.replica})
+            return result
     complete, incomplete = [], []
     for folder in root.list_subfolders():
         if not _STAMP_RE.match(folder):
