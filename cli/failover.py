@@ -49,10 +49,16 @@ def cmd_promote(args) -> int:
         t = result.topology
         print(f"promoted {t.table}: primary {t.primary} (was {t.previous_primary}), epoch {t.epoch}, "
               f"at version {t.promoted_at_version}" + (" (forced)" if result.forced else ""))
-        if result.forced:
+        if result.fence_version is not None:
+            print(f"fenced {t.previous_primary} at version {result.fence_version}: writers there are refused, "
+                  "readers still read")
+        if result.forced or result.old_primary_ahead != 0:
             print(f"old primary {t.previous_primary} may hold {result.old_primary_ahead} version(s) beyond "
                   f"{t.promoted_at_version}; when it is back: python -m cli rejoin --table {t.table} "
                   f"--location {t.previous_primary}")
+        else:
+            print(f"once writers use the new primary: python -m cli rejoin --table {t.table} "
+                  f"--location {t.previous_primary} (removes the fence; it becomes a replica)")
         print(f"point writers at the new primary: python -m cli endpoint --table {t.table} --purpose write")
     return 0
 
@@ -74,7 +80,8 @@ def cmd_rejoin(args) -> int:
         return 0
     what = "would quarantine" if result.dry_run else "quarantined"
     if result.versions:
-        print(f"{what} versions {result.versions} of {result.table}/{result.location} (epoch {result.epoch}, "
+        fences = f" (fence: {result.fences})" if result.fences else ""
+        print(f"{what} versions {result.versions}{fences} of {result.table}/{result.location} (epoch {result.epoch}, "
               f"promoted at version {result.promoted_at_version}): {len(result.log_files)} log files, "
               f"{result.data_files} data files -> {result.quarantine_path}")
     else:
@@ -100,8 +107,10 @@ def cmd_quarantine(args) -> int:
                 print(f"{'LOCATION':<10} {'EPOCH':>5} {'VERSION':>7} {'OPERATION':<14} {'ROWS+':>6} {'FILES+':>6} "
                       f"{'FILES-':>6}  REPLAY")
                 for c in commits:
+                    replay_as = ("fence (skipped)" if c.fence else "auto (blind append)" if c.blind_append
+                                 else "manual")
                     print(f"{c.location:<10} {c.epoch:>5} {c.version:>7} {c.operation:<14} {c.rows_added:>6} "
-                          f"{c.files_added:>6} {c.files_removed:>6}  {'auto (blind append)' if c.blind_append else 'manual'}")
+                          f"{c.files_added:>6} {c.files_removed:>6}  {replay_as}")
             return 0
         if args.epoch is None:
             print("error: quarantine replay needs --epoch E (see `python -m cli quarantine list`)", file=sys.stderr)
@@ -116,6 +125,8 @@ def cmd_quarantine(args) -> int:
         return 0
     verb = "would apply" if result.dry_run else "applied"
     print(f"{verb} versions {result.applied} as appId {result.app_id}; already applied {result.already_applied}")
+    if result.fences:
+        print(f"skipped the fence: versions {result.fences} (no rows)")
     for c in result.needs_review:
         print(f"needs a person: version {c.version} ({c.operation}, +{c.files_added}/-{c.files_removed} files) "
               "was not applied")

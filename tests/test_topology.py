@@ -134,3 +134,14 @@ def test_retention_never_lists_or_deletes_the_quarantine(flake):
     assert not any("_quarantine" in e.name for e in replicator.replicas["westeu"].list_files())
     apply_replica_retention(replicator, "westeu")
     assert blob.exists() and orphan.exists()
+
+
+def test_planned_promote_measures_a_commit_that_landed_before_the_flip_and_fences_above_it(flake):
+    """A writer commits on eastus between the head check and the flip: the promote fences eastus
+    above that commit and reports it (measured, not a constant)."""
+    failpoints.arm(PROMOTE_FLIPPING, after=1, action=lambda: flake.write(batch(700, 5), partition_by=["region"]))
+    result = promote(flake.runtime, flake.table_name, "westeu", timeout=30)
+    assert (result.topology.promoted_at_version, result.old_primary_ahead) == (1, 1)
+    assert result.as_json()["oldPrimaryVersionsBeyondPromotion"] == 1
+    assert (result.fence_version, result.old_primary_head) == (3, 3)
+    assert flake.head("eastus") == 3 and flake.head("westeu") == 1

@@ -2,8 +2,14 @@
 
 Planned (the primary answers): bring LOCATION to the primary's head, waiting at most
 `timeout` seconds, then flip the topology at that head. Forced (the primary does not answer):
-flip at LOCATION's current head and report how far the old primary may be ahead of it.
-The flip is ETag-conditional (see topology.py): of two concurrent promotes one wins.
+flip at LOCATION's current head. The flip is ETag-conditional (see topology.py): of two
+concurrent promotes one wins.
+
+After the flip the old primary is fenced for writers (fence.py) when it answers, then its head
+is read again: the versions between the promotion version and the fence are what it holds
+beyond the new primary (`oldPrimaryVersionsBeyondPromotion`), measured, or "unknown" when it
+does not answer (a forced promote's old primary is fenced later: at rejoin, or by the lag
+check through `fence_deposed`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from shared import failpoints
 from shared.delta.head import find_latest_version, find_source_head
 from shared.delta.source_log import SourceLog
 from shared.errors import PromotionRefused, ReplicationError, ReplicaUnreachable
+from shared.failover.fence import fence_location
 from shared.failover.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -34,10 +41,11 @@ class PromoteResult:
     old_primary_head: int | None
     old_primary_ahead: int | str
     waited_seconds: float
+    fence_version: int | None = None  # where the old primary's fence sits; None: not fenced (yet)
 
     def as_json(self) -> dict:
         return {**self.topology.as_json(), "forced": self.forced, "oldPrimaryHead": self.old_primary_head,
-                "oldPrimaryVersionsBeyondPromotion": self.old_primary_ahead,
+                "oldPrimaryVersionsBeyondPromotion": self.old_primary_ahead, "fenceVersion": self.fence_version,
                 "waitedSeconds": round(self.waited_seconds, 3)}
 
 
@@ -94,16 +102,30 @@ def promote(runtime, table_name: str, to: str, *, force: bool = False, timeout: 
             old_head, ahead = None, "unknown"
     else:
         head, old_head = _wait_for_head(runtime, table_name, topology, replicator, to, timeout, progress)
-        ahead = 0
+        ahead = "unknown"  # measured after the flip and the fence
     if head is None:
         raise PromotionRefused(f"location {to} of table {table_name} holds no version of the table; it cannot "
                                "become the primary. Nothing was changed.")
     failpoints.hit(PROMOTE_FLIPPING, table=table_name, to=to)
     flipped = runtime.topology_store().flip(topology, to, head)
-    log.warning("promote.done table=%s primary=%s previous=%s epoch=%d version=%d forced=%s old_primary_ahead=%s",
-                table_name, to, topology.primary, flipped.epoch, head, force, ahead,
+    fence_version = None
+    try:
+        fence = fence_location(replicator.source_store, location=topology.primary, epoch=flipped.epoch, primary=to)
+        if fence is not None:
+            fence_version = fence.version
+            # Re-read the head: a commit that landed after the head check (planned) or that the new
+            # primary never got (forced) sits below the fence; nothing compliant commits above it.
+            old_head = find_latest_version(replicator.source_store)
+            ahead = max(0, fence.version - 1 - head)
+    except ReplicationError as err:
+        log.warning("promote.fence_failed table=%s location=%s error=%s", table_name, topology.primary, err,
+                    extra={"table": table_name, "location": topology.primary})
+        if not force:
+            old_head, ahead = None, "unknown"
+    log.warning("promote.done table=%s primary=%s previous=%s epoch=%d version=%d forced=%s old_primary_ahead=%s "
+                "fence_version=%s", table_name, to, topology.primary, flipped.epoch, head, force, ahead, fence_version,
                 extra={"table": table_name, "primary": to, "epoch": flipped.epoch})
-    return PromoteResult(flipped, force, head, old_head, ahead, time.monotonic() - started)
+    return PromoteResult(flipped, force, head, old_head, ahead, time.monotonic() - started, fence_version)
 
 
 def _wait_for_head(runtime, table_name, topology, replicator, to, timeout, progress) -> tuple[int, int]:

@@ -43,6 +43,7 @@ from shared.delta.log import (
     referenced_files,
 )
 from shared.errors import RejoinRefused, ReplicationError
+from shared.failover.fence import fence_location, is_fence
 from shared.failover.lineage import plan_quarantine
 from shared.storage.blob_table_store import BlobTableStore
 
@@ -63,6 +64,7 @@ class RejoinResult:
     epoch: int
     promoted_at_version: int
     versions: list[int] = field(default_factory=list)  # quarantined versions (this run and earlier runs)
+    fences: list[int] = field(default_factory=list)  # those of them that are fence commits (no writes)
     log_files: list[str] = field(default_factory=list)
     data_files: int = 0
     quarantine_path: str = ""
@@ -74,6 +76,7 @@ class RejoinResult:
     def as_json(self) -> dict:
         return {"table": self.table, "location": self.location, "epoch": self.epoch,
                 "promotedAtVersion": self.promoted_at_version, "quarantinedVersions": self.versions,
+                "fenceVersions": self.fences,
                 "logFiles": len(self.log_files), "dataFiles": self.data_files,
                 "quarantinePath": self.quarantine_path, "removedLogFiles": self.removed,
                 "headAfter": self.head_after, "dryRun": self.dry_run}
@@ -135,15 +138,24 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
         manifest = read_manifest(quarantine_store(runtime, loc, plan.epoch))
         result.versions = sorted(set(plan.versions) | set(manifest["versions"] if manifest else []))
         result.log_files = _log_files(plan.entries, set(plan.versions))
-        result.data_files = len(_data_files(table, old, plan.versions))
+        files, fences = _data_files(table, old, plan.versions)
+        result.data_files, result.fences = len(files), fences
         return result
     with runtime.lease_store().hold(f"rejoin/{table_name}"):
         with replicator.lease(old):  # no catch-up writes into the location while its log is trimmed
             plan = plan_quarantine(table, old, primary, history, location)
-            result = _result(table_name, loc, plan, dry_run=False)
-            versions, entries = plan.versions, plan.entries
             qstore = quarantine_store(runtime, loc, plan.epoch)
             manifest = read_manifest(qstore)
+            if plan.versions and manifest is None:
+                # Fence it first (a forced promote's old primary answers now): no writer commits
+                # while its outage commits are copied; the fence is quarantined with them. Not on
+                # a rerun after a crash past the manifest: that run's fence may be removed already,
+                # and a new one would be another commit at a quarantined version.
+                fence = fence_location(old, location=location, epoch=topology.epoch, primary=topology.primary)
+                if fence is not None and fence.placed:
+                    plan = plan_quarantine(table, old, primary, history, location)
+            result = _result(table_name, loc, plan, dry_run=False)
+            versions, entries = plan.versions, plan.entries
             if versions:
                 manifest = _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entries, manifest)
                 failpoints.hit(REJOIN_COPIED, location=location)
@@ -151,6 +163,7 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
                 result.removed = _remove(old, entries, versions)
             if manifest is not None:
                 result.versions = manifest["versions"]
+                result.fences = manifest.get("fences", [])
                 result.log_files = manifest["logFiles"]
                 result.data_files = len(manifest["dataFiles"])
         failpoints.hit(REJOIN_CATCH_UP, location=location)
@@ -158,8 +171,11 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
         if outcome.error is not None:
             raise outcome.error
         result.head_after = outcome.head_after
-    if result.versions:
+    if set(result.versions) - set(result.fences):
         result.alerted = _record(runtime, result)
+    elif result.fences:
+        log.info("rejoin.fence_removed table=%s location=%s versions=%s", table_name, location, result.fences,
+                 extra={"table": table_name, "location": location})
     log.warning("rejoin.done table=%s location=%s epoch=%d quarantined=%s removed=%d head=%s", table_name, location,
                 result.epoch, result.versions, result.removed, result.head_after,
                 extra={"table": table_name, "location": location, "epoch": result.epoch})
@@ -177,21 +193,24 @@ def _log_files(entries, versions: set[int]) -> list[str]:
             and lf.kind != LogFileKind.LAST_CHECKPOINT]
 
 
-def _data_files(table, old: BlobTableStore, versions: list[int]) -> dict:
+def _data_files(table, old: BlobTableStore, versions: list[int]) -> tuple[dict, list[int]]:
+    """The files the commits of `versions` reference, and which of those versions are fences."""
     root = TableRoot(old.account_name, old.container, old.root)
-    files = {}
+    files, fences = {}, []
     for v in versions:
         actions = parse_commit(old.get_log_file(f"{v:020d}.json"), where=f"{old.description} version {v}")
+        if is_fence(actions):
+            fences.append(v)
         for f in referenced_files(actions, root, allow_external=table.allow_external_files,
                                   where=f"{old.description} version {v}"):
             files[f.path] = f
-    return files
+    return files, fences
 
 
 def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entries, manifest) -> dict:
     """Copy, verify (size and MD5), then write the manifest (the union with an earlier run's)."""
     names = _log_files(entries, set(versions))
-    data = _data_files(table, old, versions)
+    data, fences = _data_files(table, old, versions)
     pool = runtime._file_pool
     copies = [pool.submit(qstore.copy_log_file_from, old, n) for n in names]
     copies += [pool.submit(qstore.copy_file_from, old, f.path, expected_size=f.size) for f in data.values()]
@@ -213,6 +232,7 @@ def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entr
         "versions": sorted(set(previous.get("versions", [])) | set(versions)),
         "logFiles": sorted(set(previous.get("logFiles", [])) | set(names)),
         "dataFiles": sorted(set(previous.get("dataFiles", [])) | set(data)),
+        "fences": sorted(set(previous.get("fences", [])) | set(fences)),
         "verified": {**previous.get("verified", {}), **{p: {"size": s, "md5": m} for p, (s, m) in checked.items()}},
         "createdAt": previous.get("createdAt") or datetime.now(timezone.utc).isoformat(),
     }

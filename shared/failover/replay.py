@@ -5,7 +5,9 @@ replayed: their data files are copied into the primary, then one commit per quar
 version is made through deltalake carrying a Delta `txn` action (appId
 `quarantine/<table>/epoch-<E>`, version = the original version). Before each commit the
 primary's `txn` version for that appId is read, so a rerun applies each version once.
-Deletes, updates, merges and schema changes are listed for a person to decide.
+Deletes, updates, merges and schema changes are listed for a person to decide. A fence commit
+(fence.py; the protocol change that stopped writers on a deposed primary) is listed as the
+fence and never replayed: it holds no rows.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import unquote
 
 from shared.delta.log import parse_commit
 from shared.errors import ReplicationError
+from shared.failover.fence import is_fence
 from shared.failover.rejoin import MANIFEST, QUARANTINE_DIR, quarantine_store
 from shared.reads.locations import deltalake_options, deltalake_uri
 from shared.storage.blob_table_store import BlobTableStore
@@ -37,11 +40,12 @@ class QuarantinedCommit:
     files_removed: int
     blind_append: bool
     actions: list = field(default_factory=list, repr=False)
+    fence: bool = False
 
     def as_json(self) -> dict:
         return {"location": self.location, "epoch": self.epoch, "version": self.version,
                 "operation": self.operation, "rowsAdded": self.rows_added, "filesAdded": self.files_added,
-                "filesRemoved": self.files_removed, "blindAppend": self.blind_append}
+                "filesRemoved": self.files_removed, "blindAppend": self.blind_append, "fence": self.fence}
 
 
 def classify(location: str, epoch: int, version: int, actions: list[dict]) -> QuarantinedCommit:
@@ -58,7 +62,7 @@ def classify(location: str, epoch: int, version: int, actions: list[dict]) -> Qu
             pass
     blind = bool(adds) and kinds <= _BLIND_APPEND_ACTIONS and all(a.get("dataChange") is True for a in adds)
     return QuarantinedCommit(location, epoch, version, str(info.get("operation", "?")), rows, len(adds),
-                             len(removes), blind, actions)
+                             len(removes), blind, actions, fence=is_fence(actions))
 
 
 def _manifests(runtime, table) -> list[tuple[object, dict]]:
@@ -96,12 +100,14 @@ class ReplayResult:
     applied: list[int] = field(default_factory=list)
     already_applied: list[int] = field(default_factory=list)
     needs_review: list[QuarantinedCommit] = field(default_factory=list)
+    fences: list[int] = field(default_factory=list)  # fence commits: skipped, they hold no rows
     primary_head: int | None = None
     dry_run: bool = False
 
     def as_json(self) -> dict:
         return {"appId": self.app_id, "applied": self.applied, "alreadyApplied": self.already_applied,
-                "needsReview": [c.as_json() for c in self.needs_review], "primaryHead": self.primary_head,
+                "needsReview": [c.as_json() for c in self.needs_review], "fences": self.fences,
+                "primaryHead": self.primary_head,
                 "dryRun": self.dry_run}
 
 
@@ -131,6 +137,9 @@ def replay(runtime, table_name: str, epoch: int, *, dry_run: bool = False) -> Re
         for v in manifest["versions"]:
             actions = parse_commit(qstore.get_log_file(f"{v:020d}.json"), where=f"{qstore.description} version {v}")
             commit = classify(loc.name, epoch, v, actions)
+            if commit.fence:
+                result.fences.append(v)
+                continue
             if not commit.blind_append:
                 result.needs_review.append(commit)
                 continue

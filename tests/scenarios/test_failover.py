@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from deltalake.exceptions import CommitFailedError
 
 from devtools.azurite import AzuriteProcess
 from shared.failover import rejoin as rejoin_module
@@ -69,9 +70,20 @@ def test_planned_switchover_loses_nothing_and_fences_the_old_primary(azurite, re
         result = run_cli(lake, "promote", "--table", name, "--to", "westeu", "--timeout", "60")
         assert result.returncode == 0, result.stderr
         assert f"promoted {name}: primary westeu (was eastus), epoch 1, at version 6" in result.stdout
+        assert "fenced eastus at version 7: writers there are refused, readers still read" in result.stdout
         topology = lake.runtime.topology(name)
         assert (topology.primary, topology.epoch, topology.promoted_at_version) == ("westeu", 1, 6)
-        assert_same_log(lake, "eastus", "westeu")  # no version lost
+        # No version lost: westeu holds eastus's log; eastus has one more commit, the fence.
+        assert commit_names(lake, "eastus") == commit_names(lake, "westeu") + [f"{7:020d}.json"]
+        for name_ in commit_names(lake, "westeu"):
+            assert lake.blob_bytes("eastus", f"_delta_log/{name_}") == lake.blob_bytes("westeu", f"_delta_log/{name_}")
+        # The fenced old primary refuses a deltalake write and still serves reads.
+        with pytest.raises(CommitFailedError, match=r'Unsupported table features required: \[Unknown\("delta-replication-fenced"\)\]'):
+            lake.write(batch(500, 5), partition_by=["region"])
+        with pytest.raises(CommitFailedError, match="delta-replication-fenced"):
+            lake.table().delete("id = 1")
+        assert lake.table().version() == 7
+        assert rows(lake.table().to_pyarrow_table()) == rows(lake.table("westeu").to_pyarrow_table())
         # Writers repointed with purpose=write: the resolver answers westeu now.
         endpoint = run_cli(lake, "endpoint", "--table", name, "--purpose", "write", "--json")
         assert endpoint.returncode == 0, endpoint.stderr
@@ -80,9 +92,18 @@ def test_planned_switchover_loses_nothing_and_fences_the_old_primary(azurite, re
             write_to(lake, "westeu", batch(i * 5, 5), partition_by=["region"])
         results = deliver_new(lake, "westeu", seen_west)
         assert {r.disposition for r in results} == {EventDisposition.HANDLED}
-        assert lake.head("seasia") == lake.head("eastus") == lake.head("westeu") == 9
+        assert lake.head("seasia") == lake.head("westeu") == 9
         assert_same_log(lake, "westeu", "seasia")
+        # Writers repointed: rejoin removes the fence (quarantined, nothing to replay) and eastus follows.
+        done = run_cli(lake, "rejoin", "--table", name, "--location", "eastus", "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert (report["quarantinedVersions"], report["fenceVersions"], report["headAfter"]) == ([7], [7], 9)
         assert_same_log(lake, "westeu", "eastus")
+        listed = json.loads(run_cli(lake, "quarantine", "list", "--table", name, "--json").stdout)
+        assert [(c["version"], c["operation"], c["fence"]) for c in listed] == [(7, "REPLICATION FENCE", True)]
+        replayed = json.loads(run_cli(lake, "quarantine", "replay", "--table", name, "--epoch", "1", "--json").stdout)
+        assert (replayed["applied"], replayed["fences"], replayed["needsReview"]) == ([], [7], [])
         # A late or stray event from eastus's log is fenced: nothing copied, one WARNING.
         caplog.set_level(logging.WARNING)
         caplog.clear()
@@ -148,6 +169,7 @@ def test_unplanned_failover_quarantines_outage_writes_and_replays_them_once(azur
         assert {lake.deliver(e).disposition for e in events_of(lake, "eastus", start_after=
                 f"{lake.table_path}/_delta_log/{12:020d}.json")} == {EventDisposition.FENCED}
         outage = version_rows(lake, "eastus")
+        outage[16] = outage[15]  # rejoin fences eastus first: the fence changes no rows
         new_lineage = version_rows(lake, "westeu")
         dry = run_cli(lake, "rejoin", "--table", name, "--location", "eastus", "--dry-run")
         assert dry.returncode == 0, dry.stderr
@@ -157,7 +179,9 @@ def test_unplanned_failover_quarantines_outage_writes_and_replays_them_once(azur
             done = run_cli(lake, "rejoin", "--table", name, "--location", "eastus", "--json")
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
-        assert report["quarantinedVersions"] == [13, 14, 15] and report["headAfter"] == 22
+        # Rejoin fenced eastus first (it answers now), so the fence (16) is quarantined with the outage commits.
+        assert report["quarantinedVersions"] == [13, 14, 15, 16] and report["headAfter"] == 22
+        assert report["fenceVersions"] == [16]
         print(f"rejoined {time.monotonic() - t0:.1f}s")
         reader.observe_once()
         assert reader.torn == [] and len(reader.observations) > 1
@@ -166,14 +190,15 @@ def test_unplanned_failover_quarantines_outage_writes_and_replays_them_once(azur
         quarantine = {n for n in lake.blobs("eastus") if n.startswith(f"_quarantine/{lake.table_path}/epoch-1/")}
         manifest = json.loads(lake.clients["eastus"].get_blob_client(
             lake.container, f"_quarantine/{lake.table_path}/epoch-1/quarantine.json").download_blob().readall())
-        assert manifest["versions"] == [13, 14, 15]
-        assert {n for n in manifest["logFiles"] if n.endswith(".json")} == {f"{v:020d}.json" for v in (13, 14, 15)}
+        assert manifest["versions"] == [13, 14, 15, 16] and manifest["fences"] == [16]
+        assert {n for n in manifest["logFiles"] if n.endswith(".json")} == {f"{v:020d}.json" for v in (13, 14, 15, 16)}
         assert len(manifest["dataFiles"]) == 15 and len(manifest["verified"]) == len(manifest["logFiles"]) + 15
         for path in manifest["verified"]:
             assert f"_quarantine/{lake.table_path}/epoch-1/{path}" in quarantine
         listed = run_cli(lake, "quarantine", "list", "--table", name, "--json")
-        assert [(c["version"], c["operation"], c["rowsAdded"], c["filesAdded"], c["blindAppend"])
-                for c in json.loads(listed.stdout)] == [(v, "WRITE", 5, 5, True) for v in (13, 14, 15)]
+        assert [(c["version"], c["operation"], c["rowsAdded"], c["filesAdded"], c["blindAppend"], c["fence"])
+                for c in json.loads(listed.stdout)] == [(v, "WRITE", 5, 5, True, False) for v in (13, 14, 15)] + \
+            [(16, "REPLICATION FENCE", 0, 0, False, True)]
         for attempt in range(2):
             replayed = run_cli(lake, "quarantine", "replay", "--table", name, "--epoch", "1", "--json")
             assert replayed.returncode == 0, replayed.stderr
@@ -215,10 +240,10 @@ def test_sigkill_at_each_rejoin_step_then_rerun_converges(azurite, request, fail
             lake.write(batch(i * 5, 5), partition_by=["region"])
         lake.table().create_checkpoint()
         deliver_new(lake, "eastus", set())
-        promote(lake.runtime, name, "westeu", force=True)
         for k in range(3):  # outage writes on eastus, one with a checkpoint (and _last_checkpoint) beyond
             lake.write(batch(9000 + k * 5, 5), partition_by=["region"])
         lake.table().create_checkpoint()
+        promote(lake.runtime, name, "westeu", force=True)  # eastus answers: fenced at version 7
         for i in range(4, 6):
             write_to(lake, "westeu", batch(i * 5, 5), partition_by=["region"])
         deliver_new(lake, "westeu", set())
@@ -227,18 +252,19 @@ def test_sigkill_at_each_rejoin_step_then_rerun_converges(azurite, request, fail
             run_rejoin_worker(lake, failpoint, after)
             result = rejoin(lake.runtime, name, "eastus")  # the rerun; waits out the dead worker's leases
         assert reader.torn == []
-        assert result.versions == [4, 5, 6] and result.head_after == 5
+        assert result.versions == [4, 5, 6, 7] and result.fences == [7] and result.head_after == 5
         assert_same_log(lake, "westeu", "eastus")
         store = rejoin_module.quarantine_store(lake.runtime, lake.runtime.config.table(name).location("eastus"), 1)
         manifest = rejoin_module.read_manifest(store)
-        assert manifest["versions"] == [4, 5, 6]
+        assert manifest["versions"] == [4, 5, 6, 7]
         assert f"{6:020d}.checkpoint.parquet" in manifest["logFiles"]
         for path, want in manifest["verified"].items():
             assert store.file_size(path) == want["size"]
         # Nothing lost: the 3 outage commits' rows are all in the quarantine.
         from shared.failover.replay import list_quarantine
 
-        assert [(c.version, c.rows_added) for c in list_quarantine(lake.runtime, name)] == [(4, 5), (5, 5), (6, 5)]
+        assert [(c.version, c.rows_added, c.fence) for c in list_quarantine(lake.runtime, name)] == \
+            [(4, 5, False), (5, 5, False), (6, 5, False), (7, 0, True)]
     finally:
         lake.close()
 
@@ -269,9 +295,10 @@ def test_rejoin_after_two_failovers_quarantines_each_deposed_lineage(azurite, re
         for i in range(6, 8):
             write_to(lake, "seasia", batch(i * 5, 5), partition_by=["region"])
         west = rejoin(lake.runtime, name, "westeu")
-        assert (west.epoch, west.promoted_at_version, west.versions[0]) == (2, 5, 6)
         east = rejoin(lake.runtime, name, "eastus")
-        assert (east.epoch, east.promoted_at_version, east.versions[:2]) == (1, 2, [3, 4])
+        # Each promote fenced its old primary (both answered): the fences are quarantined too.
+        assert (west.epoch, west.promoted_at_version, west.versions, west.fences) == (2, 5, [6, 7], [7])
+        assert (east.epoch, east.promoted_at_version, east.versions, east.fences) == (1, 2, [3, 4, 5], [5])
         assert east.head_after == west.head_after == lake.head("seasia") == 7
         assert_same_log(lake, "seasia", "eastus")
         assert_same_log(lake, "seasia", "westeu")

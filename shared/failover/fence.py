@@ -1,0 +1,174 @@
+"""Fence a deposed primary for writers: a protocol commit no protocol-compliant writer accepts.
+
+After a promote, writers that never heard of it may still commit to the old primary. The
+fence is one commit on top of the old primary's log whose `protocol` action raises
+minWriterVersion to 7 and adds the writer feature `delta-replication-fenced`, which no
+writer supports: Spark and delta-rs refuse to commit there (delta-rs: `CommitFailedError:
+Unsupported table features required: [Unknown("delta-replication-fenced")]`) while readers,
+whose protocol is unchanged, still read. The writer features the old protocol implied (a
+legacy minWriterVersion N implies appendOnly, invariants, checkConstraints, changeDataFeed,
+generatedColumns, columnMapping, identityColumns up to N) are listed, so the fenced table
+enforces what the old one did.
+
+The fence sits above the promotion version, so rejoin quarantines it with the outage commits
+and the location ends byte-identical to the primary; `quarantine list` shows it as the fence
+and replay skips it. It is written with the app's tagged client request id, so it raises no
+replication event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from shared.delta.head import find_latest_version
+from shared.delta.log import commit_name, parse_commit
+from shared.delta.table_state import table_state
+from shared.errors import ReplicaBusy
+
+log = logging.getLogger(__name__)
+
+FENCE_FEATURE = "delta-replication-fenced"
+FENCE_OPERATION = "REPLICATION FENCE"
+# The Delta protocol's legacy writer versions and the table features each implies (cumulative).
+_LEGACY_WRITER_FEATURES = [
+    (2, ("appendOnly", "invariants")),
+    (3, ("checkConstraints",)),
+    (4, ("changeDataFeed", "generatedColumns")),
+    (5, ("columnMapping",)),
+    (6, ("identityColumns",)),
+]
+_ATTEMPTS = 5
+
+
+def implied_writer_features(min_writer_version: int) -> list[str]:
+    """The writer features a legacy minWriterVersion (< 7) implies."""
+    return [f for version, features in _LEGACY_WRITER_FEATURES if version <= min_writer_version for f in features]
+
+
+def fenced_protocol(protocol: dict) -> dict:
+    """`protocol` with minWriterVersion 7 and `delta-replication-fenced` added to its writer
+    features (the legacy ones made explicit); the reader side unchanged."""
+    reader = int(protocol.get("minReaderVersion", 1))
+    writer = int(protocol.get("minWriterVersion", 2))
+    features = list(protocol.get("writerFeatures") or []) if writer >= 7 else implied_writer_features(writer)
+    if FENCE_FEATURE not in features:
+        features.append(FENCE_FEATURE)
+    fenced = {"minReaderVersion": reader, "minWriterVersion": 7}
+    if reader >= 3:
+        fenced["readerFeatures"] = list(protocol.get("readerFeatures") or [])
+    fenced["writerFeatures"] = features
+    return fenced
+
+
+def is_fence(actions: list[dict]) -> bool:
+    """True when a commit's actions add the fence feature (the fence commit itself)."""
+    return any(FENCE_FEATURE in ((a.get("protocol") or {}).get("writerFeatures") or []) for a in actions)
+
+
+def _commit_time(actions: list[dict]) -> int | None:
+    info = next((a["commitInfo"] for a in actions if isinstance(a.get("commitInfo"), dict)), {})
+    value = info.get("inCommitTimestamp")
+    return value if isinstance(value, int) else None
+
+
+def fence_commit(protocol: dict, metadata: dict, previous: list[dict], *, epoch: int, primary: str) -> bytes:
+    """The fence commit's bytes: commitInfo (first, with an in-commit timestamp when the table
+    has them, after the previous commit's) and the fenced protocol."""
+    now = int(time.time() * 1000)
+    info = {"timestamp": now, "operation": FENCE_OPERATION,
+            "operationParameters": {"epoch": str(epoch), "primary": primary},
+            "engineInfo": "delta-replication", "isBlindAppend": False}
+    if (metadata.get("configuration") or {}).get("delta.enableInCommitTimestamps") == "true":
+        info["inCommitTimestamp"] = max(now, (_commit_time(previous) or 0) + 1)
+    actions = [{"commitInfo": info}, {"protocol": fenced_protocol(protocol)}]
+    return ("\n".join(json.dumps(a, separators=(",", ":")) for a in actions) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A location's fence: the version it sits at; `placed` when this call wrote it."""
+
+    location: str
+    version: int
+    placed: bool
+
+
+def fence_location(store, *, location: str, epoch: int, primary: str) -> Fence | None:
+    """Put the fence on top of `store`'s log, unless its head is a fence already.
+
+    Conditional create, like a writer's commit: a writer that committed first moves the fence
+    one version up. Returns None when the location holds no table.
+
+    Raises:
+        ReplicaUnreachable: the location does not answer (the fence is placed later: at rejoin,
+            or when `fence_deposed` runs again).
+        ReplicaBusy: writers won every attempt.
+    """
+    for _ in range(_ATTEMPTS):
+        head = find_latest_version(store)
+        if head is None:
+            return None
+        where = f"{store.description} version {head}"
+        previous = parse_commit(store.get_log_file(commit_name(head)), where=where)
+        if is_fence(previous):
+            return Fence(location, head, placed=False)
+        state = table_state(store, head)
+        data = fence_commit(state.protocol, state.metadata, previous, epoch=epoch, primary=primary)
+        if store.create_log_file(commit_name(head + 1), data):
+            log.warning("fence.placed location=%s version=%d epoch=%d primary=%s", location, head + 1, epoch, primary,
+                        extra={"location": location, "version": head + 1, "epoch": epoch})
+            return Fence(location, head + 1, placed=True)
+    raise ReplicaBusy(f"fencing {location}: writers committed first {_ATTEMPTS} times in a row; it will be retried.")
+
+
+def fence_deposed(runtime, table_name: str, topology=None) -> list[Fence]:
+    """Fence every former primary of the table that answers and does not follow the primary yet.
+
+    The hook for whatever meets a deposed primary first (the lag check, rejoin): after a forced
+    promote the old primary could not be fenced, so it is fenced as soon as it answers. A former
+    primary whose head is beyond its promotion version and byte-identical to the primary's
+    commit there already follows the new lineage (replication reached it first): a replica, not
+    fenced. A location that does not answer is skipped (logged); the next call tries again.
+
+    Returns:
+        The fences found or placed.
+    """
+    from shared.errors import ReplicationError
+
+    topology = topology or runtime.topology(table_name)
+    if topology.epoch == 0:
+        return []
+    table = runtime.config.table(table_name)
+    history = runtime.topology_store().history(table)
+    replicator = runtime.replicator(table_name, topology)
+    fences = []
+    for location in dict.fromkeys(h.previous_primary for h in history if h.previous_primary):
+        store = replicator.replicas.get(location)
+        if store is None:
+            continue
+        promoted_at = max(h.promoted_at_version for h in history if h.previous_primary == location)
+        try:
+            if _follows(store, replicator.source_store, promoted_at):
+                continue
+            fence = fence_location(store, location=location, epoch=topology.epoch, primary=topology.primary)
+        except ReplicationError as err:
+            log.warning("fence.failed table=%s location=%s error=%s", table_name, location, err,
+                        extra={"table": table_name, "location": location})
+            continue
+        if fence is not None:
+            fences.append(fence)
+    return fences
+
+
+def _follows(store, primary, promoted_at: int) -> bool:
+    """The location's head is beyond `promoted_at` and byte-identical to the primary's commit there."""
+    head = find_latest_version(store)
+    if head is None or head <= promoted_at:
+        return False
+    try:
+        return store.get_log_file(commit_name(head)) == primary.get_log_file(commit_name(head))
+    except FileNotFoundError:
+        return False
