@@ -1,0 +1,85 @@
+"""The writer fence on a deposed primary: the protocol it writes, deltalake refusing to commit
+while reading on, and fence_deposed fencing a forced promote's old primary once it answers."""
+
+from __future__ import annotations
+
+import pytest
+from deltalake.exceptions import CommitFailedError
+
+from devtools.azurite import AzuriteProcess
+from shared.failover.fence import FENCE_FEATURE, fence_deposed, fence_location, fenced_protocol
+from shared.failover.promote import promote
+from tests.support.failover import deliver_new, failover_lake
+from tests.support.lake import batch, rows
+
+
+@pytest.mark.parametrize("protocol, expected", [
+    ({"minReaderVersion": 1, "minWriterVersion": 2},
+     {"minReaderVersion": 1, "minWriterVersion": 7, "writerFeatures": ["appendOnly", "invariants", FENCE_FEATURE]}),
+    ({"minReaderVersion": 1, "minWriterVersion": 4},
+     {"minReaderVersion": 1, "minWriterVersion": 7,
+      "writerFeatures": ["appendOnly", "invariants", "checkConstraints", "changeDataFeed", "generatedColumns",
+                         FENCE_FEATURE]}),
+    ({"minReaderVersion": 2, "minWriterVersion": 6},
+     {"minReaderVersion": 2, "minWriterVersion": 7,
+      "writerFeatures": ["appendOnly", "invariants", "checkConstraints", "changeDataFeed", "generatedColumns",
+                         "columnMapping", "identityColumns", FENCE_FEATURE]}),
+    ({"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": ["deletionVectors"],
+      "writerFeatures": ["deletionVectors", "changeDataFeed"]},
+     {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": ["deletionVectors"],
+      "writerFeatures": ["deletionVectors", "changeDataFeed", FENCE_FEATURE]}),
+])
+def test_the_fenced_protocol_keeps_every_implied_writer_feature_and_the_reader_side(protocol, expected):
+    assert fenced_protocol(protocol) == expected
+    assert fenced_protocol(expected) == expected  # fencing twice changes nothing
+
+
+def test_a_fenced_change_data_feed_table_reads_on_and_refuses_writes(azurite, request):
+    lake = failover_lake(azurite, request.node.name)
+    try:
+        lake.write(batch(0, 10), mode="overwrite", partition_by=["region"],
+                   configuration={"delta.enableChangeDataFeed": "true"})  # protocol (1, 4)
+        lake.write(batch(10, 5), partition_by=["region"])
+        before = rows(lake.table().to_pyarrow_table())
+        table = lake.runtime.config.table(lake.table_name)
+        store = lake.runtime.store(table, table.source)
+        fence = fence_location(store, location="eastus", epoch=1, primary="westeu")
+        assert (fence.version, fence.placed) == (2, True)
+        assert fence_location(store, location="eastus", epoch=1, primary="westeu") == \
+            type(fence)("eastus", 2, placed=False)
+        fenced = lake.table()
+        assert fenced.version() == 2 and rows(fenced.to_pyarrow_table()) == before
+        assert fenced.protocol().min_reader_version == 1 and fenced.protocol().reader_features is None
+        assert fenced.protocol().writer_features == ["appendOnly", "invariants", "checkConstraints", "changeDataFeed",
+                                                     "generatedColumns", FENCE_FEATURE]
+        with pytest.raises(CommitFailedError, match="delta-replication-fenced"):
+            lake.write(batch(100, 5), partition_by=["region"])
+        assert lake.head("eastus") == 2
+    finally:
+        lake.close()
+
+
+def test_a_forced_promotes_old_primary_is_fenced_as_soon_as_it_answers(azurite, request):
+    primary = AzuriteProcess(("eastus",)).start()
+    lake = failover_lake(azurite, request.node.name, primary_process=primary)
+    name = lake.table_name
+    try:
+        lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+        lake.write(batch(5, 5), partition_by=["region"])
+        deliver_new(lake, "eastus", set())
+        lake.write(batch(9000, 5), partition_by=["region"])  # v2: never reached westeu
+        primary.stop()
+        result = promote(lake.runtime, name, "westeu", force=True)
+        assert (result.old_primary_ahead, result.fence_version) == ("unknown", None)
+        assert fence_deposed(lake.runtime, name) == []  # eastus does not answer: tried again later
+        primary.start()
+        fences = fence_deposed(lake.runtime, name)
+        assert [(f.location, f.version, f.placed) for f in fences] == [("eastus", 3, True)]
+        assert [(f.version, f.placed) for f in fence_deposed(lake.runtime, name)] == [(3, False)]
+        with pytest.raises(CommitFailedError, match="delta-replication-fenced"):
+            lake.write(batch(9100, 5), partition_by=["region"])
+    finally:
+        if not primary.running:
+            primary.start()
+        lake.close()
+        primary.close()
