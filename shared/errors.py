@@ -107,3 +107,8 @@ class TopologyUnavailable(ReplicationError):
     after a promotion has happened): acting on a guessed primary could write into a fenced location."""
 
     retryable = True
+
+
+class LeaseLost(ReplicaBusy):
+    """Raised when a lease holder could not renew its lease (or it may have expired): it stops
+    before its next write, because another holder may be writing; the work is retried."""

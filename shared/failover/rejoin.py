@@ -141,11 +141,17 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
         files, fences = _data_files(table, old, plan.versions)
         result.data_files, result.fences = len(files), fences
         return result
-    with runtime.lease_store().hold(f"rejoin/{table_name}"):
-        with replicator.lease(old):  # no catch-up writes into the location while its log is trimmed
+    with runtime.lease_store().hold(f"rejoin/{table_name}") as rejoin_lease:
+        with replicator.lease(old) as location_lease:  # no catch-up writes into the location while trimmed
+            def check() -> None:
+                """Both leases surely ours: a rejoin that could not renew stops before its next write."""
+                rejoin_lease.check()
+                location_lease.check()
+
             plan = plan_quarantine(table, old, primary, history, location)
             qstore = quarantine_store(runtime, loc, plan.epoch)
             manifest = read_manifest(qstore)
+            check()
             if plan.versions and manifest is None:
                 # Fence it first (a forced promote's old primary answers now): no writer commits
                 # while its outage commits are copied; the fence is quarantined with them. Not on
@@ -157,16 +163,19 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
             result = _result(table_name, loc, plan, dry_run=False)
             versions, entries = plan.versions, plan.entries
             if versions:
-                manifest = _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entries, manifest)
+                manifest = _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entries, manifest,
+                                       check)
                 failpoints.hit(REJOIN_COPIED, location=location)
+                check()
                 _repair_last_checkpoint(old, versions[0] - 1)
-                result.removed = _remove(old, entries, versions)
+                result.removed = _remove(old, entries, versions, check)
             if manifest is not None:
                 result.versions = manifest["versions"]
                 result.fences = manifest.get("fences", [])
                 result.log_files = manifest["logFiles"]
                 result.data_files = len(manifest["dataFiles"])
         failpoints.hit(REJOIN_CATCH_UP, location=location)
+        rejoin_lease.check()
         outcome = next(o for o in replicator.replicate(None) if o.replica == location)
         if outcome.error is not None:
             raise outcome.error
@@ -207,11 +216,12 @@ def _data_files(table, old: BlobTableStore, versions: list[int]) -> tuple[dict, 
     return files, fences
 
 
-def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entries, manifest) -> dict:
+def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entries, manifest, check) -> dict:
     """Copy, verify (size and MD5), then write the manifest (the union with an earlier run's)."""
     names = _log_files(entries, set(versions))
     data, fences = _data_files(table, old, versions)
     pool = runtime._file_pool
+    check()
     copies = [pool.submit(qstore.copy_log_file_from, old, n) for n in names]
     copies += [pool.submit(qstore.copy_file_from, old, f.path, expected_size=f.size) for f in data.values()]
     for c in copies:
@@ -237,6 +247,7 @@ def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entr
         "createdAt": previous.get("createdAt") or datetime.now(timezone.utc).isoformat(),
     }
     blob = runtime.clients[loc.connection].get_blob_client(loc.container, f"{qstore.root}/{MANIFEST}")
+    check()
     blob.upload_blob(json.dumps(doc, indent=1).encode(), overwrite=True)
     log.info("rejoin.quarantined table=%s location=%s epoch=%d versions=%s files=%d", table.name, loc.name,
              plan.epoch, versions, len(checked), extra={"table": table.name, "location": loc.name})
@@ -263,7 +274,7 @@ def _repair_last_checkpoint(old: BlobTableStore, keep_head: int) -> None:
     log.info("rejoin.last_checkpoint_removed location=%s version=%d", old.label, version)
 
 
-def _remove(old: BlobTableStore, entries, versions: list[int]) -> int:
+def _remove(old: BlobTableStore, entries, versions: list[int], check) -> int:
     """Remove the quarantined log files, highest version first; per version `.crc` and checkpoint
     files before the commit, so the location is a table at every instant."""
     removed = 0
@@ -275,6 +286,7 @@ def _remove(old: BlobTableStore, entries, versions: list[int]) -> int:
     for v in sorted(by_version, reverse=True):
         names = sorted(by_version[v], key=lambda n: n.endswith(".json") and n[:20].isdigit() and n[20:] == ".json")
         for name in names:
+            check()
             removed += old.delete_files([f"{LOG_DIR}/{name}"])
             failpoints.hit(REJOIN_REMOVED, file=name)
     return removed

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote
 
+from shared import failpoints
 from shared.delta.head import log_versions
 from shared.delta.log import (
     LOG_DIR,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 # versions before leases moved to the function app's storage kept inside replicas.
 _HIDDEN = ("_delta_log/", "_replication/")
 LEGACY_LEASE_FOLDER = "_replication/"
+RETENTION_DELETING = "retention.deleting"  # failpoint: what to delete is decided, nothing deleted yet
 
 
 @dataclass
@@ -138,7 +140,7 @@ def apply_replica_retention(replicator, name: str, *, now: datetime | None = Non
     dry = dry_run if dry_run is not None else bool(policy and policy.dry_run)
     result = RetentionResult(table.name, name, dry_run=dry)
     fields = {"table": table.name, "replica": name, "dry_run": dry}
-    with replicator.lease(store):
+    with replicator.lease(store) as lease:
         entries = store.list_log("")
         commits = sorted(lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT)
         if not commits:
@@ -185,9 +187,15 @@ def apply_replica_retention(replicator, name: str, *, now: datetime | None = Non
         result.bytes_freed = sum(sizes.get(p) or 0 for p in result.log_files + result.data_files)
         if not dry:
             # Log files first (oldest first), so a reader never finds a commit whose files went away.
+            # Each deletion only while the lease is surely ours: a holder that could not renew
+            # may be racing a catch-up that has it now.
+            failpoints.hit(RETENTION_DELETING, replica=name)
+            lease.check()
             store.delete_files(sorted(result.log_files))
+            lease.check()
             store.delete_files(result.data_files)
             if legacy:
+                lease.check()
                 _remove_legacy_lease(store, legacy, table.name, name)
     action = "retention.dry_run" if dry else "retention.applied"
     log.info("%s table=%s replica=%s keep_from_version=%s log_files=%d data_files=%d bytes_freed=%d", action,

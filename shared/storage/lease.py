@@ -11,8 +11,13 @@ Blob names say what they guard:
   still serialise on it.
 - `consolidations/<name>`, `rejoin/<table>`: one run of a job at a time.
 
-Correctness never depends on a lease (every replica write is conditional); leases only keep
-two invocations from doing the same work, and keep retention from racing a commit.
+Correctness never depends on a lease for replica commits (every replica write is
+conditional); leases keep two invocations from doing the same work, keep retention from racing
+a commit, and keep two rejoins of one location apart. A holder that cannot renew must therefore
+stop writing: `hold` yields a `HeldLease` whose `check()` raises `LeaseLost` once a renewal
+failed or the lease may have expired; rejoin, retention and catch-up call it before every
+write. (It is truthy when another holder made us wait, so `with hold(...) as waited:` reads as
+before.)
 """
 
 from __future__ import annotations
@@ -30,18 +35,75 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobLeaseClient, BlobServiceClient
 
-from shared.errors import ConfigError, ReplicaBusy, ReplicaUnreachable
+from shared import failpoints
+from shared.errors import ConfigError, LeaseLost, ReplicaBusy, ReplicaUnreachable
 
 log = logging.getLogger(__name__)
 
 LOCKS_CONTAINER = "delta-replication-locks"
 LEASE_SECONDS = 15  # short, so a crashed holder frees the lock quickly; renewed while held
 LEASE_WAIT_SECONDS = 60
+# A holder stops writing this long before its lease could expire unrenewed: a write sent at the
+# last instant must not land after another holder acquired it.
+EXPIRY_MARGIN_SECONDS = 3
+LEASE_RENEW = "lease.renew"  # failpoint: a renewal is about to be sent (tests make it fail)
 
 
 def location_lease_name(account: str, container: str, path: str) -> str:
     """The lease blob guarding one table location."""
     return f"locations/{account}/{container}/{path.strip('/')}"
+
+
+class HeldLease:
+    """A lease this process holds: renewed by the keeper; `check()` before every write.
+
+    Args:
+        client: the BlobLeaseClient that acquired it.
+        name: the lease blob's name (for messages).
+        waited: another holder made us wait for it.
+        acquired_at: monotonic time the acquiring request was sent (the lease runs from then).
+    """
+
+    def __init__(self, client: BlobLeaseClient, name: str, *, waited: bool, acquired_at: float | None = None) -> None:
+        self._client = client
+        self.name = name
+        self.waited = waited
+        self._renewed_at = time.monotonic() if acquired_at is None else acquired_at
+        self._failure: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.waited
+
+    def renew(self) -> bool:
+        """Renew now (the keeper's job); a failure is remembered: from then on `check()` raises."""
+        if self._failure is not None:
+            return False
+        sent = time.monotonic()
+        try:
+            failpoints.hit(LEASE_RENEW, lease=self.name)
+            self._client.renew()
+        except Exception as err:  # noqa: BLE001 - any failure: we may no longer hold it
+            self._failure = type(err).__name__
+            log.warning("lease.renew_failed lease=%s error=%s", self.name, self._failure,
+                        extra={"lease": self.name})
+            return False
+        self._renewed_at = sent
+        return True
+
+    def check(self) -> None:
+        """Raise unless the lease is surely still ours; call it right before every write it guards.
+
+        Raises:
+            LeaseLost: a renewal failed, or the last renewal is so old the lease may have expired
+                (retryable: the next run takes the lease again).
+        """
+        if self._failure is not None:
+            raise LeaseLost(f"lease {self.name} could not be renewed ({self._failure}); another holder may have it, "
+                            "so this one stopped before its next write. It will be retried.")
+        age = time.monotonic() - self._renewed_at
+        if age >= LEASE_SECONDS - EXPIRY_MARGIN_SECONDS:
+            raise LeaseLost(f"lease {self.name} was last renewed {age:.1f}s ago and may have expired (it lasts "
+                            f"{LEASE_SECONDS}s); this holder stopped before its next write. It will be retried.")
 
 
 class _LeaseKeeper:
@@ -52,34 +114,44 @@ class _LeaseKeeper:
         self._leases: dict[int, tuple] = {}
         self._thread: threading.Thread | None = None
 
-    def hold(self, lease, label: str) -> None:
+    def hold(self, lease: HeldLease) -> None:
         with self._lock:
-            self._leases[id(lease)] = (lease, label, time.monotonic() + LEASE_SECONDS / 3)
+            self._leases[id(lease)] = (lease, time.monotonic() + LEASE_SECONDS / 3)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
                 self._thread.start()
 
-    def drop(self, lease) -> None:
+    def drop(self, lease: HeldLease) -> None:
         with self._lock:
             self._leases.pop(id(lease), None)
+
+    def renew_due(self, *, now: float | None = None) -> None:
+        """Renew every lease due by `now` (default: the clock; tests pass infinity to renew all now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            due = [(k, lease) for k, (lease, at) in self._leases.items() if at <= now]
+        for key, lease in due:
+            renewed = lease.renew()
+            with self._lock:
+                if key in self._leases:
+                    if renewed:
+                        self._leases[key] = (lease, time.monotonic() + LEASE_SECONDS / 3)
+                    else:  # lost: its holder stops at its next check; nothing left to renew
+                        del self._leases[key]
 
     def _run(self) -> None:
         while True:
             time.sleep(0.5)
-            now = time.monotonic()
-            with self._lock:
-                due = [(k, v) for k, v in self._leases.items() if v[2] <= now]
-            for key, (lease, label, _) in due:
-                try:
-                    lease.renew()
-                except Exception as err:  # noqa: BLE001 - the holder's conditional writes still protect it
-                    log.warning("lease.renew_failed lease=%s error=%s", label, type(err).__name__)
-                with self._lock:
-                    if key in self._leases:
-                        self._leases[key] = (lease, label, time.monotonic() + LEASE_SECONDS / 3)
+            self.renew_due()
 
 
 _KEEPER = _LeaseKeeper()
+
+
+def renew_held_leases_now() -> None:
+    """Renew every lease this process holds, now (what the keeper does every LEASE_SECONDS/3);
+    tests use it to make a renewal happen at a chosen instant."""
+    _KEEPER.renew_due(now=float("inf"))
 
 
 class LeaseStore:
@@ -98,10 +170,11 @@ class LeaseStore:
 
     @contextlib.contextmanager
     def hold(self, name: str, *, wait_seconds: float = LEASE_WAIT_SECONDS):
-        """Hold the lease `name`; yields True if another holder made us wait.
+        """Hold the lease `name`; yields a `HeldLease` (truthy if another holder made us wait).
 
         Renewed in the background while held; released on exit (or it expires within
-        LEASE_SECONDS if this process dies).
+        LEASE_SECONDS if this process dies). Call `check()` on it before every write it guards:
+        it raises `LeaseLost` once a renewal failed.
 
         Raises:
             ReplicaBusy: another holder kept it for longer than `wait_seconds`.
@@ -116,6 +189,7 @@ class LeaseStore:
         try:
             while True:
                 try:
+                    sent = time.monotonic()  # the lease lasts from (at the latest) when the request left
                     lease.acquire(lease_duration=LEASE_SECONDS)
                     break
                 except HttpResponseError as err:
@@ -148,11 +222,12 @@ class LeaseStore:
                 f"the function app's storage ({self.connection_name}) failed while acquiring lease {name} "
                 f"(HTTP {err.status_code} {err.error_code}); it will be retried."
             ) from err
-        _KEEPER.hold(lease, name)
+        held = HeldLease(lease, name, waited=waited, acquired_at=sent)
+        _KEEPER.hold(held)
         try:
-            yield waited
+            yield held
         finally:
-            _KEEPER.drop(lease)
+            _KEEPER.drop(held)
             try:
                 lease.release()
             except Exception:  # noqa: BLE001 - it expires by itself within LEASE_SECONDS
