@@ -1,4 +1,4 @@
-"""`python -m cli promote | rejoin | quarantine list|replay`: region failover and failback."""
+"""`python -m cli promote | rejoin | quarantine list|replay | topology restore`: region failover and failback."""
 
 from __future__ import annotations
 
@@ -135,6 +135,26 @@ def cmd_quarantine(args) -> int:
     return 0
 
 
+def cmd_topology(args) -> int:
+    from shared.errors import ReplicationError
+    from shared.failover.markers import restore_topology
+
+    runtime = _runtime()
+    _table(runtime, args.table)
+    try:
+        restored = restore_topology(runtime, args.table)
+    except ReplicationError as err:
+        return _fail(err)
+    finally:
+        runtime.close()
+    if args.json:
+        print(json.dumps(restored.as_json(), indent=2))
+    else:
+        print(f"restored the topology of {restored.table}: primary {restored.primary}, epoch {restored.epoch}, "
+              f"promoted at version {restored.promoted_at_version}")
+    return 0
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("promote", help="make another location of a table its writable primary")
     p.add_argument("--table", required=True)
@@ -158,3 +178,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quarantine)
+
+    p = sub.add_parser("topology", help="restore a missing ReplicationTopology from the promotion markers")
+    p.add_argument("action", choices=["restore"])
+    p.add_argument("--table", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_topology)

@@ -107,9 +107,11 @@ class ReplicationRuntime:
     def topology_store(self):
         """The ReplicationTopology table (STATUS_CONNECTION), built on first use."""
         if self._topology is None:
+            from shared.failover.markers import PromotionMarkers
             from shared.failover.topology import TopologyStore
 
-            self._topology = TopologyStore(self.table_service())
+            # The markers decide when the table itself is missing (replaced host storage).
+            self._topology = TopologyStore(self.table_service(), markers=PromotionMarkers(self))
         return self._topology
 
     def topology(self, table_name: str):
@@ -120,6 +122,8 @@ class ReplicationRuntime:
 
         Raises:
             ReplicaUnreachable: the function app's table storage did not answer.
+            TopologyUnavailable: its ReplicationTopology table is missing and the table was promoted
+                (or that cannot be told); see shared/failover/markers.py.
         """
         from shared.failover.topology import default_topology
 

@@ -160,6 +160,11 @@ def fence_deposed(runtime, table_name: str, topology=None) -> list[Fence]:
             continue
         if fence is not None:
             fences.append(fence)
+    if any(f.placed for f in fences):
+        from shared.failover.markers import PromotionMarkers
+
+        # A location fenced now may have been down at the promote: it gets its marker too.
+        PromotionMarkers(runtime).write(table, history)
     return fences
 
 

@@ -24,6 +24,7 @@ from shared.delta.head import find_latest_version, find_source_head
 from shared.delta.source_log import SourceLog
 from shared.errors import PromotionRefused, ReplicationError, ReplicaUnreachable
 from shared.failover.fence import fence_location
+from shared.failover.markers import PromotionMarkers
 from shared.failover.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,11 @@ def promote(runtime, table_name: str, to: str, *, force: bool = False, timeout: 
         raise PromotionRefused(f"location {to} of table {table_name} holds no version of the table; it cannot "
                                "become the primary. Nothing was changed.")
     failpoints.hit(PROMOTE_FLIPPING, table=table_name, to=to)
-    flipped = runtime.topology_store().flip(topology, to, head)
+    store = runtime.topology_store()
+    flipped = store.flip(topology, to, head)
+    # Evidence beside the data that survives the host storage (markers.py): before the fence,
+    # so a location that holds a fence also holds the marker.
+    PromotionMarkers(runtime).write(table, store.history(table))
     fence_version = None
     try:
         fence = fence_location(replicator.source_store, location=topology.primary, epoch=flipped.epoch, primary=to)
