@@ -104,12 +104,12 @@ def cmd_quarantine(args) -> int:
             if args.json:
                 print(json.dumps([c.as_json() for c in commits], indent=2))
             else:
-                print(f"{'LOCATION':<10} {'EPOCH':>5} {'VERSION':>7} {'OPERATION':<14} {'ROWS+':>6} {'FILES+':>6} "
+                print(f"{'LOCATION':<10} {'EPOCH':>5} {'VERSION':>7} {'OPERATION':<17} {'ROWS+':>6} {'FILES+':>6} "
                       f"{'FILES-':>6}  REPLAY")
                 for c in commits:
                     replay_as = ("fence (skipped)" if c.fence else "auto (blind append)" if c.blind_append
                                  else "manual")
-                    print(f"{c.location:<10} {c.epoch:>5} {c.version:>7} {c.operation:<14} {c.rows_added:>6} "
+                    print(f"{c.location:<10} {c.epoch:>5} {c.version:>7} {c.operation:<17} {c.rows_added:>6} "
                           f"{c.files_added:>6} {c.files_removed:>6}  {replay_as}")
             return 0
         if args.epoch is None:
