@@ -24,9 +24,10 @@ import time
 from dataclasses import dataclass
 
 from shared.delta.head import find_latest_version
-from shared.delta.log import commit_name, parse_commit
-from shared.delta.table_state import table_state
-from shared.errors import ReplicaBusy
+from shared.delta.log import LogFileKind, commit_name, parse_commit, parse_log_name
+from shared.delta.source_log import complete_checkpoints
+from shared.delta.table_state import _clean
+from shared.errors import CommitNotFound, ReplicaBusy
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,51 @@ def fence_commit(protocol: dict, metadata: dict, previous: list[dict], *, epoch:
     return ("\n".join(json.dumps(a, separators=(",", ":")) for a in actions) + "\n").encode()
 
 
+def protocol_and_metadata(store, head: int, head_actions: list[dict]) -> tuple[dict, dict]:
+    """The table's protocol and metaData at `head`: the newest commits first, then only those two
+    columns of the checkpoint below them (never every add action: a fence must not cost the
+    memory of the table's file list).
+
+    Raises:
+        CommitNotFound: neither the commits nor a checkpoint hold them.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+
+    entries = store.list_log("")
+    commits = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
+    checkpoints = {v: names for v, names in complete_checkpoints(entries).items() if v <= head}
+    base = max(checkpoints) if checkpoints else -1
+    found: dict[str, dict] = {}
+    for v in range(head, base, -1):
+        if v not in commits:
+            break
+        actions = head_actions if v == head else parse_commit(store.get_log_file(commit_name(v)),
+                                                              where=f"{store.description} version {v}")
+        for action in actions:
+            for key in ("protocol", "metaData"):
+                if key in action and key not in found:
+                    found[key] = action[key]
+        if len(found) == 2:
+            return found["protocol"], found["metaData"]
+    for name in checkpoints.get(base, []):
+        data = store.get_log_file(name)
+        if name.endswith(".json"):
+            rows = parse_commit(data, where=f"{store.description} {name}")
+        else:
+            table = pq.read_table(io.BytesIO(data), columns=[c for c in ("protocol", "metaData")
+                                                            if c in pq.read_schema(io.BytesIO(data)).names])
+            rows = [{c: _clean(r)} for c in table.column_names for r in table.column(c).to_pylist() if r is not None]
+        for row in rows:
+            for key in ("protocol", "metaData"):
+                if key in row and key not in found:
+                    found[key] = row[key]
+    if len(found) < 2:
+        raise CommitNotFound(f"{store.description}: no protocol or metaData at or below version {head}; not fenced")
+    return found["protocol"], found["metaData"]
+
+
 @dataclass(frozen=True)
 class Fence:
     """A location's fence: the version it sits at; `placed` when this call wrote it."""
@@ -115,8 +161,8 @@ def fence_location(store, *, location: str, epoch: int, primary: str) -> Fence |
         previous = parse_commit(store.get_log_file(commit_name(head)), where=where)
         if is_fence(previous):
             return Fence(location, head, placed=False)
-        state = table_state(store, head)
-        data = fence_commit(state.protocol, state.metadata, previous, epoch=epoch, primary=primary)
+        protocol, metadata = protocol_and_metadata(store, head, previous)
+        data = fence_commit(protocol, metadata, previous, epoch=epoch, primary=primary)
         if store.create_log_file(commit_name(head + 1), data):
             log.warning("fence.placed location=%s version=%d epoch=%d primary=%s", location, head + 1, epoch, primary,
                         extra={"location": location, "version": head + 1, "epoch": epoch})

@@ -111,8 +111,13 @@ def promote(runtime, table_name: str, to: str, *, force: bool = False, timeout: 
     store = runtime.topology_store()
     flipped = store.flip(topology, to, head)
     # Evidence beside the data that survives the host storage (markers.py): before the fence,
-    # so a location that holds a fence also holds the marker.
-    PromotionMarkers(runtime).write(table, store.history(table))
+    # so a location that holds a fence also holds the marker. The promote has happened: a
+    # failure here is logged, never raised.
+    try:
+        PromotionMarkers(runtime).write(table, store.history(table))
+    except ReplicationError as err:
+        log.warning("promote.markers_failed table=%s epoch=%d error=%s", table_name, flipped.epoch, err,
+                    extra={"table": table_name, "epoch": flipped.epoch})
     fence_version = None
     try:
         fence = fence_location(replicator.source_store, location=topology.primary, epoch=flipped.epoch, primary=to)
