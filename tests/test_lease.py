@@ -18,6 +18,7 @@ from shared.maintenance.retention import RETENTION_DELETING, apply_replica_reten
 from shared.storage.lease import LOCKS_CONTAINER, location_lease_name, renew_held_leases_now
 from tests.support.failover import deliver_new, failover_lake, write_to
 from tests.support.lake import batch
+from tests.test_maintenance_lineage import forget_status_rows
 
 
 class Thief:
@@ -54,6 +55,7 @@ def diverged(azurite, request):
     deliver_new(lake, "westeu", set())
     yield lake
     failpoints.disarm_all()
+    forget_status_rows(lake)
     lake.close()
 
 
