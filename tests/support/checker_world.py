@@ -226,6 +226,18 @@ class World:
         delivery finished without getting there (fenced, nothing to copy, another path)."""
         gate, settled, reached = threading.Event(), threading.Event(), threading.Event()
         results: list = []
+        # The other replicas' tasks of this delivery run on: wait for them before the next step,
+        # so each step's observation sees what that step did (a real object's method, wrapped).
+        replicator = self.instance2.replicator_from(self.table_name, source)
+        finished = {name: threading.Event() for name in replicator.replicas}
+        one = type(replicator)._replicate_one
+
+        def tracked(name, *args, **kwargs):
+            try:
+                return one(replicator, name, *args, **kwargs)
+            finally:
+                finished[name].set()
+        replicator._replicate_one = tracked
 
         def action() -> None:
             caller = sys._getframe(3).f_code.co_name  # action <- hit <- _finish_copies <- caller
@@ -251,6 +263,9 @@ class World:
             thread.join()
             failpoints.disarm_all()
             return None
+        for name, done in finished.items():
+            if name != replica:
+                done.wait(timeout=120)
         return Held(thread, gate, replica, version, source, event, results)
 
     def release(self) -> Held:

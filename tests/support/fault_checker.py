@@ -257,7 +257,7 @@ class Runner:
             return f"skip: {target} is the primary"
         before = w.epoch
         try:
-            result = promote(w.runtime, w.table_name, target, force=forced, timeout=2.0)
+            result = promote(w.runtime, w.table_name, target, force=forced, timeout=1.0)
             out = (f"promoted {target} ({'forced' if forced else 'planned'}): epoch {result.topology.epoch} at "
                    f"{result.topology.promoted_at_version}, old primary beyond: "
                    f"{result.as_json()['oldPrimaryVersionsBeyondPromotion']}")
@@ -325,7 +325,7 @@ class Runner:
         for event in list(w.pending):
             w.pending.remove(event)
             self.deliver(w.runtime, event)
-        for round_ in range(3):
+        for round_ in range(2):
             for what, op in [(a, ("rejoin", a)) for a in LOCATIONS if w.epoch > 0 and a != w.primary] + [
                     ("lag", ("lag_check",)), ("replay", ("replay",)), ("lag", ("lag_check",))]:
                 try:
