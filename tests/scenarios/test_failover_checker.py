@@ -78,3 +78,43 @@ def test_checker_many_seeds_find_no_violation(azurite, proxies, quiet):
     print(summary(reports, totals, seconds))
     failing = [r for r in reports if r.violations]
     assert not failing, "\n\n".join(r.text() for r in failing[:5])
+
+
+# Failures the checker found on the code before issue 20's fixes, shrunk to a minimal program.
+# Each asserts first that the program still reaches the fault (the stats), then that no property
+# is violated. xfail(strict=True): when the fix lands the test passes and must be un-marked.
+PINNED = [
+    pytest.param(
+        4, [("write", "w2", 2), ("hold", 0.732, 0.855), ("promote", True, "held")], False,
+        {"held": 1, "promotes_across_in_flight": 1},
+        id="seed4-in-flight-commit-lands-in-the-new-primary",
+        marks=pytest.mark.xfail(strict=True, reason=(
+            "issue 20 case 2: an event for eastus v1 copies its file to seasia and stops before the commit; "
+            "seasia is force-promoted at v0; the event then writes eastus's v1 into seasia, the new primary "
+            "(property b). Fixed by the write-time fence (topology read before every commit write, 20b)."))),
+    pytest.param(
+        9, [("promote", True, "westeu"), ("write", "w1", 1), ("rejoin", "eastus"), ("write", "w2", 2)], False,
+        {"forced_promotes": 1, "acked_stale_writes": 2},
+        id="seed9-second-rejoin-in-one-epoch-collides-in-the-quarantine",
+        marks=pytest.mark.xfail(strict=True, reason=(
+            "a writer that never re-resolved commits to eastus after its rejoin (eastus is a replica, "
+            "unfenced): eastus v1 again, different bytes; rejoin then finds _quarantine/.../epoch-1 holding "
+            "the first rejoin's v1 and fails on every run ('quarantine copy ... differs'), so the acknowledged "
+            "rows are in neither the primary nor a quarantine (properties a, c)."))),
+    pytest.param(
+        15, [("write", "w2", 2), ("promote", True, "seasia"), ("compact", "w2"), ("retention",)], True,
+        {"forced_promotes": 1, "acked_stale_writes": 1, "retention_runs": 1},
+        id="seed15-retention-deletes-an-outage-append",
+        marks=pytest.mark.xfail(strict=True, reason=(
+            "issue 20 case 1: eastus v1 (an append, its event not delivered) is not on seasia when seasia is "
+            "force-promoted at v0; a writer compacts on eastus (v2); retention mirrors seasia onto eastus and "
+            "deletes v1's file (eastus's head no longer reads it, seasia never had it); rejoin then fails with "
+            "DataFileMissing on every run (properties a, c). Fixed by retention's prefix check (20a)."))),
+]
+
+
+@pytest.mark.parametrize("seed, prog, auto_rejoin, reaches", PINNED)
+def test_checker_regression(azurite, proxies, quiet, seed, prog, auto_rejoin, reaches):
+    report = run_program(azurite, proxies, seed, prog, auto_rejoin=auto_rejoin)
+    assert {k: report.stats.get(k, 0) for k in reaches} == reaches, report.text()
+    assert report.violations == [], report.text()
