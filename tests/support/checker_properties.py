@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 import pyarrow.parquet as pq
@@ -49,6 +50,10 @@ class Observer:
         self.violations: list[str] = []
         self.promoted: dict[int, dict[int, str]] = {}  # epoch -> its primary's log (digests) up to the promotion
         self.listing: dict[str, dict[str, str]] = {}  # location -> every blob name -> ETag, at the last observation
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="observer")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     def commits(self, account: str, listing: dict[str, str] | None = None) -> dict[int, bytes]:
         """Every commit of a location's table: version -> bytes (fetched once per ETag)."""
@@ -100,13 +105,17 @@ class Observer:
 
     def observe(self, step: str) -> None:
         w = self.world
-        w.sync_history()
+        history = self._pool.submit(w.sync_history)
+
+        def listing(account):
+            names = {b.name: b.etag for b in w.truth[account].get_container_client(w.container).list_blobs()}
+            return names, self.commits(account, names)
+        listings = dict(zip(LOCATIONS, self._pool.map(listing, LOCATIONS)))
+        history.result()
         now: dict[tuple[str, int], tuple[str, bytes]] = {}
-        for account in LOCATIONS:
-            cc = w.truth[account].get_container_client(w.container)
-            names = {b.name: b.etag for b in cc.list_blobs()}
+        for account, (names, commits) in listings.items():
             self.listing[account] = names
-            for v, data in self.commits(account, names).items():
+            for v, data in commits.items():
                 now[(account, v)] = (hashlib.md5(data).hexdigest(), data)  # noqa: S324 - identity, not security
             self._check_blob_names(account, names, step)
         for epoch, primary, at in w.history:
