@@ -28,6 +28,10 @@ CI_COVERAGE = {"held": 3, "promotes_across_in_flight": 3, "forced_promotes": 8, 
                "retention_runs": 8}
 
 
+# CI seeds that still fail, each with the pinned regression test below that names its cause.
+KNOWN_FAILING: dict[int, str] = {}
+
+
 @pytest.fixture(scope="module")
 def proxies(azurite):
     proxies = Proxies(azurite)
@@ -65,8 +69,11 @@ def test_checker_ci_seeds_find_no_violation(azurite, proxies, quiet):
     print(summary(reports, totals, seconds))
     thin = {k: (totals.get(k, 0), want) for k, want in CI_COVERAGE.items() if totals.get(k, 0) < want}
     assert not thin, f"the CI seeds no longer exercise these faults enough (got, want): {thin}"
-    failing = [r for r in reports if r.violations]
+    failing = [r for r in reports if r.violations and r.seed not in KNOWN_FAILING]
     assert not failing, "\n\n".join(r.text() for r in failing)
+    # Known failures are strict, like xfail(strict=True): a fixed one must leave the list.
+    fixed = [r.seed for r in reports if r.seed in KNOWN_FAILING and not r.violations]
+    assert not fixed, f"seeds {fixed} no longer fail: remove them from KNOWN_FAILING (and un-mark their pins)"
 
 
 @pytest.mark.slow
@@ -110,6 +117,29 @@ PINNED = [
             "force-promoted at v0; a writer compacts on eastus (v2); retention mirrors seasia onto eastus and "
             "deletes v1's file (eastus's head no longer reads it, seasia never had it); rejoin then fails with "
             "DataFileMissing on every run (properties a, c). Fixed by retention's prefix check (20a)."))),
+    pytest.param(
+        7, [("write", "w1", 2), ("deliver", 0.0, False), ("cut", "eastus"), ("promote", True, "westeu"),
+            ("write", "w1", 2), ("heal", "eastus"), ("resolve", "w2"), ("write", "w2", 2),
+            ("promote", True, "seasia")], False,
+        {"forced_promotes": 2, "acked_stale_writes": 1},
+        id="seed7-two-quarantines-of-one-epoch-replay-as-one",
+        marks=pytest.mark.xfail(strict=True, reason=(
+            "eastus (deposed at epoch 1, outage commit v2) and westeu (deposed at epoch 2, its own v2) are both "
+            "rejoined at epoch 2: each quarantines its v2 under epoch-2; replay applies eastus's v2 with the Delta "
+            "txn (quarantine/<table>/epoch-2, 2) and then reports westeu's v2 as 'already applied', so westeu's "
+            "acknowledged rows stay in a replayable quarantine that is never replayed (property a). The txn "
+            "appId names the epoch only, not the location."))),
+    pytest.param(
+        5, [("write", "w1", 2), ("deliver", 0.0, False), ("promote", False, "westeu"), ("lag_check",),
+            ("promote", True, "eastus"), ("write", "w2", 2), ("cut", "eastus"), ("read", None, None)], True,
+        {"planned_promotes": 1, "forced_promotes": 1, "reads": 1},
+        id="seed5-reader-routed-to-a-fenced-deposed-primary",
+        marks=pytest.mark.xfail(strict=True, reason=(
+            "with the fence (20a): westeu, deposed by a forced promote of eastus at v1, gets the fence commit "
+            "at v2; eastus commits its own v2; eastus is partitioned from the app; a reader with no bound is "
+            "routed to westeu at 'version 2', whose rows are v1's (property e). While the primary does not "
+            "answer, the resolver should not serve a deposed location above the version it was deposed at "
+            "(the topology history says so) nor a fence commit."))),
 ]
 
 

@@ -183,9 +183,12 @@ def check_read(world: World, resolution, asked: int | None) -> list[str]:
     return []
 
 
-def quarantined_ids(world: World) -> dict[int, list[str]]:
-    """Row ids in every quarantine of every location (read from the quarantined files)."""
-    found: dict[int, list[str]] = {}
+def quarantined_ids(world: World) -> dict[int, list[tuple[str, bool]]]:
+    """Row ids in every quarantine of every location (read from the quarantined files), each with
+    where it is and whether its commit is a blind append (which replay is to apply)."""
+    from shared.failover.replay import classify
+
+    found: dict[int, list[tuple[str, bool]]] = {}
     for account in LOCATIONS:
         cc = world.truth[account].get_container_client(world.container)
         for blob in cc.list_blobs(name_starts_with=QUARANTINE_PREFIX):
@@ -198,16 +201,15 @@ def quarantined_ids(world: World) -> dict[int, list[str]]:
                     data = cc.get_blob_client(f"{root}/_delta_log/{v:020d}.json").download_blob().readall()
                 except Exception:  # noqa: BLE001 - a manifest naming a missing commit: its rows count as lost
                     continue
-                for line in data.decode().splitlines():
-                    add = json.loads(line).get("add") if line.strip() else None
-                    if not add:
-                        continue
+                actions = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+                blind = classify(account, 0, v, actions).blind_append
+                for add in (a["add"] for a in actions if "add" in a):
                     try:
                         raw = cc.get_blob_client(f"{root}/{unquote(add['path'])}").download_blob().readall()
                     except Exception:  # noqa: BLE001
                         continue
                     for i in pq.read_table(io.BytesIO(raw), columns=["id"]).column("id").to_pylist():
-                        found.setdefault(i, []).append(f"{account}:{root.rsplit('/', 1)[1]}:v{v}")
+                        found.setdefault(i, []).append((f"{account}:{root.rsplit('/', 1)[1]}:v{v}", blind))
     return found
 
 
@@ -237,6 +239,12 @@ def final_checks(world: World, observer: Observer) -> list[str]:
         if lost:
             violations.append(f"(a) acknowledged commit {tag} (written on {world.origins[tag].location} at epoch "
                               f"{world.origins[tag].epoch}) lost rows {lost}: in neither the primary nor a quarantine")
+        # Quarantined rows count when a person must decide; blind appends have been replayed by now.
+        stranded = [i for i in ids if i not in counts and i in quarantined and all(b for _, b in quarantined[i])]
+        if stranded:
+            places = sorted({where for i in stranded for where, _ in quarantined[i]})
+            violations.append(f"(a) acknowledged commit {tag}: rows {stranded} are only in quarantined blind appends "
+                              f"{places}, which the final replay did not apply")
         twice = [i for i in ids if counts.get(i, 0) > 1]
         if twice:
             violations.append(f"(a) acknowledged commit {tag}: rows {twice} are in the primary more than once")

@@ -42,7 +42,18 @@ def program(seed: int, ops: int = 16) -> list[tuple]:
     primary, cut, held, promoted = "eastus", set(), False, False
     writers = dict.fromkeys(WRITERS, "eastus")
     out: list[tuple] = [("write", "w1", 2), ("deliver", 0.0, False)]
-    while len(out) < ops:
+    # Stories: short scripted sequences (FoundationDB's "workloads") interleaved with the random
+    # operations, so that the faults that need several steps in order happen in most seeds.
+    stories = [s for s in ("outage", "in_flight") if rng.random() < 0.45]
+    queue: list[tuple] = []
+    while len(out) < ops or queue:  # a story under way is finished
+        if not queue and stories and rng.random() < 0.3:
+            queue = _story(stories.pop(0), rng, primary, cut, writers)
+        if queue and rng.random() < 0.7:
+            op = queue.pop(0)
+            out.append(op)
+            primary, held, promoted = _model(op, primary, cut, held, promoted, writers)
+            continue
         w = rng.choice(WRITERS)
         stale = writers[w] != primary
         choices = {
@@ -93,6 +104,41 @@ def program(seed: int, ops: int = 16) -> list[tuple]:
         else:
             out.append((kind,))
     return out
+
+
+def _story(name: str, rng: random.Random, primary: str, cut: set, writers: dict) -> list[tuple]:
+    others = [a for a in LOCATIONS if a != primary and a not in cut]
+    if not others:
+        return []
+    w = rng.choice(WRITERS)
+    if name == "outage":  # the primary's region is cut off; a writer there keeps committing; it returns
+        stale = [x for x in WRITERS if writers[x] == primary] or [w]
+        return [("cut", primary), ("promote", True, rng.choice(others)), ("write", stale[0], 2),
+                ("write", stale[0], 1), ("compact", stale[0]), ("heal", primary),
+                rng.choice([("retention",), ("lag_check",), ("snapshots",)]), ("retention",)]
+    # in flight: a commit's event stops after its first file reached a replica; a promote; it goes on
+    return [("resolve", w), ("write", w, 2), ("hold", round(rng.random(), 3), round(rng.random(), 3)),
+            ("promote", rng.random() < 0.7, "held"), ("write", w, 1), ("release",)]
+
+
+def _model(op: tuple, primary: str, cut: set, held: bool, promoted: bool, writers: dict):
+    """The generator's rough idea of the state after a story's operation."""
+    kind = op[0]
+    if kind == "cut":
+        cut.add(op[1])
+    elif kind == "heal":
+        cut.discard(op[1])
+    elif kind == "resolve" and HOST not in cut:
+        writers[op[1]] = primary
+    elif kind == "hold":
+        held = True
+    elif kind == "release":
+        held = False
+    elif kind == "promote" and op[2] != "held" and op[2] not in cut and (op[1] or primary not in cut):
+        primary, promoted = op[2], True
+    elif kind == "promote":
+        promoted = True
+    return primary, held, promoted
 
 
 @dataclass
