@@ -12,6 +12,7 @@ A failing seed prints its report: the program (a list of operations, replayable 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -21,6 +22,11 @@ import pytest
 from tests.support.checker_world import Proxies
 from tests.support.fault_checker import Report, run_program
 
+# Issue 20's fixes, by the modules they add: the pins below flip by themselves as each lands.
+WRITE_FENCE = importlib.util.find_spec("shared.replication.fence") is not None  # 20b
+PREFIX_CHECK = importlib.util.find_spec("shared.maintenance.prefix") is not None  # 20a
+WRITER_FENCE = importlib.util.find_spec("shared.failover.fence") is not None  # 20a
+
 CI_SEEDS = range(30)
 # Each kind of fault must be exercised somewhere in the CI seeds, or the checker proves little.
 CI_COVERAGE = {"held": 3, "promotes_across_in_flight": 3, "forced_promotes": 8, "planned_promotes": 4,
@@ -29,7 +35,10 @@ CI_COVERAGE = {"held": 3, "promotes_across_in_flight": 3, "forced_promotes": 8, 
 
 
 # CI seeds that still fail, each with the pinned regression test below that names its cause.
-KNOWN_FAILING: dict[int, str] = {}
+KNOWN_FAILING: dict[int, str] = {
+    7: "two quarantines of one epoch replay as one (pin seed7-two-quarantines-of-one-epoch-replay-as-one)",
+    27: "stale writes after a rejoin collide with its quarantine (pin seed9-second-rejoin-in-one-epoch-...)",
+}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +73,9 @@ def summary(reports: list[Report], totals: dict, seconds: float) -> str:
             f"({seconds / max(1, len(reports)):.2f}s/seed); failing seeds {failing}; totals {totals}")
 
 
+@pytest.mark.xfail(not (WRITE_FENCE and PREFIX_CHECK and WRITER_FENCE), strict=True, reason=(
+    "the code before issue 20's fixes (20a: prefix check, writer fence; 20b: write-time fence) violates "
+    "properties a, b and c in several CI seeds; see the pinned regressions"))
 def test_checker_ci_seeds_find_no_violation(azurite, proxies, quiet):
     reports, totals, seconds = run_seeds(azurite, proxies, CI_SEEDS)
     print(summary(reports, totals, seconds))
@@ -95,7 +107,7 @@ PINNED = [
         4, [("write", "w2", 2), ("hold", 0.732, 0.855), ("promote", True, "held")], False,
         {"held": 1, "promotes_across_in_flight": 1},
         id="seed4-in-flight-commit-lands-in-the-new-primary",
-        marks=pytest.mark.xfail(strict=True, reason=(
+        marks=pytest.mark.xfail(not WRITE_FENCE, strict=True, reason=(
             "issue 20 case 2: an event for eastus v1 copies its file to seasia and stops before the commit; "
             "seasia is force-promoted at v0; the event then writes eastus's v1 into seasia, the new primary "
             "(property b). Fixed by the write-time fence (topology read before every commit write, 20b)."))),
@@ -112,7 +124,7 @@ PINNED = [
         15, [("write", "w2", 2), ("promote", True, "seasia"), ("compact", "w2"), ("retention",)], True,
         {"forced_promotes": 1, "acked_stale_writes": 1, "retention_runs": 1},
         id="seed15-retention-deletes-an-outage-append",
-        marks=pytest.mark.xfail(strict=True, reason=(
+        marks=pytest.mark.xfail(not PREFIX_CHECK, strict=True, reason=(
             "issue 20 case 1: eastus v1 (an append, its event not delivered) is not on seasia when seasia is "
             "force-promoted at v0; a writer compacts on eastus (v2); retention mirrors seasia onto eastus and "
             "deletes v1's file (eastus's head no longer reads it, seasia never had it); rejoin then fails with "
@@ -134,7 +146,7 @@ PINNED = [
             ("promote", True, "eastus"), ("write", "w2", 2), ("cut", "eastus"), ("read", None, None)], True,
         {"planned_promotes": 1, "forced_promotes": 1, "reads": 1},
         id="seed5-reader-routed-to-a-fenced-deposed-primary",
-        marks=pytest.mark.xfail(strict=True, reason=(
+        marks=pytest.mark.xfail(WRITER_FENCE, strict=True, reason=(
             "with the fence (20a): westeu, deposed by a forced promote of eastus at v1, gets the fence commit "
             "at v2; eastus commits its own v2; eastus is partitioned from the app; a reader with no bound is "
             "routed to westeu at 'version 2', whose rows are v1's (property e). While the primary does not "
