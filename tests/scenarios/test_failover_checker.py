@@ -30,7 +30,7 @@ WRITER_FENCE = importlib.util.find_spec("shared.failover.fence") is not None  # 
 CI_SEEDS = range(30)
 # Each kind of fault must be exercised somewhere in the CI seeds, or the checker proves little.
 CI_COVERAGE = {"held": 3, "promotes_across_in_flight": 3, "forced_promotes": 8, "planned_promotes": 4,
-               "acked_stale_writes": 8, "quarantined_versions": 5, "replayed_versions": 3, "reads": 20,
+               "acked_stale_writes": 8, "quarantined_versions": 5, "replayed_versions": 3, "reads": 15,
                "retention_runs": 8}
 
 
