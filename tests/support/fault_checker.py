@@ -206,7 +206,10 @@ class Runner:
                     self.report.count("acked_stale_writes")
             return out
         if kind == "compact":
-            return w.compact(op[1])
+            out = w.compact(op[1])
+            if out.endswith(": ok") and w.writers[op[1]] != w.primary:
+                self.report.count("acked_stale_compactions")
+            return out
         if kind == "checkpoint":
             return w.checkpoint(op[1])
         if kind == "resolve":
