@@ -115,3 +115,60 @@ def test_a_commit_that_slips_through_the_fence_window_is_found_and_rejoined(azur
         assert not any(n.startswith("_quarantine/") for n in lake.blobs("eastus"))
     finally:
         lake.close()
+
+
+def test_the_fence_window_and_cost_are_measured(lake, capsys):
+    """The window left open: from the fence's topology answer to the commit write's answer, per
+    commit and replica (README quotes these figures); and the event latency with and without the fence."""
+    import statistics
+    import time
+
+    windows: list[float] = []
+    checked: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def on_checked(replica: str) -> None:
+        with lock:
+            checked[replica] = time.perf_counter()
+
+    def on_written(replica: str) -> None:
+        with lock:
+            windows.append(time.perf_counter() - checked.pop(replica))
+
+    lake.write(batch(0, 5), mode="overwrite")
+    lake.deliver_all(lake.events())
+    replicator = lake.runtime.replicators["sales"]
+    fence = replicator.fence
+    latency = {"fence": [], "none": []}
+    try:
+        for i in range(1, 41):
+            lake.write(batch(i * 10, 5))
+            event = commit_event(lake, "eastus", i)
+            with_fence = i % 2 == 0
+            replicator.fence = fence if with_fence else None
+            # A failpoint holds one action: alternate which replica is measured.
+            replica = ("westeu", "seasia")[(i // 2) % 2]
+            failpoints.disarm_all()
+            if with_fence:
+                failpoints.arm_each(failpoints.FENCE_CHECKED, lambda r=replica: on_checked(r), where={"replica": replica})
+                failpoints.arm_each(failpoints.COMMIT_AFTER, lambda r=replica: on_written(r), where={"replica": replica})
+            started = time.perf_counter()
+            result = lake.deliver(event)
+            latency["fence" if with_fence else "none"].append(time.perf_counter() - started)
+            assert [o.state for o in result.outcomes] == [ReplicaState.REPLICATED] * 2
+    finally:
+        replicator.fence = fence
+        failpoints.disarm_all()
+    reads = [time.perf_counter()]
+    for _ in range(50):
+        lake.runtime.topology("sales")
+        reads.append(time.perf_counter())
+    read_ms = sorted((b - a) * 1000 for a, b in zip(reads, reads[1:]))
+    assert len(windows) == 20
+    window_ms = sorted(w * 1000 for w in windows)
+    with capsys.disabled():
+        print(f"\nfence window ms: median {statistics.median(window_ms):.1f} max {window_ms[-1]:.1f}; "
+              f"topology read ms: median {statistics.median(read_ms):.1f} max {read_ms[-1]:.1f}; event ms with "
+              f"fence median {statistics.median(latency['fence']) * 1000:.1f}, without "
+              f"{statistics.median(latency['none']) * 1000:.1f}")
+    assert window_ms[-1] < 2000  # loopback: one conditional PUT of a small commit
