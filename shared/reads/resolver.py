@@ -263,7 +263,8 @@ class _Resolver:
         if version is not None:
             return self.holding(probe, version, head), staleness, basis
         if timestamp_ms is not None:
-            return self.at_timestamp(loc, probe, timestamp_ms, head, primary_head, row), staleness, basis
+            chosen = self.at_timestamp(loc, probe, timestamp_ms, head, primary_head, row)
+            return self.holding(probe, chosen, head), staleness, basis
         return head, staleness, basis
 
     def check_not_diverged(self, loc, probe: LocationProbe, head: int | None, primary_head: int | None) -> None:
@@ -292,12 +293,16 @@ class _Resolver:
 
     @staticmethod
     def holding(probe: LocationProbe, version: int, head: int) -> int:
+        """`version`, when a reader can load it here: not past the head, and no hole in its chain
+        (the commits from its checkpoint, or from version 0, up to it)."""
         if version > head:
             raise _Skip(SkipReason.VERSION_UNAVAILABLE, f"version {version} is newer than its head {head}")
-        earliest = probe.earliest_version()
-        if earliest is None or version < earliest:
+        missing = probe.missing_under(version)
+        if missing is not None:
             raise _Skip(SkipReason.VERSION_UNAVAILABLE,
-                        f"version {version} is older than version {earliest}, the oldest it holds")
+                        f"version {version} does not read here: commit {missing} is missing and no checkpoint "
+                        f"from version {missing} to {version} covers it (a hole in its history, or older "
+                        "than the history it holds)")
         return version
 
     def at_timestamp(self, loc, probe: LocationProbe, timestamp_ms: int, head: int, primary_head, row) -> int:
