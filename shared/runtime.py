@@ -180,6 +180,15 @@ class ReplicationRuntime:
 
         return TableServiceClient(settings.endpoint, credential=DefaultAzureCredential(), **options)
 
+    def table_service_with(self, **options):
+        """A TableServiceClient of its own for the function app's storage, with these client options
+        (e.g. the read resolver's short timeouts).
+
+        Raises:
+            ConfigError: the function app's storage connection is not defined.
+        """
+        return self._table_service(**options)
+
     def table_service(self):
         """The Azure Table service of the function app's storage, shared by its stores, built on first use."""
         with self._lock:
