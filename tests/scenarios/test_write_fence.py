@@ -117,6 +117,30 @@ def test_a_commit_that_slips_through_the_fence_window_is_found_and_rejoined(azur
         lake.close()
 
 
+def test_a_promote_after_the_checkpoint_copy_fences_the_last_checkpoint_write(azurite, request):
+    lake = failover_lake(azurite, request.node.name)
+    name = lake.table_name
+    try:
+        at_version_2_with_eastus_v3_unreplicated(lake)
+        lake.deliver(commit_event(lake, "eastus", 3))
+        lake.table().create_checkpoint()
+        (event,) = [e for e in events_of(lake, "eastus") if e["subject"].endswith("/_delta_log/_last_checkpoint")]
+        # Both replicas copied the checkpoint at 3; `_last_checkpoint` not yet written. A promote now.
+        barrier = meet_then(lambda: promote(lake.runtime, name, "westeu", force=True))
+        failpoints.arm_each(failpoints.CHECKPOINT_COPIED, barrier.wait)
+        try:
+            result = lake.deliver(event)
+        finally:
+            failpoints.disarm_all()
+        assert [(o.replica, o.state, type(o.error)) for o in result.outcomes] == [
+            ("westeu", ReplicaState.ERROR, WriteFenced), ("seasia", ReplicaState.ERROR, WriteFenced)]
+        assert "_last_checkpoint (version 3)" in str(result.outcomes[1].error)
+        for replica in ("westeu", "seasia"):
+            assert "_last_checkpoint" not in lake.log_names(replica)
+    finally:
+        lake.close()
+
+
 def test_the_fence_window_and_cost_are_measured(lake, capsys):
     """The window left open: from the fence's topology answer to the commit write's answer, per
     commit and replica (README quotes these figures); and the event latency with and without the fence."""
