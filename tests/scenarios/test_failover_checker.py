@@ -133,7 +133,8 @@ PINNED = [
         id="seed15-retention-deletes-an-outage-append",
         marks=pytest.mark.xfail(not PREFIX_CHECK, strict=True, raises=Violations, reason=(
             "issue 20 case 1: eastus v1 (an append, its event not delivered) is not on seasia when seasia is "
-            "force-promoted at v0 (eastus cut off from the app, so not fenced); a writer compacts on eastus (v2); retention mirrors seasia onto eastus and "
+            "force-promoted at v0 (eastus cut off from the app, so not fenced); a writer compacts on eastus (v2); "
+            "retention mirrors seasia onto eastus and "
             "deletes v1's file (eastus's head no longer reads it, seasia never had it); rejoin then fails with "
             "DataFileMissing on every run (properties a, c). Fixed by retention's prefix check (20a)."))),
     pytest.param(
