@@ -22,6 +22,7 @@ from shared.delta.log import (
     parse_commit,
     parse_log_name,
     referenced_files,
+    sidecar_name,
     version_prefix,
 )
 from shared.errors import CommitNotFound, InvalidCommit
@@ -322,11 +323,28 @@ class SourceLog:
 
     def checkpoint_sidecars(self, name: str) -> list[str]:
         """`_delta_log`-relative names of the sidecars a v2 checkpoint references."""
+        where = f"table {self.table.name} checkpoint {name}"
+
         def compute() -> list[str]:
-            return [f"_sidecars/{a['sidecar']['path']}" for chunk in self._iter_actions(name)
-                    for a in chunk if "sidecar" in a]
+            return [sidecar_name(a["sidecar"].get("path") if isinstance(a["sidecar"], dict) else None,
+                                 self.root, where=where)
+                    for chunk in self._iter_actions(name) for a in chunk if "sidecar" in a]
 
         return self._once(("sidecars", name), compute)
+
+    def check_checkpoint(self, names: list[str]) -> None:
+        """Check every path a checkpoint (its parts and sidecars) names, once per invocation, before
+        any of its files is copied: a replica never receives a checkpoint that points outside the table.
+
+        Raises:
+            InvalidCommit: a sidecar or add path is not a plain file inside the table.
+        """
+        def compute() -> bool:
+            for _ in self.iter_checkpoint_files(names):
+                pass
+            return True
+
+        self._once(("checked", tuple(names)), compute)
 
     def iter_checkpoint_files(self, names: list[str]):
         """Yield, a batch at a time, the files the adds of a checkpoint (all parts and
