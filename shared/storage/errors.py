@@ -50,8 +50,10 @@ def classify(err: Exception, *, connection: str, subject: str, what: str, role: 
     if status in (401, 403):
         role = role or (WRITE_ROLE if what.startswith(_WRITING) else READ_ROLE)
         hint = access_hint(connection, role)
+        also = " (a replica needs Storage Blob Data Contributor)" if role == READ_ROLE else ""
         return AccessDenied(f"{subject}: storage refused access while {what} (HTTP {status} {code}); the "
-                            f"credentials of connection {connection} lack {role}: {hint}. Not retried.", hint=hint)
+                            f"credentials of connection {connection} lack {role}{also}: {hint}. Not retried.",
+                            hint=hint)
     if status == 429 or status == 503:
         return ReplicaUnreachable(f"{subject}: storage is throttling while {what} (HTTP {status} {code}); "
                                   "it will be retried.")
