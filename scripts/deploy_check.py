@@ -111,6 +111,11 @@ def run_end_to_end(azurite) -> None:
 
 def main() -> None:
     app_dir = Path(sys.argv[1]).resolve()
+    shipped = sorted(p.name for p in app_dir.iterdir())
+    leaked = [name for name in ("tests", "bench", "devtools", ".venv", "node_modules", "local.settings.json")
+              if name in shipped]
+    if leaked or "function_app.py" not in shipped:
+        fail(f"the deployment zip holds {shipped}; .funcignore must keep out {leaked} and keep function_app.py")
     sys.path.insert(0, str(app_dir))
     os.chdir(app_dir)
     try:

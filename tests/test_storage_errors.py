@@ -12,7 +12,6 @@ from azure.storage.blob import BlobServiceClient
 
 from devtools.azurite import account_key
 from shared.errors import AccessDenied, ReplicaUnreachable
-from shared.health.alerts import REPLICATION_FAILED
 from shared.health.lag import ReplicaHealth
 from shared.health.lag_check import check_replication
 from shared.health.status import StatusStore
@@ -42,6 +41,7 @@ def test_a_wrong_key_is_access_denied_naming_the_connection_and_the_role_and_is_
 
 
 def test_access_denied_on_a_replica_is_status_error_with_an_alert(lake):
+    from shared.health.alerts import REPLICATION_FAILED
     from tests.support.alert_sink import AlertSink
 
     lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])

@@ -396,7 +396,7 @@ class BlobTableStore:
             except ResourceExistsError:
                 return self._check_existing(source, dst, path, expected_size)
             except HttpResponseError as err:
-                if err.error_code in _SOURCE_UNREACHABLE_CODES or err.status_code == 404:
+                if getattr(err, "error_code", None) in _SOURCE_UNREACHABLE_CODES or err.status_code == 404:
                     if source.file_size(path) is None:
                         raise DataFileMissing(
                             f"{source.description}: {path} is missing on the primary; a commit references it. "

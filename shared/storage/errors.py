@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import contextlib
 
-from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 
 from shared.errors import AccessDenied, ReplicationError, ReplicaUnreachable
 
@@ -47,6 +52,9 @@ def classify(err: Exception, *, connection: str, subject: str, what: str, role: 
                                   "it will be retried. Check the account is reachable.")
     status = getattr(err, "status_code", None)
     code = getattr(err, "error_code", None)
+    if isinstance(err, ClientAuthenticationError) and status is None:
+        # The identity got no token (no managed identity, wrong client id): no request was refused.
+        status, code = 401, "NoToken"
     if status in (401, 403):
         role = role or (WRITE_ROLE if what.startswith(_WRITING) else READ_ROLE)
         hint = access_hint(connection, role)
