@@ -206,6 +206,7 @@ class SourceLog:
         self._futures: dict[object, Future] = {}
         self._commits = _BoundedCache(commit_cache_bytes)
         self.sizes: dict[str, int] = {}  # `_delta_log` name -> size, from the listings made
+        self._checked: set[tuple] = set()  # checkpoints whose every path passed the check
 
     def _once(self, key: object, compute: Callable[[], T]) -> T:
         with self._lock:
@@ -344,6 +345,9 @@ class SourceLog:
                 pass
             return True
 
+        with self._lock:
+            if tuple(names) in self._checked:
+                return
         self._once(("checked", tuple(names)), compute)
 
     def iter_checkpoint_files(self, names: list[str]):
@@ -364,6 +368,8 @@ class SourceLog:
                 if adds:
                     yield referenced_files(adds, self.root, allow_external=self.table.allow_external_files,
                                            where=where)
+        with self._lock:  # every path was checked on the way: check_checkpoint need not read it again
+            self._checked.add(tuple(names))
 
     def latest_checkpoint(self, *, at_least: int = 0) -> tuple[int, list[str]] | None:
         """The newest complete checkpoint at or after `at_least`, or None."""
