@@ -88,6 +88,8 @@ def cmd_sync(args) -> int:
     from tqdm import tqdm
 
     from shared.cost.transfer import record_replicated_bytes
+    from shared.maintenance.retention import purge_after_vacuum
+    from shared.replication.commit_events import _status_or_none
 
     runtime = _runtime()
     failed = False
@@ -100,8 +102,12 @@ def cmd_sync(args) -> int:
             bar.update(files)
             bar.set_postfix_str(f"{totals['bytes'] / 1e6:.1f} MB", refresh=False)
 
-        outcomes = runtime.replicator(table.name).replicate(None, progress=progress)
+        replicator = runtime.replicator(table.name)  # follows the topology: from the current primary
+        outcomes = replicator.replicate(None, progress=progress)
         record_replicated_bytes(runtime, table.name, outcomes)
+        if any(o.vacuum_versions for o in outcomes):
+            # The same purge a VACUUM END event triggers: the primary's purge reaches every region.
+            purge_after_vacuum(replicator, outcomes, status=_status_or_none(runtime))
         bar.close()
         for o in outcomes:
             line = f"{table.name}/{o.replica}: {o.state.value} v{o.head_before} -> v{o.head_after}, " \
@@ -116,42 +122,31 @@ def cmd_sync(args) -> int:
 
 def cmd_verify(args) -> int:
     from cli.verify import verify_replica
+    from shared.reads.locations import deltalake_options, deltalake_uri
 
     runtime = _runtime()
     problems = []
     for table in _tables(runtime, args.table):
-        replicator = runtime.replicators[table.name]
+        # Compared with the topology's primary (after a failover, not the configured source), through
+        # the app's own deltalake helpers (key, SAS and identity connections alike).
+        primary = table.location(runtime.topology(table.name).primary)
+        replicator = runtime.replicator(table.name)
 
-        def options(replica_name, table=table):
-            return (_deltalake_uri(runtime, table, table.replica(replica_name)), _deltalake_uri(runtime, table, table.source),
-                    _deltalake_options(runtime, table.replica(replica_name)), _deltalake_options(runtime, table.source))
+        def options(replica_name, table=table, primary=primary):
+            replica = table.location(replica_name)
+            return (deltalake_uri(replica), deltalake_uri(primary),
+                    deltalake_options(runtime.settings[replica.connection]),
+                    deltalake_options(runtime.settings[primary.connection]))
 
-        for replica in table.replicas:
-            found = verify_replica(replicator, replica.name, version=args.version,
+        for name in replicator.replicas:
+            found = verify_replica(replicator, name, version=args.version,
                                    deltalake_options=None if args.no_read else options)
             problems += found
-            print(f"{table.name}/{replica.name}: {'OK' if not found else f'{len(found)} mismatch(es)'}")
+            print(f"{table.name}/{name}: {'OK' if not found else f'{len(found)} mismatch(es)'}")
     runtime.close()
     for p in problems:
         print(f"MISMATCH {p}")
     return 1 if problems else 0
-
-
-def _deltalake_uri(runtime, table, location) -> str:
-    return f"az://{location.container}/{location.path}"
-
-
-def _deltalake_options(runtime, location) -> dict:
-    settings = runtime.settings[location.connection]
-    options = {"account_name": settings.account_name}
-    client = runtime.clients[location.connection]
-    key = getattr(client.credential, "account_key", None)
-    if key:
-        options["account_key"] = key
-    if not settings.blob_service_url.endswith(".blob.core.windows.net"):
-        options["azure_storage_endpoint"] = settings.blob_service_url
-        options["allow_http"] = "true"
-    return options
 
 
 def cmd_events(args) -> int:

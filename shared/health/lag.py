@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from shared.delta.head import find_head, find_latest_version, find_source_head
 from shared.delta.log import commit_name
 from shared.delta.source_log import SourceLog
-from shared.errors import ReplicaDiverged, ReplicationError, ReplicaUnreachable
+from shared.errors import AccessDenied, ReplicaDiverged, ReplicationError, ReplicaUnreachable
 from shared.replication.history import missing_history
 from shared.replication.outcome import ReplicaOutcome, ReplicaState
 from shared.replication.replicator import TableReplicator
@@ -108,6 +108,8 @@ def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, i
             head, status, detail = None, ReplicaHealth.DIVERGED, str(err)
         except ReplicaUnreachable as err:
             head, status, detail = (previous_versions or {}).get(name), ReplicaHealth.UNREACHABLE, str(err)
+        except AccessDenied as err:  # not an outage: a person must grant access (alerted as an error)
+            head, status, detail = (previous_versions or {}).get(name), ReplicaHealth.ERROR, str(err)
         if outcome is not None and outcome.error is not None and status is None:
             if outcome.state == ReplicaState.DIVERGED:
                 status = ReplicaHealth.DIVERGED
@@ -121,6 +123,8 @@ def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, i
                 missing = missing_history(store, source, head)
             except ReplicaUnreachable as err:
                 status, detail = ReplicaHealth.UNREACHABLE, str(err)
+            except AccessDenied as err:
+                status, detail = ReplicaHealth.ERROR, str(err)
             else:
                 detail = missing.detail if missing is not None else ""  # e.g. "history backfilling: versions 0..9"
         if source_head is None:
