@@ -34,7 +34,7 @@ declare -A TESTS=(
                  tests/test_replicator.py tests/test_event_order.py tests/test_hot_path.py
                  tests/test_rejected_inputs.py tests/test_readable_first.py tests/test_events.py"
   [maintenance]="$GAPS::test_mirror_retention_keeps_every_file_the_replica_head_reads
-                 tests/test_retention.py tests/test_purge.py tests/test_snapshots.py"
+                 tests/test_retention.py tests/test_retention_policy.py tests/test_purge.py tests/test_snapshots.py"
   [failover]="$GAPS::test_rejoin_refuses_a_quarantine_copy_of_the_same_size_with_other_bytes
               tests/test_topology.py tests/scenarios/test_failover.py"
   [consolidation]="$GAPS::test_consolidation_commits_rows_and_their_source_version_together
