@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
 def cmd_endpoint(args) -> int:
     """Exit 0 with the location; 1 when none qualifies (each listed with its reason); 2 on bad input."""
     from shared.config.settings import load_config
-    from shared.errors import NoReadableLocation
+    from shared.errors import NoReadableLocation, TopologyUnavailable
     from shared.reads.query import parse_read_query
     from shared.reads.resolver import resolve_location
     from shared.runtime import ReplicationRuntime
@@ -51,6 +51,10 @@ def cmd_endpoint(args) -> int:
             for t in err.tried:
                 print(f"  {t.location:<12} {t.reason.value:<20} {t.detail}")
         return 1
+    except TopologyUnavailable as err:
+        print(json.dumps({"error": str(err), "table": table.name, "tried": []}, indent=2) if args.json
+              else f"error: {err}")
+        return 1
     finally:
         runtime.close()
     if args.json:
@@ -62,6 +66,8 @@ def cmd_endpoint(args) -> int:
         print(f"  uri: {found.uri}")
         if not found.primary_reachable:
             print("  the primary is unreachable")
+        if found.topology_stale:
+            print(f"  topology stale: {found.topology_stale_reason}")
         for t in found.tried:
             print(f"  skipped {t.location}: {t.reason.value} ({t.detail})")
     return 0

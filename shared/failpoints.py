@@ -12,6 +12,7 @@ from typing import Callable
 FILE_COPIED = "file.copied"  # after one data/log file reached a replica
 FILE_COPYING = "file.copying"  # a catch-up's copy of one data file is about to start (in its pool thread)
 COMMIT_BEFORE = "commit.before"  # a commit's files are all there; the commit is not yet written
+FENCE_CHECKED = "fence.checked"  # the topology was read before a write and still names this primary; not yet written
 COMMIT_AFTER = "commit.after"  # a commit was written; its crc/checkpoint not yet
 CHECKPOINT_COPIED = "checkpoint.copied"  # checkpoint parts copied; _last_checkpoint not yet
 SEED_FILE = "seed.file"  # one file of a checkpoint seed copied
