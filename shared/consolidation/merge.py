@@ -185,6 +185,7 @@ class TargetTable:
                     if self.on_match == "update":
                         merger = merger.when_matched_update_all()
                     metrics = merger.when_not_matched_insert_all().execute()
+                    failpoints.hit(failpoints.CONSOLIDATION_MERGED)  # a test reads the target here: rows and txn
                     result.inserted = int(metrics.get("num_target_rows_inserted", 0))
                     result.updated = int(metrics.get("num_target_rows_updated", 0))
                     changed = bool(metrics.get("num_target_files_added", 0) or metrics.get("num_target_files_removed", 0))

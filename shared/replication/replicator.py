@@ -215,9 +215,12 @@ class TableReplicator(CatchUp):
             if early is not None and not (head is not None and head == target - 1):
                 self._finish_copies(early, outcome)  # settled before anything else; catch-up redoes failures
                 early = None
-            if fast and head == target and entries and entries[0].name == commit_name(target):
+            there = next((e for e in entries if e.name == commit_name(target)), None)
+            if head is not None and head >= target and there is not None:
                 # A duplicate or late event: the commit is there; make sure it is the primary's.
-                self._check_commit_matches(name, store, source, target, entries[0])
+                # Whatever the path (version 0 has no predecessor, a listing may hold lower
+                # versions first): a foreign commit at the target is never "up to date".
+                self._check_commit_matches(name, store, source, target, there)
             if head is not None and head == target - 1 and fast:
                 # One version to go, the steady state: no lease and no listing. Concurrent
                 # duplicates can at worst copy this one commit's files twice; the conditional
@@ -331,7 +334,10 @@ class TableReplicator(CatchUp):
 
     def _check_commit_matches(self, name: str, store: TableStore, source: SourceLog, version: int,
                               mine: LogEntry) -> None:
-        data = source.commit_bytes(version)
+        try:
+            data = source.commit_bytes(version)
+        except CommitNotFound:
+            return  # the primary cleaned up this commit; nothing left to compare with
         if mine.size == len(data) and mine.content_md5 == hashlib.md5(data).digest():  # noqa: S324 - content check
             return
         if mine.size != len(data) or store.get_log_file(commit_name(version)) != data:
