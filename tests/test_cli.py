@@ -98,9 +98,9 @@ def test_events_prints_filters_that_match_the_deployment_template():
 
 def test_a_missing_or_malformed_settings_file_is_a_clear_error(tmp_path):
     missing = run_cli(None, "--settings", str(tmp_path / "nope.json"), "status")
-    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert f"--settings {tmp_path / 'nope.json'}: cannot read it (No such file or directory)" in missing.stderr
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     malformed = run_cli(None, "--settings", str(bad), "status")
-    assert malformed.returncode == 1 and "not a Functions local.settings.json" in malformed.stderr
+    assert malformed.returncode == 2 and "not a Functions local.settings.json" in malformed.stderr
