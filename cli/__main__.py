@@ -215,7 +215,8 @@ def cmd_relay(args) -> int:
     from cli.outcome import error_line
     from cli.status import require_topology
 
-    logging.getLogger("devtools.relay").setLevel(logging.WARNING)  # a dev terminal shows why a poll skipped
+    if not args.once:
+        logging.getLogger("devtools.relay").setLevel(logging.WARNING)  # a dev terminal shows why a poll skipped
 
     relay = LogRelay(runtime, args.state, deliver, topology=lambda table: require_topology(runtime, table, "relay"))
     deadline = time.monotonic() + args.duration if args.duration else None
@@ -244,7 +245,6 @@ def cmd_relay(args) -> int:
 # region that does not answer fail in about a minute and a half.
 TIMEOUTS = {"status": 60, "sync": 1800, "verify": 1800, "events": 30, "relay": 60, "cost": 300, "endpoint": 30,
             "dev": 120, "consolidate": 1800, "promote": 300, "rejoin": 1800, "quarantine": 600}
-PROMOTE_MARGIN_SECONDS = 60  # promote's --timeout is its catch-up wait; reading and flipping get this on top
 _TIMEOUT_HELP = {
     "relay": "seconds each poll may take before it is abandoned and retried (default {d:g})",
     "dev": "seconds to wait for Azurite to listen at startup (default {d:g})",
@@ -343,8 +343,6 @@ def _bound_seconds(args) -> float | None:
     """The command's total deadline; None for those that run until stopped (they bound each step)."""
     if args.command == "dev" or (args.command == "relay" and not args.once) or getattr(args, "watch", False):
         return None
-    if args.command == "promote":
-        return args.timeout + PROMOTE_MARGIN_SECONDS
     return args.timeout
 
 

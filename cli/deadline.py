@@ -52,6 +52,7 @@ _lock = threading.Lock()
 _deadline: Deadline | None = None
 _waiting: dict[int, _Waiting] = {}
 _last_failed: str | None = None
+_spent: dict[str, float] = {}  # endpoint -> seconds spent waiting on it under the current deadline
 _names: dict[str, str] = {}  # endpoint -> connection setting name, for messages
 _ids = itertools.count()
 _installed = False
@@ -121,13 +122,18 @@ def install() -> None:
         with _lock:
             _waiting[token] = _Waiting(endpoint, request.method, time.monotonic())
         try:
-            return original(self, request, stream=stream, timeout=timeout, **kwargs)
+            response = original(self, request, stream=stream, timeout=timeout, **kwargs)
         except Exception:
             _last_failed = endpoint
             raise
         finally:
             with _lock:
-                _waiting.pop(token, None)
+                waited = _waiting.pop(token, None)
+                if waited is not None:
+                    _spent[endpoint] = _spent.get(endpoint, 0.0) + time.monotonic() - waited.started
+        if response.status_code in (401, 403) or response.status_code >= 500:
+            _last_failed = endpoint
+        return response
 
     HTTPAdapter.send = send
     _installed = True
@@ -139,13 +145,30 @@ def set_deadline(seconds: float | None) -> None:
     install()
     _deadline = None if seconds is None else Deadline(seconds)
     _last_failed = None
+    with _lock:
+        _spent.clear()
+
+
+def slowest() -> tuple[str, float, bool] | None:
+    """(endpoint, seconds spent on it, still waiting) for the endpoint that took most of the deadline."""
+    now = time.monotonic()
+    with _lock:
+        spent = dict(_spent)
+        outstanding = {w.endpoint for w in _waiting.values()}
+        for w in _waiting.values():
+            spent[w.endpoint] = spent.get(w.endpoint, 0.0) + now - w.started
+    if not spent:
+        return None
+    endpoint = max(spent, key=spent.get)
+    return endpoint, spent[endpoint], endpoint in outstanding
 
 
 def timed_out_message(command: str, seconds: float) -> str:
-    waiting = waiting_on()
-    if waiting is not None:
-        where = (f"it was waiting {time.monotonic() - waiting.started:.1f}s on {describe(waiting.endpoint)} "
-                 f"({waiting.method}), which accepts connections but does not answer")
+    found = slowest()
+    if found is not None:
+        endpoint, spent, still = found
+        where = (f"it spent {spent:.1f}s waiting on {describe(endpoint)}"
+                 + (", which accepts connections but does not answer" if still else ""))
     elif _last_failed is not None:
         where = f"its last failed request went to {describe(_last_failed)}"
     else:

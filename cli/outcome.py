@@ -32,6 +32,18 @@ def one_line(text: str) -> str:
     return line if len(line) <= _MAX_LINE else line[:_MAX_LINE - 3] + "..."
 
 
+def refused_access(err: BaseException) -> bool:
+    """Whether a 401/403 is anywhere in the chain of causes (AccessDenied, or the SDK's status)."""
+    from shared.errors import AccessDenied
+
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, AccessDenied) or getattr(err, "status_code", None) in (401, 403):
+            return True
+        err, seen = err.__cause__, seen + 1
+    return False
+
+
 def _where(err) -> str:
     from cli.deadline import describe, endpoint_of, last_failed
 
@@ -72,8 +84,7 @@ def classify(err: BaseException) -> tuple[int, str]:
         hint = getattr(err, "hint", "")
         return STORAGE, str(err) if not hint or hint in str(err) else f"{err} {hint}"
     if isinstance(err, (TopologyUnavailable, ReplicaUnreachable)):
-        cause = err.__cause__
-        if isinstance(cause, HttpResponseError) and cause.status_code in (401, 403):
+        if refused_access(err) and "access denied" not in str(err):
             # Until storage raises AccessDenied itself: a refusal is not an outage.
             return STORAGE, f"access denied: {err}"
         return STORAGE, str(err)
@@ -108,7 +119,16 @@ def classify(err: BaseException) -> tuple[int, str]:
 
 def error_line(err: BaseException) -> tuple[int, str]:
     """(exit code, the complete line to print on stderr)."""
+    from cli.deadline import describe, last_failed
+
     code, text = classify(err)
+    if not text.strip() and not isinstance(err, SystemExit):
+        text = f"{type(err).__name__} without a message; nothing more was done. Run it again with -v"
+    failed = last_failed()
+    if code == STORAGE and failed is not None:
+        where = describe(failed)
+        if where.split(" ")[0] not in text:  # say where, when the message itself does not
+            text = f"{text} [at {where}]"
     text = one_line(text)
     if text.startswith("error: "):
         text = text[len("error: "):]

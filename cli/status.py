@@ -22,7 +22,9 @@ def require_topology(runtime, table, command: str):
     Raises:
         TopologyUnavailable: no function app storage is configured, or it cannot be read.
     """
-    from shared.errors import ConfigError, ReplicationError, TopologyUnavailable
+    from cli.outcome import refused_access
+    from shared.config.settings import resolve_status_connection
+    from shared.errors import AccessDenied, ConfigError, ReplicationError, TopologyUnavailable
 
     why = (f"{command} needs the topology of table {table.name} (which location is its primary) and will not "
            "guess it from the configuration: after a promotion the configured source is fenced. Nothing was done.")
@@ -31,12 +33,16 @@ def require_topology(runtime, table, command: str):
     except ConfigError as err:
         raise TopologyUnavailable(f"cannot read the topology: {err}. Set AzureWebJobsStorage (or "
                                   f"STATUS_CONNECTION) to the function app's storage. {why}") from err
+    where = f"the function app's storage ({resolve_status_connection().name})"
     try:
         return store.get(table)
-    except TopologyUnavailable:
-        raise
     except ReplicationError as err:
-        raise TopologyUnavailable(f"cannot read the topology from the function app's storage: {err} {why}") from err
+        if refused_access(err):
+            hint = (f"grant the identity Storage Table Data Contributor on {where}, or fix the key in that "
+                    "setting")
+            raise AccessDenied(f"access denied: cannot read the topology from {where}: {err} {hint}. {why}",
+                               hint=hint) from err
+        raise TopologyUnavailable(f"cannot read the topology from {where}: {err} {why}") from err
 
 
 def no_log_detail(location) -> str:
