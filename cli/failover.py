@@ -90,7 +90,7 @@ def cmd_promote(args) -> int:
             reason = rejoin_needed(runtime, table, topology, args.to)
             if reason:
                 raise PromotionRefused(
-                    f"location {args.to} of table {table.name} {reason}; it cannot catch up. Run rejoin first: "
+                    f"location {args.to} of table {table.name} {reason}, so it cannot catch up; run rejoin first: "
                     f"python -m cli rejoin --table {table.name} --location {args.to} (its extra commits are "
                     "quarantined, then it catches up), then promote again. Nothing was changed.")
         result = promote(runtime, args.table, args.to, force=args.force, timeout=catch_up_seconds(args.timeout),

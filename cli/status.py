@@ -62,6 +62,9 @@ def table_rows(runtime, table) -> list[dict]:
         if lag.source_version is None and state in HEALTHY_STATES:
             # Nothing to compare with is not "up to date": a typo in the path looks exactly like this.
             state, detail = "error", no_log_detail(table.location(topology.primary))
+        elif state == "diverged" and topology.epoch > 0:
+            detail = (f"{detail} If it was the primary before a failover (its outage commits): python -m cli "
+                      f"rejoin --table {table.name} --location {lag.replica}")
         rows.append({"table": lag.table, "replica": lag.replica, "primary": topology.primary,
                      "sourceVersion": lag.source_version, "replicaVersion": lag.replica_version,
                      "versionLag": lag.version_lag, "lagSeconds": lag.lag_seconds, "state": state, "detail": detail})
