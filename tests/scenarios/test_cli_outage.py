@@ -152,3 +152,34 @@ def test_every_command_answers_within_its_timeout_in_one_line(azurite, tmp_path,
         if hole is not None:
             hole.close()
         lake.close()
+
+
+def test_after_a_promotion_no_command_answers_from_configuration_and_unknown_names_list_the_known(azurite, request):
+    lake = failover_lake(azurite, request.node.name)
+    try:
+        lake.write(batch(0, 5), mode="overwrite")
+        lake.deliver_all(lake.events())
+        env = {**lake.environ, "REPLICATION_CONFIG": json.dumps(lake.config_doc)}
+        t = lake.table_name
+        code, out, err, _ = run(["promote", "--table", t, "--to", "westeu", "--timeout", "30"], env)
+        assert code == 0, out + err
+
+        # The function app's storage is gone from the settings: the configured source (eastus) is fenced now.
+        without_host = {k: v for k, v in env.items() if k != "AzureWebJobsStorage"}
+        for argv in (["endpoint", "--table", t, "--purpose", "write"], ["status"], ["sync", "--quiet"],
+                     ["promote", "--table", t, "--to", "eastus"]):
+            code, out, err, _ = run([*argv, "--timeout", "10"], without_host)
+            assert code == 3, (argv, code, out, err)
+            assert out == "" and err.startswith("error: cannot read the topology: ") and "eastus" not in out, argv
+            assert "AzureWebJobsStorage" in err and err.count("\n") == 1, err
+        code, out, _, _ = run(["endpoint", "--table", t, "--purpose", "write", "--timeout", "10"], env)
+        assert code == 0 and out.startswith(f"{t}: westeu (")
+
+        code, out, err, _ = run(["rejoin", "--table", t, "--location", "primary", "--dry-run"], env)
+        assert code == 2 and out == ""
+        assert err == (f"error: --location 'primary': table {t} has no such location (its locations: eastus, "
+                       "westeu, seasia); nothing was changed\n")
+        code, _, err, _ = run(["promote", "--table", t, "--to", "nowhere"], env)
+        assert code == 2 and "(its locations: eastus, westeu, seasia)" in err
+    finally:
+        lake.close()
