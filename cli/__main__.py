@@ -84,12 +84,20 @@ def cmd_sync(args) -> int:
 
     from shared.cost.transfer import record_replicated_bytes
 
-    from cli.status import require_topology
+    from cli.status import no_log_detail, require_topology
+    from shared.delta.head import find_source_head
+    from shared.delta.source_log import SourceLog
 
     runtime = _runtime()
     failed = False
     for table in _tables(runtime, args.table):
         topology = require_topology(runtime, table, "sync")
+        primary = runtime.replicator(table.name, topology)
+        if find_source_head(SourceLog(table, primary.source_store, primary.root)) is None:
+            # Nothing to copy is not "up to date": a typo in the path looks exactly like this.
+            print(f"{table.name}: error: {no_log_detail(table.location(topology.primary))}")
+            failed = True
+            continue
         bar = tqdm(desc=f"{table.name}", unit=" files", disable=args.quiet, dynamic_ncols=True)
         totals = {"bytes": 0}
 

@@ -183,3 +183,25 @@ def test_after_a_promotion_no_command_answers_from_configuration_and_unknown_nam
         assert code == 2 and "(its locations: eastus, westeu, seasia)" in err
     finally:
         lake.close()
+
+
+def test_a_typo_in_the_source_path_is_an_error_in_status_and_sync_never_up_to_date(azurite, request):
+    lake = failover_lake(azurite, request.node.name)
+    try:
+        lake.write(batch(0, 5), mode="overwrite")
+        lake.deliver_all(lake.events())
+        config = json.loads(json.dumps(lake.config_doc))
+        config["tables"][0]["source"]["path"] = "delta/salse"
+        env = {**lake.environ, "REPLICATION_CONFIG": json.dumps(config)}
+        where = f"EASTUS_STORAGE:{lake.container}/delta/salse/_delta_log"
+        code, out, err, _ = run(["status", "--timeout", "20"], env)
+        assert code == 1 and err == ""
+        rows = [line for line in out.splitlines() if line.startswith(lake.table_name)]
+        assert len(rows) == 2 and all(f"error  source holds no Delta log at {where};" in r for r in rows), out
+        code, out, _, _ = run(["status", "--json", "--timeout", "20"], env)
+        assert code == 1 and {r["state"] for r in json.loads(out)["replicas"]} == {"error"}
+        code, out, _, _ = run(["sync", "--quiet", "--timeout", "20"], env)
+        assert code == 1 and f"{lake.table_name}: error: source holds no Delta log at {where}" in out
+        assert "up_to_date" not in out
+    finally:
+        lake.close()
