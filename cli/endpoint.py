@@ -20,11 +20,11 @@ def add_parser(sub) -> None:
 
 def cmd_endpoint(args) -> int:
     """Exit 0 with the location; 1 when none qualifies (each listed with its reason); 2 on bad input;
-    3 when --purpose write cannot read the topology."""
+    3 when the topology cannot be read (always for --purpose write; for reads when none was ever read)."""
     from cli.__main__ import name_endpoints
     from cli.status import require_topology
     from shared.config.settings import load_config
-    from shared.errors import NoReadableLocation
+    from shared.errors import NoReadableLocation, TopologyUnavailable
     from shared.reads.query import parse_read_query
     from shared.reads.resolver import resolve_location
     from shared.runtime import ReplicationRuntime
@@ -57,6 +57,11 @@ def cmd_endpoint(args) -> int:
             for t in err.tried:
                 print(f"  {t.location:<12} {t.reason.value:<20} {t.detail}")
         return 1
+    except TopologyUnavailable as err:
+        if not args.json:
+            raise  # one line on stderr, exit 3 (cli/outcome.py)
+        print(json.dumps({"error": str(err), "table": table.name, "tried": []}, indent=2))
+        return 3
     finally:
         runtime.close()
     if args.json:
@@ -68,6 +73,8 @@ def cmd_endpoint(args) -> int:
         print(f"  uri: {found.uri}")
         if not found.primary_reachable:
             print("  the primary is unreachable")
+        if found.topology_stale:
+            print(f"  topology stale: {found.topology_stale_reason}")
         for t in found.tried:
             print(f"  skipped {t.location}: {t.reason.value} ({t.detail})")
     return 0

@@ -11,6 +11,7 @@ from typing import Callable
 
 FILE_COPIED = "file.copied"  # after one data/log file reached a replica
 COMMIT_BEFORE = "commit.before"  # a commit's files are all there; the commit is not yet written
+FENCE_CHECKED = "fence.checked"  # the topology was read before a write and still names this primary; not yet written
 COMMIT_AFTER = "commit.after"  # a commit was written; its crc/checkpoint not yet
 CHECKPOINT_COPIED = "checkpoint.copied"  # checkpoint parts copied; _last_checkpoint not yet
 SEED_FILE = "seed.file"  # one file of a checkpoint seed copied

@@ -285,6 +285,11 @@ class SourceLog:
                 self._digests.put(epoch, version, digest)
         return self
 
+    @property
+    def epoch(self) -> int | None:
+        """The topology epoch this view was read at (None until `at_epoch`)."""
+        return self._epoch
+
     def commit_bytes(self, version: int) -> bytes:
         return self.commit(version).data
 

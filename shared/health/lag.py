@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from shared.delta.head import find_head, find_source_head
+from shared.delta.head import find_head, find_latest_version, find_source_head
 from shared.delta.log import commit_name
 from shared.delta.source_log import SourceLog
 from shared.errors import AccessDenied, ReplicaDiverged, ReplicationError, ReplicaUnreachable
@@ -110,8 +110,12 @@ def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, i
         try:
             head, entries = find_head(store, source_head if source_head is not None else 0)
             if head is not None and source_head is not None:
-                if head > source_head:
-                    raise ReplicaDiverged(f"replica {name} is at version {head}, ahead of the primary's {source_head}")
+                # find_head looks at the window around the primary's head; a replica past that
+                # window (the primary at 9, the replica at 11) is found by listing forward.
+                latest = max(head, find_latest_version(store) or 0)
+                if latest > source_head:
+                    raise ReplicaDiverged(f"replica {name} is at version {latest}, ahead of the primary's "
+                                          f"{source_head}: it holds commits the primary does not (rejoin it)")
                 replicator.check_head_matches(name, store, source, head, source_head, entries)
         except ReplicaDiverged as err:
             head, status, detail = None, ReplicaHealth.DIVERGED, str(err)

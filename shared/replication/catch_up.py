@@ -144,7 +144,7 @@ class CatchUp(ReplicaSteps):
                     if missing is not None:
                         raise failed[missing]
                     failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
-                    self._write_commit(name, store, commit, outcome)
+                    self._write_commit(name, store, source, commit, outcome)
                     failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
                     head = commit.version
                     if head in crcs:
@@ -173,7 +173,7 @@ class CatchUp(ReplicaSteps):
 
         def write(commit: SourceCommit) -> None:
             failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
-            self._write_commit(name, store, commit, outcome)
+            self._write_commit(name, store, source, commit, outcome)
             failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
 
         writes = {self._files.submit(write, commit): commit.version for commit in ready}

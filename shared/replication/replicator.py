@@ -42,6 +42,7 @@ from shared.errors import (
 )
 from shared.health import metrics
 from shared.replication.catch_up import CatchUp
+from shared.replication.fence import WriteFence
 from shared.replication.outcome import (
     ReplicaOutcome,
     ReplicaState,
@@ -64,13 +65,15 @@ class TableReplicator(CatchUp):
         file_pool: a shared, bounded pool for file copies.
         sequencer: orders this process's concurrent events per replica location (shared by
             the replicators of one runtime).
+        fence: reads the topology before every commit and `_last_checkpoint` write (fence.py).
     """
 
     def __init__(self, table: TableConfig, source: TableStore, replicas: dict[str, TableStore],
                  root: TableRoot, file_pool: ThreadPoolExecutor, task_pool: ThreadPoolExecutor | None = None, *,
                  leases: "Callable[[], LeaseStore]",
-                 sequencer: Sequencer | None = None) -> None:
+                 sequencer: Sequencer | None = None, fence: WriteFence | None = None) -> None:
         self.table = table
+        self.fence = fence  # None: no topology to check (a replicator outside a runtime)
         self._sequencer = sequencer or Sequencer()
         self._digests = CommitDigests()
         self._leases = leases
@@ -208,7 +211,7 @@ class TableReplicator(CatchUp):
                     created = False
                 else:
                     failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
-                    created = self._write_commit(name, store, commit, outcome)
+                    created = self._write_commit(name, store, source, commit, outcome)
                     failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
                 head = target
                 # Not created: it was there with the primary's bytes (a duplicate event).
