@@ -379,7 +379,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Never raises: failures are one line on stderr and an exit code (cli/outcome.py)."""
-    from cli.deadline import run_bounded, set_deadline
+    from cli.deadline import deactivate, run_bounded, set_deadline
     from cli.outcome import error_line
 
     args = build_parser().parse_args(argv)
@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         if line:
             print(line, file=sys.stderr, flush=True)
         return code
+    finally:
+        deactivate()
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ _spent: dict[str, float] = {}  # endpoint -> seconds spent waiting on it under t
 _names: dict[str, str] = {}  # endpoint -> connection setting name, for messages
 _ids = itertools.count()
 _installed = False
+_active = False  # only while a CLI command runs: a process that imports the CLI (tests) is left alone after
 
 
 def endpoint_of(url: str) -> str:
@@ -113,6 +114,8 @@ def install() -> None:
 
     def send(self, request, stream=False, timeout=None, **kwargs):
         global _last_failed
+        if not _active:
+            return original(self, request, stream=stream, timeout=timeout, **kwargs)
         deadline = _deadline
         remaining = deadline.remaining() if deadline is not None else None
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
@@ -141,8 +144,9 @@ def install() -> None:
 
 def set_deadline(seconds: float | None) -> None:
     """Start a deadline for the requests from now on (None: only the per-request caps)."""
-    global _deadline, _last_failed
+    global _deadline, _last_failed, _active
     install()
+    _active = True
     _deadline = None if seconds is None else Deadline(seconds)
     _last_failed = None
     with _lock:
@@ -161,6 +165,12 @@ def slowest() -> tuple[str, float, bool] | None:
         return None
     endpoint = max(spent, key=spent.get)
     return endpoint, spent[endpoint], endpoint in outstanding
+
+
+def deactivate() -> None:
+    """The command is over: later requests of this process (an importer's, not the CLI's) are not capped."""
+    global _deadline, _active
+    _active, _deadline = False, None
 
 
 def timed_out_message(command: str, seconds: float) -> str:
