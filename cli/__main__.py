@@ -83,6 +83,8 @@ def cmd_sync(args) -> int:
     from tqdm import tqdm
 
     from shared.cost.transfer import record_replicated_bytes
+    from shared.maintenance.retention import purge_after_vacuum
+    from shared.replication.commit_events import _status_or_none
 
     from cli.status import no_log_detail, require_topology
     from shared.delta.head import find_source_head
@@ -106,8 +108,12 @@ def cmd_sync(args) -> int:
             bar.update(files)
             bar.set_postfix_str(f"{totals['bytes'] / 1e6:.1f} MB", refresh=False)
 
-        outcomes = runtime.replicator(table.name, topology).replicate(None, progress=progress)
+        replicator = runtime.replicator(table.name, topology)  # from the topology's current primary
+        outcomes = replicator.replicate(None, progress=progress)
         record_replicated_bytes(runtime, table.name, outcomes)
+        if any(o.vacuum_versions for o in outcomes):
+            # The same purge a VACUUM END event triggers: the primary's purge reaches every region.
+            purge_after_vacuum(replicator, outcomes, status=_status_or_none(runtime))
         bar.close()
         for o in outcomes:
             line = f"{table.name}/{o.replica}: {o.state.value} v{o.head_before} -> v{o.head_after}, " \
@@ -125,19 +131,23 @@ def cmd_verify(args) -> int:
 
     from cli.status import require_topology
     from cli.verify import verify_replica
+    from shared.reads.locations import deltalake_options, deltalake_uri
 
     runtime = _runtime()
     problems = []
     try:
         for table in _tables(runtime, args.table):
+            # Compared with the topology's primary (after a failover, not the configured source), through
+            # the app's own deltalake helpers (key, SAS and identity connections alike).
             topology = require_topology(runtime, table, "verify")
             replicator = runtime.replicator(table.name, topology)
             primary = table.location(topology.primary)
 
             def options(replica_name, table=table, primary=primary):
                 replica = table.location(replica_name)
-                return (_deltalake_uri(runtime, table, replica), _deltalake_uri(runtime, table, primary),
-                        _deltalake_options(runtime, replica), _deltalake_options(runtime, primary))
+                return (deltalake_uri(replica), deltalake_uri(primary),
+                        _bounded(deltalake_options(runtime.settings[replica.connection])),
+                        _bounded(deltalake_options(runtime.settings[primary.connection])))
 
             for name in replicator.replicas:
                 bar = tqdm(desc=f"verify {table.name}/{name}", unit=" commits", disable=args.quiet,
@@ -155,23 +165,9 @@ def cmd_verify(args) -> int:
     return 1 if problems else 0
 
 
-def _deltalake_uri(runtime, table, location) -> str:
-    return f"az://{location.container}/{location.path}"
-
-
-def _deltalake_options(runtime, location) -> dict:
-    settings = runtime.settings[location.connection]
-    options = {"account_name": settings.account_name}
-    client = runtime.clients[location.connection]
-    key = getattr(client.credential, "account_key", None)
-    if key:
-        options["account_key"] = key
-    if not settings.blob_service_url.endswith(".blob.core.windows.net"):
-        options["azure_storage_endpoint"] = settings.blob_service_url
-        options["allow_http"] = "true"
-    # deltalake (Rust) does not go through the CLI's request caps: give it the same bounds.
-    options.update({"timeout": "30s", "connect_timeout": "5s"})
-    return options
+def _bounded(options: dict) -> dict:
+    """deltalake (Rust) does not go through the CLI's request caps: give it the same bounds."""
+    return {**options, "timeout": "30s", "connect_timeout": "5s"}
 
 
 def cmd_events(args) -> int:

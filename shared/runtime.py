@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from shared.config.model import ReplicationConfig, TableConfig
+from shared.config.overlap import location_conflicts
 from shared.config.settings import (
     load_config,
     resolve_alerts,
@@ -82,6 +83,8 @@ class ReplicationRuntime:
                     self.settings[loc.connection] = resolve_connection(loc.connection, environ)
                 except ConfigError as err:
                     problems.append(f"consolidations[{i}].{where}.connection: {err}")
+        if not problems:
+            problems = location_conflicts(config, self.settings)  # by account, not by connection name
         if problems:
             raise ConfigError("invalid replication configuration; fix these and restart: " + "; ".join(problems))
         self.clients = {name: build_blob_service_client(s, counter=counter) for name, s in self.settings.items()}

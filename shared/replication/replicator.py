@@ -30,13 +30,16 @@ from shared.delta.log import (
     LogFileKind,
     TableRoot,
     commit_name,
+    version_prefix,
 )
 from shared.delta.source_log import (
     CommitDigests,
     SourceLog,
+    complete_checkpoints,
 )
 from shared.errors import (
     CommitNotFound,
+    InvalidCommit,
     ReplicaDiverged,
     ReplicationError,
 )
@@ -140,6 +143,12 @@ class TableReplicator(CatchUp):
                 for f in prefetch:
                     f.exception()
                 return rejected
+        if version is not None and log_file_kind in checkpoint_kinds:
+            rejected = self._reject_unsafe_checkpoint(source, target)
+            if rejected is not None:
+                for f in prefetch:
+                    f.exception()
+                return rejected
         backfill = version is None and self.table.history == "full"
         futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress, fast, crc,
                                backfill=backfill)
@@ -166,6 +175,24 @@ class TableReplicator(CatchUp):
             for outcome in outcomes:
                 metrics.record_outcome(self.table.name, outcome)
             return outcomes
+        return None
+
+    def _reject_unsafe_checkpoint(self, source: SourceLog, version: int) -> list[ReplicaOutcome] | None:
+        """A checkpoint event: check every path the checkpoint names (sidecars, adds) before any replica
+        is touched; a hostile one is reported once (one WARNING) and nothing of it is written anywhere."""
+        try:
+            names = complete_checkpoints(source.listing(version_prefix(version))).get(version)
+            if names:
+                source.check_checkpoint(names)
+        except InvalidCommit as err:
+            log.warning("checkpoint.rejected table=%s version=%d file=%s retryable=False error=%s", self.table.name,
+                        version, names[0], err, extra={"table": self.table.name, "version": version})
+            outcomes = [ReplicaOutcome(name, ReplicaState.ERROR, error=err) for name in self.replicas]
+            for outcome in outcomes:
+                metrics.record_outcome(self.table.name, outcome)
+            return outcomes
+        except ReplicationError:
+            return None  # unreadable now: each replica's own path reports it
         return None
 
     # -- one replica ------------------------------------------------------------------

@@ -150,6 +150,7 @@ class ReplicaSteps:
     def _copy_checkpoint(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
         """Sidecars first, then the checkpoint parts: a reader never finds a part without its data."""
         failpoints.hit(failpoints.CHECKPOINT_COPYING, replica=outcome.replica)
+        source.check_checkpoint(names)  # every path it names, before any of its files is written
         sidecars = [s for n in names if parse_log_name(n).kind == LogFileKind.CHECKPOINT_V2
                     for s in source.checkpoint_sidecars(n)]
         if sidecars:

@@ -30,7 +30,8 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobLeaseClient, BlobServiceClient
 
-from shared.errors import ConfigError, ReplicaBusy, ReplicaUnreachable
+from shared.errors import ReplicaBusy
+from shared.storage.errors import WRITE_ROLE, classify
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ class LeaseStore:
 
         Raises:
             ReplicaBusy: another holder kept it for longer than `wait_seconds`.
-            ReplicaUnreachable: the host storage account did not answer.
+            ReplicaUnreachable: the host storage account did not answer (retryable).
+            AccessDenied: it refused our credentials (not retryable).
         """
         if not name or name.startswith("/") or ".." in name.split("/"):
             raise ValueError(f"a lease name is a relative blob name without '..' (got {name!r})")
@@ -132,22 +134,10 @@ class LeaseStore:
                     waited = True
                     time.sleep(delay)
                     delay = min(delay * 1.5, 1.0)
-        except (ServiceRequestError, ServiceResponseError) as err:
-            raise ReplicaUnreachable(
-                f"the function app's storage ({self.connection_name}) did not answer while acquiring lease "
-                f"{name} ({type(err).__name__}); it will be retried."
-            ) from err
-        except HttpResponseError as err:
-            if err.status_code in (401, 403):
-                raise ConfigError(
-                    f"the function app's storage ({self.connection_name}) refused lease {name} "
-                    f"(HTTP {err.status_code} {err.error_code}); grant the function's identity Storage Blob "
-                    "Data Contributor on it."
-                ) from err
-            raise ReplicaUnreachable(
-                f"the function app's storage ({self.connection_name}) failed while acquiring lease {name} "
-                f"(HTTP {err.status_code} {err.error_code}); it will be retried."
-            ) from err
+        except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
+            raise classify(err, connection=self.connection_name, what=f"acquiring lease {name}",
+                           subject=f"the function app's storage ({self.connection_name}:{self.container})",
+                           role=WRITE_ROLE) from err
         _KEEPER.hold(lease, name)
         try:
             yield waited
