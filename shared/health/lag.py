@@ -119,16 +119,9 @@ def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, i
                 replicator.check_head_matches(name, store, source, head, source_head, entries)
         except ReplicaDiverged as err:
             head, status, detail = None, ReplicaHealth.DIVERGED, str(err)
-<<<<<<< HEAD
         except (ReplicaUnreachable, AccessDenied) as err:
             status = ReplicaHealth.ERROR if refused_access(err) else ReplicaHealth.UNREACHABLE
             head, detail = (previous_versions or {}).get(name), _reason(err)
-=======
-        except ReplicaUnreachable as err:
-            head, status, detail = (previous_versions or {}).get(name), ReplicaHealth.UNREACHABLE, str(err)
-        except AccessDenied as err:  # not an outage: a person must grant access (alerted as an error)
-            head, status, detail = (previous_versions or {}).get(name), ReplicaHealth.ERROR, str(err)
->>>>>>> main
         if outcome is not None and outcome.error is not None and status is None:
             if outcome.state == ReplicaState.DIVERGED:
                 status = ReplicaHealth.DIVERGED
