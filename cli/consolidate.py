@@ -11,12 +11,12 @@ log = logging.getLogger(__name__)
 def cmd_consolidate(args) -> int:
     from tqdm import tqdm
 
-    from shared.config.settings import load_config
     from shared.consolidation.run import run_consolidation
     from shared.errors import ReplicationError
-    from shared.runtime import ReplicationRuntime
 
-    runtime = ReplicationRuntime(load_config())
+    from cli.__main__ import _runtime
+
+    runtime = _runtime()
     try:
         consolidations = list(runtime.config.consolidations)
         if args.name is not None:
@@ -24,6 +24,9 @@ def cmd_consolidate(args) -> int:
             if not consolidations:
                 configured = ", ".join(c.name for c in runtime.config.consolidations) or "none"
                 raise SystemExit(f"error: consolidation {args.name!r} is not configured (configured: {configured})")
+        if not consolidations and not args.json:
+            print("no consolidations are configured (nothing to do); add \"consolidations\" to the replication "
+                  "configuration, see README \"Consolidating regional tables\"")
         results, failed = [], False
         for consolidation in consolidations:
             bar = tqdm(desc=consolidation.name, unit=" rows", disable=args.json or args.quiet, dynamic_ncols=True)

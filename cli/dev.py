@@ -22,7 +22,7 @@ def register(sub) -> None:
                        help=f"Azurite {service} port (default: the last run's, else {port}; a free one if taken)")
     p.add_argument("--functions-url", default="http://localhost:7071",
                    help="where `func start` listens (the relay POSTs there when it answers)")
-    p.add_argument("--relay-interval", type=float, default=0.5, help="seconds between relay polls")
+    p.add_argument("--relay-interval", type=float, default=0.5, help="seconds between relay polls (default 0.5)")
     p.set_defaults(func=cmd_dev)
 
 
@@ -39,4 +39,5 @@ def cmd_dev(args) -> int:
     return run(DevOptions(
         state_dir=args.state_dir, settings_file=args.settings_file,
         ports={"blob": args.blob_port, "queue": args.queue_port, "table": args.table_port},
-        functions_url=args.functions_url.rstrip("/"), relay_interval=args.relay_interval))
+        functions_url=args.functions_url.rstrip("/"), relay_interval=args.relay_interval,
+        startup_timeout=args.timeout))

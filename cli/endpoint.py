@@ -12,15 +12,19 @@ def add_parser(sub) -> None:
     p.add_argument("--max-staleness", help="the most seconds the data may lag the primary")
     p.add_argument("--min-version", help="skip locations older than this version (read-your-writes)")
     p.add_argument("--timestamp", help="time travel: the version committed at or before this ISO 8601 time")
-    p.add_argument("--purpose", default="read", help="read (default) or write (always the primary)")
+    p.add_argument("--purpose", default="read",
+                   help="read (default) or write: the primary from the topology (refuses when it cannot be read)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_endpoint)
 
 
 def cmd_endpoint(args) -> int:
-    """Exit 0 with the location; 1 when none qualifies (each listed with its reason); 2 on bad input."""
+    """Exit 0 with the location; 1 when none qualifies (each listed with its reason); 2 on bad input;
+    3 when the topology cannot be read (always for --purpose write; for reads when none was ever read)."""
+    from cli.__main__ import name_endpoints
+    from cli.status import require_topology
     from shared.config.settings import load_config
-    from shared.errors import NoReadableLocation
+    from shared.errors import NoReadableLocation, TopologyUnavailable
     from shared.reads.query import parse_read_query
     from shared.reads.resolver import resolve_location
     from shared.runtime import ReplicationRuntime
@@ -30,17 +34,19 @@ def cmd_endpoint(args) -> int:
     try:
         query = parse_read_query({k: v for k, v in params.items() if v is not None})
     except ValueError as err:
-        print(f"error: {err}")
-        return 2
+        raise SystemExit(f"error: {err}") from None
     config = load_config()
     try:
         table = config.table(args.table)
     except KeyError:
-        print(f"error: table {args.table!r} is not configured (configured: "
-              f"{', '.join(t.name for t in config.tables)})")
-        return 2
+        raise SystemExit(f"error: table {args.table!r} is not configured (configured: "
+                         f"{', '.join(t.name for t in config.tables)})") from None
     runtime = ReplicationRuntime(config)
+    name_endpoints(runtime)
     try:
+        if args.purpose == "write":
+            # Never from configuration alone: after a promotion the configured source is fenced.
+            require_topology(runtime, table, "endpoint --purpose write")
         found = resolve_location(runtime, table, **query.resolver_arguments())
     except NoReadableLocation as err:
         if args.json:
@@ -51,6 +57,11 @@ def cmd_endpoint(args) -> int:
             for t in err.tried:
                 print(f"  {t.location:<12} {t.reason.value:<20} {t.detail}")
         return 1
+    except TopologyUnavailable as err:
+        if not args.json:
+            raise  # one line on stderr, exit 3 (cli/outcome.py)
+        print(json.dumps({"error": str(err), "table": table.name, "tried": []}, indent=2))
+        return 3
     finally:
         runtime.close()
     if args.json:
@@ -62,6 +73,8 @@ def cmd_endpoint(args) -> int:
         print(f"  uri: {found.uri}")
         if not found.primary_reachable:
             print("  the primary is unreachable")
+        if found.topology_stale:
+            print(f"  topology stale: {found.topology_stale_reason}")
         for t in found.tried:
             print(f"  skipped {t.location}: {t.reason.value} ({t.detail})")
     return 0

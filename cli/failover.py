@@ -7,10 +7,9 @@ import sys
 
 
 def _runtime():
-    from shared.config.settings import load_config
-    from shared.runtime import ReplicationRuntime
+    from cli.__main__ import _runtime as build
 
-    return ReplicationRuntime(load_config())
+    return build()
 
 
 def _table(runtime, name: str):
@@ -21,24 +20,81 @@ def _table(runtime, name: str):
                          f"{', '.join(t.name for t in runtime.config.tables)})") from None
 
 
+def _location(table, name: str, option: str) -> None:
+    """An unknown location name is bad input: list the ones the table has."""
+    names = [loc.name for loc in table.locations]
+    if name not in names:
+        raise SystemExit(f"error: {option} {name!r}: table {table.name} has no such location (its locations: "
+                         f"{', '.join(names)}); nothing was changed")
+
+
+def rejoin_needed(runtime, table, topology, to: str) -> str | None:
+    """Why `to` cannot catch up to the primary (ahead of it, or diverged from it), or None.
+
+    A location that holds commits the primary does not have never catches up by waiting: it needs
+    rejoin (which quarantines them) first. A primary that does not answer is left to promote.
+    """
+    from shared.delta.head import find_head, find_source_head
+    from shared.delta.source_log import SourceLog
+    from shared.errors import ReplicaDiverged, ReplicaUnreachable
+
+    replicator = runtime.replicator(table.name, topology)
+    target = replicator.replicas[to]
+    source = SourceLog(table, replicator.source_store, replicator.root)
+    try:
+        primary_head = find_source_head(source)
+    except ReplicaUnreachable:
+        return None
+    head, entries = find_head(target, primary_head or 0)
+    if head is None or primary_head is None:
+        return None
+    if head > primary_head:
+        return f"is at version {head}, ahead of the primary {topology.primary} (version {primary_head})"
+    try:
+        replicator.check_head_matches(to, target, source, head, primary_head, entries)
+    except ReplicaDiverged:
+        return f"has diverged from the primary {topology.primary}: its version {head} differs from the primary's"
+    return None
+
+
 def _fail(err) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return 1
+    from cli.outcome import error_line
+
+    code, line = error_line(err)
+    print(line, file=sys.stderr)
+    return code
+
+
+def catch_up_seconds(timeout: float) -> float:
+    """Of promote's --timeout (its whole bound), what the catch-up may use: the rest reads and flips."""
+    return max(0.0, timeout - min(10.0, timeout / 4))
 
 
 def cmd_promote(args) -> int:
-    from shared.errors import ReplicationError
+    from shared.errors import PromotionRefused, ReplicationError
     from shared.failover.promote import promote
 
+    from cli.status import require_topology
+
     runtime = _runtime()
-    _table(runtime, args.table)
+    table = _table(runtime, args.table)
+    _location(table, args.to, "--to")
 
     def progress(head, primary_head):
         if not args.json:
             print(f"waiting: {args.to} at version {head}, primary at {primary_head}", flush=True)
 
     try:
-        result = promote(runtime, args.table, args.to, force=args.force, timeout=args.timeout, progress=progress)
+        topology = require_topology(runtime, table, "promote")
+        if not args.force and topology.primary != args.to:
+            reason = rejoin_needed(runtime, table, topology, args.to)
+            if reason:
+                raise PromotionRefused(
+                    f"location {args.to} of table {table.name} {reason}, so it cannot catch up; run rejoin first: "
+                    f"python -m cli rejoin --table {table.name} --location {args.to} (its extra commits are "
+                    "quarantined, then it catches up), then promote again. Nothing was changed.")
+        result = promote(runtime, args.table, args.to, force=args.force, timeout=catch_up_seconds(args.timeout),
+                         progress=progress)
     except ReplicationError as err:
         return _fail(err)
     finally:
@@ -64,12 +120,22 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rejoin(args) -> int:
+    from cli.status import require_topology
     from shared.errors import ReplicationError
     from shared.failover.rejoin import rejoin
 
     runtime = _runtime()
-    _table(runtime, args.table)
+    table = _table(runtime, args.table)
+    _location(table, args.location, "--location")
+    say = (lambda text: None) if args.json else (lambda text: print(text, flush=True))
     try:
+        topology = require_topology(runtime, table, "rejoin")
+        if not args.dry_run:
+            say(f"rejoin {table.name}/{args.location}: 1/3 comparing its log with the primary {topology.primary}")
+            plan = rejoin(runtime, args.table, args.location, dry_run=True)
+            say(f"rejoin {table.name}/{args.location}: 2/3 quarantining {len(plan.versions)} version(s), "
+                f"{len(plan.log_files)} log files, {plan.data_files} data files, then removing them from its log")
+            say(f"rejoin {table.name}/{args.location}: 3/3 catching up from {topology.primary} as a replica")
         result = rejoin(runtime, args.table, args.location, dry_run=args.dry_run)
     except ReplicationError as err:
         return _fail(err)
@@ -96,9 +162,12 @@ def cmd_quarantine(args) -> int:
     from shared.errors import ReplicationError
     from shared.failover.replay import list_quarantine, replay
 
+    from cli.status import require_topology
+
     runtime = _runtime()
-    _table(runtime, args.table)
+    table = _table(runtime, args.table)
     try:
+        require_topology(runtime, table, f"quarantine {args.action}")
         if args.action == "list":
             commits = list_quarantine(runtime, args.table)
             if args.json:
@@ -156,27 +225,35 @@ def cmd_topology(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("promote", help="make another location of a table its writable primary")
-    p.add_argument("--table", required=True)
-    p.add_argument("--to", required=True, help="the location to promote")
-    p.add_argument("--force", action="store_true", help="the primary does not answer: flip at LOCATION's head")
-    p.add_argument("--timeout", type=float, default=300.0, help="planned: seconds to wait for LOCATION to catch up")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("promote", help="make another location of a table its writable primary",
+                       description="Planned (writers stopped, the primary answers): catch the location up, then "
+                                   "flip. Unplanned (--force, the primary's region is down): flip at the location's "
+                                   "own head; rejoin the old primary when it returns.")
+    p.add_argument("--table", required=True, help="the table")
+    p.add_argument("--to", required=True, metavar="LOCATION", help="the location to promote (a name from the "
+                                                                  "configuration, e.g. westeu)")
+    p.add_argument("--force", action="store_true",
+                   help="the primary does not answer: flip at the --to location's own head without waiting")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="seconds promote may take in all (default 300); planned, most of it is the wait for the "
+                        "--to location to catch up (all but min(10, a quarter) of it)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("rejoin", help="make a former primary a replica again, quarantining its outage commits")
-    p.add_argument("--table", required=True)
-    p.add_argument("--location", required=True)
+    p.add_argument("--table", required=True, help="the table")
+    p.add_argument("--location", required=True, help="the former primary (a location name, e.g. eastus)")
     p.add_argument("--dry-run", action="store_true", help="say what would be quarantined; change nothing")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_rejoin)
 
     p = sub.add_parser("quarantine", help="list quarantined commits, or replay their blind appends")
-    p.add_argument("action", choices=["list", "replay"])
-    p.add_argument("--table", required=True)
-    p.add_argument("--epoch", type=int, help="replay: the quarantine's epoch")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("action", choices=["list", "replay"], help="list: what rejoin quarantined; replay: apply its "
+                                                              "blind appends to the primary (exactly once)")
+    p.add_argument("--table", required=True, help="the table")
+    p.add_argument("--epoch", type=int, help="replay: the quarantine's epoch (see `quarantine list`)")
+    p.add_argument("--dry-run", action="store_true", help="replay: say what would be applied; change nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_quarantine)
 
     p = sub.add_parser("topology", help="restore a missing ReplicationTopology from the promotion markers")

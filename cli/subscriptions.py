@@ -7,7 +7,8 @@ from shared.storage.clients import CLIENT_REQUEST_ID_PREFIX
 
 
 def subscription_filters(config, accounts: dict[str, str]) -> dict:
-    """One subscription per table and location: its `_delta_log/` subject prefix, BlobCreated and BlobRenamed.
+    """One subscription per table and location: its `_delta_log/` subject prefix, BlobCreated and BlobRenamed;
+    and per account the containers the app writes there (`containers`, for the template's roles).
 
     Every location of a table (source and replicas) gets one, because any of them may become
     the primary after `python -m cli promote`; events from a location that is not the primary
@@ -41,4 +42,18 @@ def subscription_filters(config, accounts: dict[str, str]) -> dict:
                     ],
                 },
             })
+    # The containers the app writes in each account once any location there is a replica (every location
+    # can be, after a failover): replication, rejoin's quarantine and deletes, retention, snapshots.
+    # infra/main.bicep creates them and scopes Storage Blob Data Contributor to exactly these.
+    written: dict[str, list[str]] = {name: [] for name in by_connection}
+    for table in config.tables:
+        for loc in table.locations:
+            written[loc.connection].append(loc.container)
+        if table.snapshots is not None:
+            written[table.replica(table.snapshots.replica).connection].append(table.snapshots.container)
+    for consolidation in config.consolidations:
+        if consolidation.target.connection in written:
+            written[consolidation.target.connection].append(consolidation.target.container)
+    for name, account in by_connection.items():
+        account["containers"] = sorted(set(written[name]))
     return {"sourceAccounts": list(by_connection.values())}

@@ -36,12 +36,13 @@ def _md5(store, path: str) -> str:
     return digest.hexdigest()
 
 
-def verify_replica(replicator, name: str, *, version: int | None = None, deltalake_options=None) -> list[Mismatch]:
+def verify_replica(replicator, name: str, *, version: int | None = None, deltalake_options=None,
+                   progress=None) -> list[Mismatch]:
     """Compare one replica with the primary.
 
     Every replicated commit (or only `version`) must be byte-identical to the primary's, and
     every file it references must exist with equal size and MD5; deltalake must read equal
-    row counts at the checked head.
+    row counts at the checked head. `progress(1)` is called after each commit checked.
     """
     table = replicator.table
     source, store = replicator.source_store, replicator.replicas[name]
@@ -54,6 +55,8 @@ def verify_replica(replicator, name: str, *, version: int | None = None, deltala
             return [Mismatch(table.name, name, version, "commit missing on replica", f"_delta_log/{commit_name(version)}")]
     checked: set[str] = set()
     for v in versions:
+        if progress is not None and v != versions[0]:
+            progress(1)
         mine = store.get_log_file(commit_name(v))
         try:
             theirs = source.get_log_file(commit_name(v))
@@ -83,6 +86,8 @@ def verify_replica(replicator, name: str, *, version: int | None = None, deltala
                 found.append(Mismatch(table.name, name, v, f"size {size} != primary's {primary_size}", f.path))
             elif _md5(store, f.path) != _md5(source, f.path):
                 found.append(Mismatch(table.name, name, v, "MD5 differs from the primary's", f.path))
+    if progress is not None and versions:
+        progress(1)
     if deltalake_options is not None and versions and not found:
         from deltalake import DeltaTable
 

@@ -20,12 +20,16 @@ HOME, CLEAR_LINE, CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 
 def frame(args, status_command) -> str:
     """One frame: a title line, then the status table (or the error that stopped it this time)."""
+    from cli.deadline import set_deadline
+    from cli.outcome import error_line
+
     out = io.StringIO()
+    set_deadline(args.timeout)  # each frame is bounded like one `status`
     try:
         with contextlib.redirect_stdout(out):
             status_command(args)
-    except (OSError, RuntimeError) as err:  # storage down mid-run: show it, keep watching
-        out.write(f"error: {err}\n")
+    except Exception as err:  # noqa: BLE001 - storage down mid-run: show the one line, keep watching
+        out.write(error_line(err)[1] + "\n")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return f"python -m cli status --watch  every {args.interval:g}s  {stamp}  (Ctrl-C to stop)\n\n" + out.getvalue()
 

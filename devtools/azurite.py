@@ -16,8 +16,11 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+
+_STARTED: "weakref.WeakValueDictionary[int, AzuriteProcess]" = weakref.WeakValueDictionary()  # for stop_all()
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AZURITE_BLOB_BIN = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
@@ -98,6 +101,7 @@ class AzuriteProcess:
                 start_new_session=True,
             )
         log.close()
+        _STARTED[id(self)] = self
         self._wait_ready(self.process, self.port)
         if self.table_process is not None:
             self._wait_ready(self.table_process, self.table_port)
@@ -120,6 +124,7 @@ class AzuriteProcess:
 
     def stop(self) -> None:
         """Stop this process (and only it); keeps the data folder for a restart."""
+        _STARTED.pop(id(self), None)
         table, self.table_process = self.table_process, None
         self._stop_one(table)
         proc, self.process = self.process, None
@@ -180,3 +185,10 @@ class AzuriteProcess:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def stop_all() -> None:
+    """Stop every Azurite this Python process started and has not stopped (a test process being
+    ended from outside, e.g. by the mutation runner's timeout, cannot run its fixtures' teardown)."""
+    for proc in list(_STARTED.values()):
+        proc.stop()

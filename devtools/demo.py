@@ -78,7 +78,7 @@ def main() -> int:
                    "westeu": primary_region.storage_options("westeu"),
                    "seasia": far_region.storage_options("seasia")}
         from shared.health.lag import measure_table
-        from shared.replication.relay import LogRelay
+        from devtools.relay import LogRelay
         from shared.runtime import get_runtime
 
         def deliver(envelope: dict) -> None:

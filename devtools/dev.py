@@ -58,6 +58,7 @@ class DevOptions:
     ports: dict  # service -> explicit port, or None
     functions_url: str
     relay_interval: float
+    startup_timeout: float = 120.0  # `dev --timeout`: how long Azurite may take to listen
 
 
 def _say(text: str = "") -> None:
@@ -139,7 +140,7 @@ def stop_leftovers(state_dir: Path, children: dict) -> list[str]:
     return stopped
 
 
-def start_azurite(location: Path, keys: dict, ports: dict) -> subprocess.Popen:
+def start_azurite(location: Path, keys: dict, ports: dict, timeout: float = 120.0) -> subprocess.Popen:
     if not AZURITE_BIN.exists():
         raise DevError(f"Azurite is not installed at {AZURITE_BIN}; run `bash scripts/setup.sh` (or `npm ci`)")
     location.mkdir(parents=True, exist_ok=True)
@@ -153,20 +154,21 @@ def start_azurite(location: Path, keys: dict, ports: dict) -> subprocess.Popen:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
     try:
-        _wait_listening(proc, location, list(ports.values()))
+        _wait_listening(proc, location, list(ports.values()), timeout)
     except BaseException:  # including Ctrl-C while it boots: never leave it running
         _stop(proc)
         raise
     return proc
 
 
-def _wait_listening(proc: subprocess.Popen, location: Path, pending: list[int]) -> None:
-    deadline = time.monotonic() + 30
+def _wait_listening(proc: subprocess.Popen, location: Path, pending: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while pending:
         if proc.poll() is not None:
             raise DevError(f"Azurite exited with {proc.returncode}; see {location / 'azurite.log'}")
         if time.monotonic() > deadline:
-            raise DevError(f"Azurite did not listen on {pending} within 30 s; see {location / 'azurite.log'}")
+            raise DevError(f"Azurite did not listen on {pending} within {timeout:g} s (--timeout); see "
+                           f"{location / 'azurite.log'}")
         try:
             with socket.create_connection(("127.0.0.1", pending[0]), timeout=0.5):
                 pending.pop(0)
@@ -318,7 +320,7 @@ def _start(opts: DevOptions, state_dir: Path, state: dict, state_path: Path, sta
     state["ports"] = ports
     write_private(state_path, json.dumps(state, indent=1) + "\n")
 
-    azurite = started["azurite"] = start_azurite(state_dir / "azurite", keys, ports)
+    azurite = started["azurite"] = start_azurite(state_dir / "azurite", keys, ports, opts.startup_timeout)
     state["children"] = {"azurite": azurite.pid}
     write_private(state_path, json.dumps(state, indent=1) + "\n")
     _say(f"dev: Azurite PID {azurite.pid} on 127.0.0.1 (blob {ports['blob']}, queue {ports['queue']}, "

@@ -23,6 +23,9 @@ def consolidate_regions(timer: func.TimerRequest) -> None:
         except ReplicaBusy as err:
             log.warning("consolidate_regions.busy consolidation=%s detail=%s", consolidation.name, err)
             continue
+        except Exception:  # noqa: BLE001 - one consolidation's failure never blocks the later ones
+            log.exception("consolidate_regions.failed consolidation=%s", consolidation.name)
+            continue
         failing = [f"{o.source}:{o.status}" for o in outcomes if o.status in ("unreachable", "error")]
         log.info("consolidate_regions.done consolidation=%s sources=%d rows=%d past_due=%s failing=%s",
                  consolidation.name, len(outcomes), sum(o.rows_inserted + o.rows_updated for o in outcomes),

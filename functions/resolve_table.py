@@ -4,7 +4,7 @@ import json
 
 import azure.functions as func
 
-from shared.errors import NoReadableLocation
+from shared.errors import NoReadableLocation, ReplicationError
 from shared.reads.query import parse_read_query
 from shared.reads.resolver import resolve_location
 from shared.runtime import get_runtime
@@ -34,3 +34,6 @@ def resolve_table(req: func.HttpRequest) -> func.HttpResponse:
         return _json(resolve_location(runtime, table, **query.resolver_arguments()).as_json(), 200)
     except NoReadableLocation as err:
         return _json({"error": str(err), "table": name, "tried": [t.as_json() for t in err.tried]}, 503)
+    except ReplicationError as err:
+        # e.g. TopologyUnavailable: no location can be named safely now; the reason, never a 500.
+        return _json({"error": str(err), "table": name, "reason": type(err).__name__, "tried": []}, 503)

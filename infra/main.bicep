@@ -11,7 +11,7 @@ param location string = resourceGroup().location
 @description('Output of `python -m cli events`: per source account, the subscriptions and their filters.')
 param eventSubscriptions object
 
-@description('Replica connections: setting name -> storage account name.')
+@description('Connection setting name -> storage account name for every replica location (the app settings `<NAME>__blobServiceUri`); source accounts come from eventSubscriptions.')
 param replicaConnections object
 
 @description('The replication configuration document (REPLICATION_CONFIG).')
@@ -31,6 +31,8 @@ var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var sources = eventSubscriptions.sourceAccounts
 var replicas = items(replicaConnections)
+// (account, container) for every container the app writes: see containerRoles.
+var writtenContainers = flatten(map(sources, s => map(s.containers, c => { account: s.account, container: c })))
 // Every data account once (an account can hold sources and replicas).
 var dataAccounts = union(map(sources, s => s.account), map(replicas, r => r.value))
 // The app settings below are all identity-based (<NAME>__blobServiceUri, AzureWebJobsStorage__accountName),
@@ -138,7 +140,13 @@ resource sourceAccounts 'Microsoft.Storage/storageAccounts@2023-05-01' existing 
   name: s.account
 }]
 
-// Sources are only read: Storage Blob Data Reader (it also allows user delegation keys for copy SAS).
+// Every location of a table can become the primary (promote) and every former primary becomes a
+// replica again (rejoin), so the app needs, on every account that holds a location:
+// - Storage Blob Data Reader on the account: reading it as a primary, and the user delegation key
+//   behind server-side copy SAS (an account-level action, which a container scope cannot grant);
+// - Storage Blob Data Contributor on each container it writes there (`containers` in the events output:
+//   table locations, snapshots): replicating into it, rejoin's quarantine copies and log deletes,
+//   retention. Scoped to those containers, not the account: least privilege survives a failover.
 resource sourceRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (s, i) in sources: {
   scope: sourceAccounts[i]
   name: guid(sourceAccounts[i].id, app.id, storageBlobDataReader)
@@ -149,13 +157,14 @@ resource sourceRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for
   }
 }]
 
-resource replicaAccounts 'Microsoft.Storage/storageAccounts@2023-05-01' existing = [for r in replicas: {
-  name: r.value
+// The containers are declared (created if missing) so that each role has its scope before the first write.
+resource tableContainers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [for c in writtenContainers: {
+  name: '${c.account}/default/${c.container}'
 }]
 
-resource replicaRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (r, i) in replicas: {
-  scope: replicaAccounts[i]
-  name: guid(replicaAccounts[i].id, app.id, storageBlobDataContributor)
+resource containerRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (c, i) in writtenContainers: {
+  scope: tableContainers[i]
+  name: guid(tableContainers[i].id, app.id, storageBlobDataContributor)
   properties: {
     principalId: app.identity.principalId
     principalType: 'ServicePrincipal'

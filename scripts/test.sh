@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ "$#" -eq 0 ]; then
+  # The whole suite (CI): first the deployed app, built from requirements.txt alone.
+  if [ "${SKIP_DEPLOY_CHECK:-}" != "1" ]; then
+    bash scripts/deploy_check.sh
+  fi
   set -- -n 2
 fi
 exec .venv/bin/python -m pytest "$@"

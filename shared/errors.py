@@ -39,6 +39,11 @@ class ReplicaDiverged(ReplicationError):
     """Raised when a replica holds a log or data file that differs from the primary's."""
 
 
+class WriteFenced(ReplicationError):
+    """Raised when a commit or `_last_checkpoint` write is refused because the topology no longer names
+    the invocation's primary at its epoch (a promote happened while it ran); nothing is written."""
+
+
 class ReplicaBusy(ReplicationError):
     """Raised when another invocation holds a replica's replication lease for too long."""
 

@@ -10,7 +10,9 @@ import threading
 from typing import Callable
 
 FILE_COPIED = "file.copied"  # after one data/log file reached a replica
+FILE_COPYING = "file.copying"  # a catch-up's copy of one data file is about to start (in its pool thread)
 COMMIT_BEFORE = "commit.before"  # a commit's files are all there; the commit is not yet written
+FENCE_CHECKED = "fence.checked"  # the topology was read before a write and still names this primary; not yet written
 COMMIT_AFTER = "commit.after"  # a commit was written; its crc/checkpoint not yet
 CHECKPOINT_COPIED = "checkpoint.copied"  # checkpoint parts copied; _last_checkpoint not yet
 SEED_FILE = "seed.file"  # one file of a checkpoint seed copied
@@ -18,6 +20,7 @@ SNAPSHOT_FILE = "snapshot.file"  # one file of a snapshot copied
 CHECKPOINT_COPYING = "checkpoint.copying"  # a checkpoint's parts are about to be copied to a replica
 CONSOLIDATION_READ = "consolidation.read"  # a batch of source rows read; the merge not started
 CONSOLIDATION_MERGE = "consolidation.merge"  # the merge of a batch starts (files, then the commit)
+CONSOLIDATION_MERGED = "consolidation.merged"  # the MERGE of a batch returned; nothing else committed yet
 CONSOLIDATION_COMMITTED = "consolidation.committed"  # the merge committed; the status row not yet written
 
 _lock = threading.Lock()

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from shared.config.model import ReplicationConfig, TableConfig
+from shared.config.overlap import location_conflicts
 from shared.config.settings import (
     load_config,
     resolve_alerts,
@@ -22,6 +23,7 @@ from shared.config.settings import (
 )
 from shared.delta.log import TableRoot
 from shared.errors import ConfigError
+from shared.replication.fence import WriteFence
 from shared.replication.replicator import TableReplicator
 from shared.replication.sequencer import Sequencer
 from shared.storage.blob_table_store import BlobTableStore
@@ -81,6 +83,8 @@ class ReplicationRuntime:
                     self.settings[loc.connection] = resolve_connection(loc.connection, environ)
                 except ConfigError as err:
                     problems.append(f"consolidations[{i}].{where}.connection: {err}")
+        if not problems:
+            problems = location_conflicts(config, self.settings)  # by account, not by connection name
         if problems:
             raise ConfigError("invalid replication configuration; fix these and restart: " + "; ".join(problems))
         self.clients = {name: build_blob_service_client(s, counter=counter) for name, s in self.settings.items()}
@@ -102,7 +106,8 @@ class ReplicationRuntime:
         replicas = {r.name: self.store(table, r) for r in table.locations if r.name != source_loc.name}
         root = TableRoot(self.settings[source_loc.connection].account_name, source_loc.container, source_loc.path)
         return TableReplicator(table, source, replicas, root, self._file_pool, self._task_pool,
-                               leases=self.lease_store, sequencer=self._sequencer)
+                               leases=self.lease_store, sequencer=self._sequencer,
+                               fence=WriteFence(self.topology, table.name, source_loc.name))
 
     def topology_store(self):
         """The ReplicationTopology table (STATUS_CONNECTION), built on first use."""
@@ -181,6 +186,15 @@ class ReplicationRuntime:
         from azure.identity import DefaultAzureCredential
 
         return TableServiceClient(settings.endpoint, credential=DefaultAzureCredential(), **options)
+
+    def table_service_with(self, **options):
+        """A TableServiceClient of its own for the function app's storage, with these client options
+        (e.g. the read resolver's short timeouts).
+
+        Raises:
+            ConfigError: the function app's storage connection is not defined.
+        """
+        return self._table_service(**options)
 
     def table_service(self):
         """The Azure Table service of the function app's storage, shared by its stores, built on first use."""

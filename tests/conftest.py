@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 
 import pytest
 
-from devtools.azurite import AZURITE_BLOB_BIN, AzuriteProcess
+from devtools.azurite import AZURITE_BLOB_BIN, AzuriteProcess, stop_all
 from tests.support.lake import Lake
 
 ACCOUNTS = ("eastus", "westeu", "seasia", "global")
@@ -15,6 +18,18 @@ ACCOUNTS = ("eastus", "westeu", "seasia", "global")
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False,
                      help="also run the long randomized fault-injection tests (marked slow)")
+
+
+def _stop_azurite_and_exit(signum, frame):
+    stop_all()
+    os._exit(24)  # what mutmut reads as "timeout"
+
+
+def pytest_configure(config):
+    # scripts/mutation.sh: mutmut ends a mutant's test process that overran with SIGXCPU, where no
+    # fixture teardown runs; stop this process's Azurite first so none is left behind.
+    if threading.current_thread() is threading.main_thread():  # xdist may configure in another thread
+        signal.signal(signal.SIGXCPU, _stop_azurite_and_exit)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -29,6 +29,25 @@ def test_every_command_has_help():
         assert result.returncode == 0 and "usage: python -m cli " + command in result.stdout
 
 
+def test_every_command_has_timeout_exit_codes_and_help_on_every_option():
+    import argparse
+
+    from cli.__main__ import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {"status", "sync", "verify", "events", "relay", "cost", "endpoint", "dev",
+                                "consolidate", "promote", "rejoin", "quarantine"}
+    for name, command in [("python -m cli", parser), *sub.choices.items()]:
+        undocumented = [a.dest for a in command._actions
+                        if a.help in (None, "") and not isinstance(a, argparse._SubParsersAction)]
+        assert undocumented == [], (name, undocumented)
+        assert "exit codes:" in command.format_help() and "4  the command did not finish within --timeout" in \
+            command.format_help(), name
+        if command is not parser:
+            assert any("--timeout" in a.option_strings for a in command._actions), name
+
+
 def test_status_json_reports_versions_lag_and_state(lake):
     lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
     lake.deliver_all(lake.events())
@@ -98,9 +117,9 @@ def test_events_prints_filters_that_match_the_deployment_template():
 
 def test_a_missing_or_malformed_settings_file_is_a_clear_error(tmp_path):
     missing = run_cli(None, "--settings", str(tmp_path / "nope.json"), "status")
-    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert f"--settings {tmp_path / 'nope.json'}: cannot read it (No such file or directory)" in missing.stderr
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     malformed = run_cli(None, "--settings", str(bad), "status")
-    assert malformed.returncode == 1 and "not a Functions local.settings.json" in malformed.stderr
+    assert malformed.returncode == 2 and "not a Functions local.settings.json" in malformed.stderr

@@ -110,6 +110,9 @@ def test_shipped_example_files_are_valid():
     root = Path(__file__).resolve().parent.parent
     config = load_config({"REPLICATION_CONFIG_FILE": str(root / "replication.example.json")})
     assert config.connection_names() == ["EASTUS_STORAGE", "WESTEU_STORAGE", "SEASIA_STORAGE"]
+    # The runbook's names: locations named, and priced and routed, by their region.
+    assert [(loc.name, loc.region) for loc in config.tables[0].locations] == [
+        ("eastus", "eastus"), ("westeu", "westeu"), ("seasia", "seasia")]
     settings = json.loads((root / "local.settings.json.example").read_text())["Values"]
     for name in config.connection_names():
         assert name in settings or f"{name}__blobServiceUri" in settings

@@ -69,7 +69,7 @@ def test_concurrent_events_of_one_table_take_the_fast_path_in_version_order(lake
 
 def test_the_steady_state_sends_one_head_per_replica_and_none_to_the_primary(lake):
     """Per commit and replica: one HEAD (version N-1 on the replica), the file's GET and PUT,
-    the commit's PUT. The primary's N-1 is not asked again: this process read it at this epoch."""
+    the topology read of the write fence, the commit's PUT. The primary's N-1 is not asked again: this process read it at this epoch."""
     from shared.config.parse import parse_config
     from shared.replication.commit_events import handle_storage_event
     from shared.runtime import ReplicationRuntime
@@ -84,8 +84,11 @@ def test_the_steady_state_sends_one_head_per_replica_and_none_to_the_primary(lak
             lake.write(batch(i * 10, 5))
             (event,) = [e for e in lake.events() if e["subject"].endswith(f"{i:020d}.json")]
             del audit.requests[:]
+            fence_reads = runtime.replicators["sales"].fence.reads
             (outcome_states,) = [[o.state for o in handle_storage_event(runtime, event).outcomes]]
             assert outcome_states == [ReplicaState.REPLICATED] * 2
+            # Plus one topology point read per replica right before its commit PUT (the write fence).
+            assert runtime.replicators["sales"].fence.reads - fence_reads == 2
             log = f"{lake.table_path}/_delta_log/"
             seen = sorted((method, account, path.split("/", 1)[1].removeprefix(log))
                           for method, account, path, *_ in audit.requests

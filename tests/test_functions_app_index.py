@@ -61,3 +61,12 @@ def test_consolidate_regions_runs_on_the_consolidation_schedule():
     assert bindings("consolidate_regions") == [{"direction": BindingDirection.IN, "type": "timerTrigger",
                                                "name": "timer", "schedule": "%CONSOLIDATION_SCHEDULE%",
                                                "runOnStartup": False}]
+
+
+def test_the_index_is_the_one_the_deploy_check_expects():
+    # scripts/deploy_check.py compares the deployed app's index with this file, in a clean environment.
+    import json
+    from pathlib import Path
+
+    expected = json.loads((Path(__file__).resolve().parent.parent / "scripts" / "function_index.json").read_text())
+    assert {name: json.loads(f.get_function_json())["bindings"] for name, f in indexed().items()} == expected

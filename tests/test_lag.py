@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from azure.data.tables import TableServiceClient
 
 from shared.config.parse import parse_config
@@ -108,3 +110,29 @@ def test_alerts_once_per_transition_and_recovered_after_lag_clears(azurite, seco
     finally:
         second_azurite.start() if not second_azurite.running else None
         lake.close()
+
+
+@pytest.mark.parametrize("primary_head", [9, 10])
+def test_a_replica_ahead_of_the_primary_is_diverged_whatever_the_version_numbers(lake, primary_head):
+    """Issue 20, case 5: the new primary (westeu) at 9 or 10, seasia at 11 with the same commits up
+    to there: seasia holds commits the primary does not, so it is diverged, never healthy."""
+    from shared.delta.log import commit_name
+    from shared.health.lag import measure_table
+
+    lake.write(batch(0, 5), mode="overwrite")
+    for i in range(1, 12):
+        lake.write(batch(i * 5, 5))
+    (event,) = [e for e in lake.events() if e["subject"].endswith(commit_name(primary_head))]
+    lake.deliver(event)  # every replica at primary_head
+    # eastus's later commits reach seasia alone (files first, then the commit), as an event would.
+    replicator = lake.runtime.replicators["sales"]
+    seasia, source = replicator.replicas["seasia"], replicator.source_log()
+    for v in range(primary_head + 1, 12):
+        for f in source.commit(v).files:
+            seasia.copy_file_from(replicator.source_store, f.path, expected_size=f.size)
+        assert seasia.create_log_file(commit_name(v), source.commit_bytes(v))
+    assert (lake.head("westeu"), lake.head("seasia")) == (primary_head, 11)
+    lags = {lag.replica: lag for lag in measure_table(lake.runtime.replicator_from("sales", "westeu"))}
+    assert lags["seasia"].status == ReplicaHealth.DIVERGED
+    assert lags["seasia"].detail.startswith(f"replica seasia is at version 11, ahead of the primary's {primary_head}")
+    assert lags[lake.runtime.config.table("sales").source.name].status == ReplicaHealth.DIVERGED  # also at 11

@@ -95,5 +95,5 @@ def test_cli_endpoint_prints_the_chosen_location_and_refuses_bad_input(lake):
     assert [line.split()[:2] for line in result.stdout.splitlines()[1:]] == \
         [["westeu", "behind_min_version"], ["primary", "behind_min_version"], ["seasia", "behind_min_version"]]
     result = run_cli(lake, "--table", "sales", "--max-staleness", "soon")
-    assert result.returncode == 2 and "max_staleness_seconds must be a number" in result.stdout
+    assert result.returncode == 2 and "max_staleness_seconds must be a number" in result.stderr
     assert "usage: python -m cli endpoint" in run_cli(lake, "--help").stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from devtools.azurite import AzuriteProcess
 from shared.replication.commit_events import handle_storage_event
-from shared.replication.relay import LogRelay
+from devtools.relay import LogRelay
 from tests.support.lake import Lake, batch
 from tests.test_cli import run_cli
 
@@ -62,3 +62,43 @@ def test_relay_command_delivers_in_process_when_no_host_answers(lake, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("delivered ") == 2
     assert lake.head("westeu") == lake.head("seasia") == 1
+
+
+def test_relay_follows_the_topologys_primary_and_recognises_a_recreated_blob_by_etag(azurite, tmp_path, request):
+    from tests.support.failover import failover_lake, write_to
+
+    lake = failover_lake(azurite, request.node.name)
+    delivered: list[dict] = []
+
+    def deliver(event):
+        delivered.append(event)
+        handle_storage_event(lake.runtime, event)
+
+    try:
+        relay = LogRelay(lake.runtime, tmp_path / "relay.json", deliver)
+        lake.write(batch(0, 5), mode="overwrite")
+        lake.write(batch(5, 5))
+        assert relay.poll() == 2 and lake.head("westeu") == lake.head("seasia") == 1
+
+        # Promote westeu; the writer moves there. The relay must now watch westeu's log.
+        store = lake.runtime.topology_store()
+        store.flip(lake.runtime.topology(lake.table_name), "westeu", 1)
+        write_to(lake, "westeu", batch(10, 5))
+        before = len(delivered)
+        relay.poll()
+        from_westeu = [e for e in delivered[before:] if "/westeu/" in e["data"]["url"]]
+        assert [e["subject"].rsplit("/", 1)[1] for e in from_westeu][-1] == f"{2:020d}.json"
+        assert lake.head("eastus") == lake.head("seasia") == 2  # the new primary's write replicated
+        assert relay.poll() == 0
+
+        # The same name written again (as after rejoin re-creates a version): a new blob, a new ETag.
+        blob = lake.clients["westeu"].get_blob_client(lake.container, f"{lake.table_path}/_delta_log/{2:020d}.json")
+        data = blob.download_blob().readall()
+        blob.delete_blob()
+        blob.upload_blob(data)
+        before = len(delivered)
+        assert relay.poll() == 1
+        assert delivered[before]["data"]["eTag"].strip('"') == blob.get_blob_properties().etag.strip('"')
+        assert relay.poll() == 0
+    finally:
+        lake.close()

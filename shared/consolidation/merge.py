@@ -141,8 +141,13 @@ class TargetTable:
         except CommitFailedError:
             pass  # another run created it at the same moment
 
-    def merge(self, rows: pa.Table | None, *, app_id: str, version: int | None, advances: bool) -> MergeResult:
+    def merge(self, rows: pa.Table | None, *, app_id: str, version: int | None, advances: bool,
+              identity: str | None = None) -> MergeResult:
         """Merge `rows` and record `version` for `app_id`, in one commit.
+
+        With `identity` (the source's `metaData.id`) the same commit records `version` for
+        `<app_id>@<identity>` too: the position of that incarnation of the source, so a source
+        dropped and re-created is recognised and read from its version 0.
 
         Skips when the target already records `version` or later (and the batch advances);
         commits the txn alone when no row changes (a no-op MERGE writes no commit).
@@ -163,11 +168,13 @@ class TargetTable:
                     return result  # nothing to write and nothing to record yet
                 self._create(rows.schema)
                 continue
-            current = table.transaction_version(app_id)
+            marker = f"{app_id}@{identity}" if identity else None
+            current = table.transaction_version(marker or app_id)
             if advances and version is not None and current is not None and current >= version:
                 result.skipped = True
                 return result
-            properties = CommitProperties(app_transactions=[Transaction(app_id, version)]) \
+            properties = CommitProperties(app_transactions=[Transaction(app_id, version)]
+                                          + ([Transaction(marker, version)] if marker else [])) \
                 if version is not None else None
             try:
                 changed = False
@@ -178,6 +185,7 @@ class TargetTable:
                     if self.on_match == "update":
                         merger = merger.when_matched_update_all()
                     metrics = merger.when_not_matched_insert_all().execute()
+                    failpoints.hit(failpoints.CONSOLIDATION_MERGED)  # a test reads the target here: rows and txn
                     result.inserted = int(metrics.get("num_target_rows_inserted", 0))
                     result.updated = int(metrics.get("num_target_rows_updated", 0))
                     changed = bool(metrics.get("num_target_files_added", 0) or metrics.get("num_target_files_removed", 0))

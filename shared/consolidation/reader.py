@@ -13,7 +13,6 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +21,9 @@ import pyarrow.parquet as pq
 from shared.config.model import ConsolidationSource
 from shared.consolidation.deletion_vectors import DeletionVectorError, deleted_rows
 from shared.delta.head import find_latest_version
-from shared.delta.log import commit_name, parse_commit
+from shared.delta.log import commit_name, parse_commit, referenced_files
+from shared.delta.paths import deletion_vector_file, store_root, table_path
+from shared.delta.table_state import table_state
 from shared.errors import CommitIncomplete, ConsolidationFailed, SourceHistoryMissing
 from shared.storage.blob_table_store import BlobTableStore
 
@@ -88,10 +89,14 @@ def plan_commits(store: BlobTableStore, start: int | None, max_commits: int, sta
             data = store.get_log_file(commit_name(version + 1))
         except FileNotFoundError:
             break
+        where = f"{store.description} version {version + 1}"
         try:
-            actions = parse_commit(data, where=f"{store.description} version {version + 1}")
+            actions = parse_commit(data, where=where)
         except CommitIncomplete:
             break  # a writer is still writing it: the next run takes it
+        # The one path check, for every commit of the run before any row is merged: a hostile
+        # path is refused (InvalidCommit) and this run merges nothing of this source.
+        referenced_files(actions, store_root(store), allow_external=False, where=where)
         stats.bytes_read += len(data)
         version += 1
         plan.commits.append((version, actions))
@@ -152,8 +157,11 @@ class CommitRows:
         buffered = 0
         complete = start  # the last version whose rows are all buffered or merged
         recorded = start  # the version the last yielded batch records
+        root = store_root(self._store)
         for version, actions in plan.commits:
-            removed = {unquote(a["remove"]["path"]) for a in actions if isinstance(a.get("remove"), dict)}
+            where = f"{self._store.description} version {version}"
+            removed = {table_path(a["remove"].get("path"), root, allow_external=False, where=where, what="remove")
+                       for a in actions if isinstance(a.get("remove"), dict)}
             for action in actions:
                 if isinstance(action.get("metaData"), dict):
                     self._metadata(action["metaData"], version)
@@ -161,7 +169,7 @@ class CommitRows:
                 add = action.get("add")
                 if not isinstance(add, dict) or add.get("dataChange") is False:
                     continue
-                path = unquote(add["path"])
+                path = table_path(add.get("path"), root, allow_external=False, where=where, what="add")
                 if path in removed:
                     continue  # the same file re-added with a new deletion vector: rows only went away
                 for rows in self._file_rows(path, add, version):
@@ -219,8 +227,10 @@ class CommitRows:
         self.stats.files += 1
         deleted = None
         if isinstance(add.get("deletionVector"), dict):
+            dv_file = deletion_vector_file(add["deletionVector"], store_root(self._store), allow_external=False,
+                                           where=f"{self._store.description} version {version}")
             try:
-                deleted = deleted_rows(add["deletionVector"], self._read)
+                deleted = deleted_rows(add["deletionVector"], lambda _raw: self._read(dv_file))
             except (DeletionVectorError, KeyError, ValueError) as err:
                 raise ConsolidationFailed(
                     f"source {self._source.name} version {version}: the deletion vector of {path} cannot be "
@@ -254,27 +264,55 @@ class CommitRows:
             return text
 
 
-def snapshot_batches(open_table: Callable[[], object], source: ConsolidationSource, *, start: int | None,
-                     region_column: str, max_bytes: int, stats: ReadStats) -> Iterator[RowBatch]:
+def snapshot_batches(store: BlobTableStore, source: ConsolidationSource, *, start: int | None, region_column: str,
+                     known_types: dict[str, pa.DataType], max_bytes: int, stats: ReadStats) -> Iterator[RowBatch]:
     """The fallback: the source's current snapshot, in batches; the last records the snapshot's version.
 
-    Args:
-        open_table: returns the source's DeltaTable at its newest version.
+    The snapshot is the state at the source's newest version (its checkpoint and later commits, every
+    path through the one path check), read file by file with the same reader as new commits, so
+    deletion vectors are honoured.
     """
-    table = open_table()
-    version = table.version()
+    version = find_latest_version(store)
     stats.head = version
+    if version is None:
+        yield RowBatch(rows=None, version=None, advances=False)
+        return
+    state = table_state(store, version)
+    reader = CommitRows(store, source, region_column=region_column, known_types=known_types,
+                        max_bytes=max_bytes, stats=stats)
+    reader._metadata(state.metadata, version)
     buffer: list[pa.Table] = []
     buffered = 0
-    for record_batch in table.to_pyarrow_dataset().to_batches(batch_size=READ_BATCH_ROWS):
-        rows = pa.Table.from_batches([record_batch])
-        if region_column not in rows.column_names:
-            rows = rows.append_column(region_column, pa.array([source.region] * rows.num_rows, pa.string()))
-        stats.rows += rows.num_rows
-        buffer.append(rows)
-        buffered += rows.nbytes
-        if buffered >= max_bytes:
-            yield RowBatch(rows=pa.concat_tables(buffer, promote_options="permissive"), version=start, advances=False)
-            buffer, buffered = [], 0
+    root = store_root(store)
+    for add in state.adds.values():
+        path = table_path(add.get("path"), root, allow_external=False, where=f"{store.description} version {version}",
+                          what="add")
+        for rows in reader._file_rows(path, add, version):
+            buffer.append(rows)
+            buffered += rows.nbytes
+            if buffered >= max_bytes:
+                yield RowBatch(rows=pa.concat_tables(buffer, promote_options="permissive"), version=start,
+                               advances=False)
+                buffer, buffered = [], 0
     rows = pa.concat_tables(buffer, promote_options="permissive") if buffer else None
     yield RowBatch(rows=rows, version=version, advances=start is None or version > start)
+
+
+def source_table_id(store: BlobTableStore) -> str | None:
+    """The source's `metaData.id` (its identity: a table dropped and re-created gets a new one); None when empty.
+
+    One GET of commit 0 when the log still has it, else the state at the newest version.
+    """
+    try:
+        actions = parse_commit(store.get_log_file(commit_name(0)), where=f"{store.description} version 0")
+    except (FileNotFoundError, CommitIncomplete):
+        actions = None
+    if actions is not None:
+        ids = [a["metaData"].get("id") for a in actions if isinstance(a.get("metaData"), dict)]
+        if ids and isinstance(ids[-1], str):
+            return ids[-1]
+    version = find_latest_version(store)
+    if version is None:
+        return None
+    identity = table_state(store, version).metadata.get("id")
+    return identity if isinstance(identity, str) else None

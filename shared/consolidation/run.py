@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 from azure.core.exceptions import ResourceExistsError
-from deltalake import DeltaTable
 
 from shared import failpoints
 from shared.config.model import ConsolidationConfig, ConsolidationSource
@@ -26,6 +25,7 @@ from shared.consolidation.reader import (
     ReadStats,
     plan_commits,
     snapshot_batches,
+    source_table_id,
 )
 from shared.consolidation.state import (
     ALERT_OK,
@@ -39,6 +39,10 @@ from shared.health.alerts import (
     CONSOLIDATION_SOURCE_UNREACHABLE,
 )
 from shared.reads.locations import deltalake_options, deltalake_uri
+
+# Published once when a source's metaData.id changes (dropped and re-created), subject
+# consolidations/<name>/sources/<source>.
+CONSOLIDATION_SOURCE_RECREATED = "DeltaReplication.ConsolidationSourceRecreated"
 from shared.storage.blob_table_store import BlobTableStore
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,7 @@ class SourceOutcome:
     fallback: bool = False
     error: str = ""
     seconds: float = 0.0
+    source_table_id: str = ""  # the source's metaData.id read by this run
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -103,7 +108,7 @@ def run_consolidation(runtime, consolidation: ConsolidationConfig, status: Conso
         previous = {row.source: row for row in status.list_rows(consolidation=consolidation.name)}
         outcomes = []
         for source in consolidation.sources:
-            outcome = _run_source(runtime, consolidation, source, target, progress)
+            outcome = _run_source(runtime, consolidation, source, target, progress, previous.get(source.name), alerts)
             _record(status, alerts, outcome, previous.get(source.name))
             outcomes.append(outcome)
         return outcomes
@@ -117,37 +122,36 @@ def _ensure_container(client, container: str) -> None:
 
 
 def _run_source(runtime, consolidation: ConsolidationConfig, source: ConsolidationSource, target: TargetTable,
-                progress: ProgressFn | None) -> SourceOutcome:
+                progress: ProgressFn | None, previous: ConsolidationStatusRow | None = None,
+                alerts=None) -> SourceOutcome:
     began = time.monotonic()
     outcome = SourceOutcome(consolidation.name, source.name, source.region, UP_TO_DATE)
     app_id = consolidation.app_id(source)
     stats = ReadStats()
     try:
         start, types = target.position(app_id)
-        outcome.start_version = outcome.merged_version = start
         store = BlobTableStore(runtime.clients[source.location.connection], source.location.container,
                                source.location.path, label=source.name, connection_name=source.location.connection)
+        identity = source_table_id(store)
+        if identity is not None:
+            start = _incarnation_start(target, app_id, identity, start, previous, outcome, alerts)
+        outcome.start_version = outcome.merged_version = start
         plan = plan_commits(store, start, consolidation.max_commits_per_run, stats)
         try:
             if plan.history_missing:
                 raise SourceHistoryMissing(f"source {source.name}: the commits after version {start} are gone")
             rows = CommitRows(store, source, region_column=consolidation.region_column,
                               known_types=types, max_bytes=consolidation.max_merge_bytes, stats=stats)
-            _merge_batches(rows.batches(plan), target, app_id, outcome, source, progress)
+            _merge_batches(rows.batches(plan), target, app_id, outcome, source, progress, identity)
         except SourceHistoryMissing as err:
-            start = target.transaction_version(app_id)
+            start = target.transaction_version(f"{app_id}@{identity}" if identity else app_id)
             log.warning("consolidation.fallback_snapshot consolidation=%s source=%s position=%s reason=%s",
                         consolidation.name, source.name, start, err,
                         extra={"consolidation": consolidation.name, "source": source.name})
             outcome.fallback = True
-            settings = runtime.settings[source.location.connection]
-
-            def open_source() -> DeltaTable:
-                return DeltaTable(deltalake_uri(source.location), storage_options=deltalake_options(settings))
-
-            batches = snapshot_batches(open_source, source, start=start, region_column=consolidation.region_column,
-                                       max_bytes=consolidation.max_merge_bytes, stats=stats)
-            _merge_batches(batches, target, app_id, outcome, source, progress)
+            batches = snapshot_batches(store, source, start=start, region_column=consolidation.region_column,
+                                       known_types=types, max_bytes=consolidation.max_merge_bytes, stats=stats)
+            _merge_batches(batches, target, app_id, outcome, source, progress, identity)
         outcome.source_version = stats.head
         outcome.status = BEHIND if stats.behind else UP_TO_DATE
         if stats.head is not None and outcome.merged_version is not None:
@@ -161,6 +165,10 @@ def _run_source(runtime, consolidation: ConsolidationConfig, source: Consolidati
     except OSError as err:
         # deltalake reports an unreachable account as OSError (object_store errors).
         outcome.status, outcome.error = UNREACHABLE, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    except Exception as err:  # noqa: BLE001 - one source's surprise never blocks the others or later runs
+        log.exception("consolidation.source_failed consolidation=%s source=%s", consolidation.name, source.name)
+        first = (str(err).splitlines() or [""])[0][:300]
+        outcome.status, outcome.error = ERROR, f"unexpected {type(err).__name__}: {first}"
     outcome.commits_read, outcome.files_read = stats.commits, stats.files
     outcome.bytes_read, outcome.rows_read = stats.bytes_read, stats.rows
     outcome.seconds = round(time.monotonic() - began, 3)
@@ -174,11 +182,48 @@ def _run_source(runtime, consolidation: ConsolidationConfig, source: Consolidati
     return outcome
 
 
+def _incarnation_start(target: TargetTable, app_id: str, identity: str, start: int | None,
+                       previous: ConsolidationStatusRow | None, outcome: SourceOutcome, alerts) -> int | None:
+    """The position of this incarnation of the source (its `metaData.id`); None reads it from version 0.
+
+    The target records `<app_id>@<id>` with every position. A position without the current id's
+    record belongs to another incarnation when the status row names an id (the source was dropped and
+    re-created: reported once, WARNING and alert; the old incarnation's rows stay), or was recorded
+    before identities were (adopted once for the current one).
+    """
+    own = target.transaction_version(f"{app_id}@{identity}")
+    recorded = previous.source_table_id if previous is not None else ""
+    outcome.source_table_id = identity
+    if own is not None:
+        return own
+    if start is None:
+        return None  # a new source
+    if not recorded:
+        target.merge(None, app_id=app_id, version=start, advances=True, identity=identity)  # adopt it
+        return start
+    if recorded != identity:
+        log.warning("consolidation.source_recreated consolidation=%s source=%s table_id=%s previous_table_id=%s "
+                    "position=%s: the source was dropped and re-created; its new versions are read from version 0 "
+                    "and the rows already merged stay", outcome.consolidation, outcome.source, identity, recorded,
+                    start, extra={"consolidation": outcome.consolidation, "source": outcome.source})
+        if alerts is not None:
+            try:
+                alerts.publish_consolidation(CONSOLIDATION_SOURCE_RECREATED, {
+                    "consolidation": outcome.consolidation, "source": outcome.source, "region": outcome.region,
+                    "tableId": identity, "previousTableId": recorded, "previousPosition": start})
+            except Exception as err:  # noqa: BLE001 - keep the old id recorded: reported again next run
+                log.warning("alert.failed type=%s consolidation=%s source=%s error=%s", CONSOLIDATION_SOURCE_RECREATED,
+                            outcome.consolidation, outcome.source, type(err).__name__)
+                outcome.source_table_id = recorded
+    return None
+
+
 def _merge_batches(batches, target: TargetTable, app_id: str, outcome: SourceOutcome,
-                   source: ConsolidationSource, progress: ProgressFn | None) -> None:
+                   source: ConsolidationSource, progress: ProgressFn | None, identity: str | None = None) -> None:
     for batch in batches:
         failpoints.hit(failpoints.CONSOLIDATION_READ)
-        result = target.merge(batch.rows, app_id=app_id, version=batch.version, advances=batch.advances)
+        result = target.merge(batch.rows, app_id=app_id, version=batch.version, advances=batch.advances,
+                              identity=identity)
         outcome.rows_inserted += result.inserted
         outcome.rows_updated += result.updated
         outcome.target_commits += int(result.committed)
@@ -214,4 +259,5 @@ def _record(status: ConsolidationStatusStore, alerts, outcome: SourceOutcome,
         rows_merged_last_run=outcome.rows_inserted + outcome.rows_updated,
         last_run_at=datetime.now(timezone.utc).isoformat(), status=outcome.status, last_error=outcome.error,
         fallback=outcome.fallback, alert_state=state,
+        source_table_id=outcome.source_table_id or (previous.source_table_id if previous is not None else ""),
     ))

@@ -43,6 +43,7 @@ class ConsolidationStatusRow:
     last_error: str
     fallback: bool = False
     alert_state: str = ALERT_OK
+    source_table_id: str = ""  # the source's metaData.id when last read (its incarnation)
 
     def as_json(self) -> dict:
         return {
@@ -50,7 +51,7 @@ class ConsolidationStatusRow:
             "lastMergedVersion": self.last_merged_version, "sourceVersion": self.source_version,
             "versionsBehind": self.versions_behind, "rowsMergedLastRun": self.rows_merged_last_run,
             "lastRunAt": self.last_run_at, "status": self.status, "lastError": self.last_error,
-            "fallback": self.fallback,
+            "fallback": self.fallback, "sourceTableId": self.source_table_id,
         }
 
 
@@ -86,7 +87,7 @@ class ConsolidationStatusStore(HostTable):
             "SourceVersion": -1 if row.source_version is None else row.source_version,
             "VersionsBehind": row.versions_behind, "RowsMergedLastRun": row.rows_merged_last_run,
             "LastRunAt": row.last_run_at, "Status": row.status, "LastError": row.last_error,
-            "Fallback": row.fallback, "AlertState": row.alert_state,
+            "Fallback": row.fallback, "AlertState": row.alert_state, "SourceTableId": row.source_table_id,
         }, mode=UpdateMode.MERGE)
 
     @staticmethod
@@ -99,5 +100,5 @@ class ConsolidationStatusStore(HostTable):
             rows_merged_last_run=int(entity.get("RowsMergedLastRun", 0)),
             last_run_at=str(entity.get("LastRunAt", "")), status=entity.get("Status", ""),
             last_error=entity.get("LastError", ""), fallback=bool(entity.get("Fallback", False)),
-            alert_state=entity.get("AlertState", ALERT_OK),
+            alert_state=entity.get("AlertState", ALERT_OK), source_table_id=entity.get("SourceTableId", ""),
         )

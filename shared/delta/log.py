@@ -13,10 +13,19 @@ import enum
 import io
 import json
 import re
-import uuid
 from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
 
+from shared.delta.paths import (  # noqa: F401 - the path check's names, re-exported for log readers
+    _Z85,
+    MAX_BLOB_NAME,
+    TableRoot,
+    deletion_vector_file,
+    deletion_vector_path,
+    safe_relative_path,
+    sidecar_name,
+    table_path,
+    z85_decode,
+)
 from shared.errors import CommitIncomplete, InvalidCommit
 
 LOG_DIR = "_delta_log"
@@ -127,50 +136,7 @@ def parse_commit(data: bytes, *, where: str) -> list[dict]:
 
 
 # --- referenced files -------------------------------------------------------------
-
-_Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
-_Z85_INDEX = {c: i for i, c in enumerate(_Z85)}
-
-
-def z85_decode(text: str) -> bytes:
-    """Decode Z85 (the Delta protocol's base85 for deletion-vector UUIDs)."""
-    if len(text) % 5:
-        raise ValueError("Z85 text length must be a multiple of 5")
-    out = bytearray()
-    for i in range(0, len(text), 5):
-        value = 0
-        for ch in text[i : i + 5]:
-            try:
-                value = value * 85 + _Z85_INDEX[ch]
-            except KeyError:
-                raise ValueError(f"invalid Z85 character {ch!r}") from None
-        if value > 0xFFFFFFFF:
-            raise ValueError("Z85 group out of range")
-        out += value.to_bytes(4, "big")
-    return bytes(out)
-
-
-def deletion_vector_path(dv: dict) -> str | None:
-    """The table-relative file of a deletion vector descriptor, or None when inline.
-
-    Storage type `u`: `<random prefix><20 char Z85 UUID>` -> `<prefix>/deletion_vector_<uuid>.bin`;
-    `p`: an absolute path (returned as is); `i`: inline, no file.
-    """
-    kind = dv.get("storageType")
-    value = dv.get("pathOrInlineDv")
-    if kind == "i":
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValueError("deletion vector without pathOrInlineDv")
-    if kind == "p":
-        return value
-    if kind == "u":
-        if len(value) < 20:
-            raise ValueError(f"deletion vector pathOrInlineDv {value!r} is too short for a UUID")
-        prefix, encoded = value[:-20], value[-20:]
-        name = f"deletion_vector_{uuid.UUID(bytes=z85_decode(encoded))}.bin"
-        return f"{prefix}/{name}" if prefix else name
-    raise ValueError(f"unknown deletion vector storageType {kind!r}")
+# Every path read from a log goes through shared.delta.paths (the one check); re-exported here.
 
 
 @dataclass(frozen=True)
@@ -181,69 +147,9 @@ class ReferencedFile:
     size: int | None = None
 
 
-@dataclass(frozen=True)
-class TableRoot:
-    """Identifies a table's root so absolute URIs in the log can be recognised as inside it."""
-
-    account: str
-    container: str
-    path: str
-
-    def relative(self, uri: str) -> str | None:
-        """The table-relative path of an absolute URI inside this table, else None."""
-        parsed = urlparse(uri)
-        scheme = parsed.scheme.lower()
-        host = (parsed.hostname or "").lower()
-        path = unquote(parsed.path).lstrip("/")
-        if scheme in ("abfss", "abfs", "wasbs", "wasb"):
-            # abfss://<container>@<account>.dfs.core.windows.net/<path>
-            container = unquote(parsed.username or "")
-            account = host.split(".")[0]
-        elif scheme in ("https", "http"):
-            if host in ("127.0.0.1", "localhost"):
-                account, _, path = path.partition("/")
-            else:
-                account = host.split(".")[0]
-            container, _, path = path.partition("/")
-        elif scheme in ("az", "adl", "azure"):
-            container, account = host, self.account if not parsed.username else host
-            if parsed.username:
-                container = unquote(parsed.username)
-        else:
-            return None
-        if account.lower() != self.account.lower() or container != self.container:
-            return None
-        root = self.path.strip("/") + "/"
-        if not path.startswith(root):
-            return None
-        return path[len(root):]
-
-
-def safe_relative_path(path: str, *, where: str) -> str:
-    """Check a decoded table-relative path stays inside the table and outside `_delta_log`.
-
-    Raises:
-        InvalidCommit: the path is empty, absolute, contains `.`/`..` segments or
-            backslashes, or points into `_delta_log` (data must never land in the log).
-    """
-    parts = path.split("/")
-    if (
-        not path
-        or path.startswith("/")
-        or "\\" in path
-        or "\x00" in path
-        or any(p in ("", ".", "..") for p in parts)
-        or parts[0] == LOG_DIR
-    ):
-        raise InvalidCommit(
-            f"{where} references {path!r}, which is not a file inside the table; "
-            "refusing to replicate it. Inspect the primary's commit."
-        )
-    return path
-
-
 def referenced_files(actions: list[dict], root: TableRoot, *, allow_external: bool, where: str) -> list[ReferencedFile]:
-    """The table-relative files that `add`, `cdc` and deletion vectors of `actions` need.
+    """The table-relative files that `add`, `cdc` and deletion vectors of `actions` need; every
+    `remove` path is checked too (retention and consolidation act on them).
 
     Relative paths are URI-encoded in the log and are decoded here; absolute URIs inside
     the table are made relative; absolute URIs elsewhere (shallow clones) raise unless
@@ -254,46 +160,24 @@ def referenced_files(actions: list[dict], root: TableRoot, *, allow_external: bo
     """
     files: dict[str, ReferencedFile] = {}
 
-    def resolve(raw: str, size: int | None, what: str) -> None:
-        if not isinstance(raw, str):
-            raise InvalidCommit(f"{where}: {what} path is not a string")
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", raw):
-            rel = root.relative(raw)
-            if rel is None:
-                if allow_external:
-                    return
-                raise InvalidCommit(
-                    f"{where}: {what} references {raw.split('?')[0]!r} outside the table "
-                    "(a shallow clone?); refusing to replicate. Set allow_external_files for this "
-                    "table if replicas may read files from the primary's location."
-                )
-        else:
-            rel = unquote(raw)
-        rel = safe_relative_path(rel, where=f"{where}: {what}")
-        if rel not in files or files[rel].size is None:
+    def keep(rel: str | None, size) -> None:
+        if rel is not None and (rel not in files or files[rel].size is None):
             files[rel] = ReferencedFile(rel, size if isinstance(size, int) else None)
 
     for action in actions:
-        for key in ("add", "cdc"):
+        for key in ("add", "cdc", "remove"):
             body = action.get(key)
             if body is None:
                 continue
             if not isinstance(body, dict) or "path" not in body:
-                raise InvalidCommit(f"{where}: {key} action without a path")
-            resolve(body["path"], body.get("size"), key)
-            dv = body.get("deletionVector") if key == "add" else None
-            if dv:
-                try:
-                    dv_path = deletion_vector_path(dv)
-                except (ValueError, TypeError) as err:
-                    raise InvalidCommit(f"{where}: invalid deletion vector ({err})") from err
-                if dv_path is not None:
-                    if dv.get("storageType") == "u":
-                        # Already a plain relative path built from a UUID; never URI-encoded.
-                        rel = safe_relative_path(dv_path, where=f"{where}: deletion vector")
-                        files.setdefault(rel, ReferencedFile(rel))
-                    else:
-                        resolve(dv_path, None, "deletion vector")
+                raise InvalidCommit(f"{where}: {key} action without a path; refusing it (nothing is written).")
+            rel = table_path(body["path"], root, allow_external=allow_external, where=where, what=key)
+            dv = body.get("deletionVector") if key in ("add", "remove") else None
+            dv_rel = deletion_vector_file(dv, root, allow_external=allow_external, where=where) if dv else None
+            if key != "remove":
+                keep(rel, body.get("size"))
+                if dv_rel is not None:
+                    files.setdefault(dv_rel, ReferencedFile(dv_rel))
     return list(files.values())
 
 

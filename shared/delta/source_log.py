@@ -22,6 +22,7 @@ from shared.delta.log import (
     parse_commit,
     parse_log_name,
     referenced_files,
+    sidecar_name,
     version_prefix,
 )
 from shared.errors import CommitNotFound, InvalidCommit
@@ -205,6 +206,7 @@ class SourceLog:
         self._futures: dict[object, Future] = {}
         self._commits = _BoundedCache(commit_cache_bytes)
         self.sizes: dict[str, int] = {}  # `_delta_log` name -> size, from the listings made
+        self._checked: set[tuple] = set()  # checkpoints whose every path passed the check
 
     def _once(self, key: object, compute: Callable[[], T]) -> T:
         with self._lock:
@@ -285,6 +287,11 @@ class SourceLog:
                 self._digests.put(epoch, version, digest)
         return self
 
+    @property
+    def epoch(self) -> int | None:
+        """The topology epoch this view was read at (None until `at_epoch`)."""
+        return self._epoch
+
     def commit_bytes(self, version: int) -> bytes:
         return self.commit(version).data
 
@@ -322,11 +329,31 @@ class SourceLog:
 
     def checkpoint_sidecars(self, name: str) -> list[str]:
         """`_delta_log`-relative names of the sidecars a v2 checkpoint references."""
+        where = f"table {self.table.name} checkpoint {name}"
+
         def compute() -> list[str]:
-            return [f"_sidecars/{a['sidecar']['path']}" for chunk in self._iter_actions(name)
-                    for a in chunk if "sidecar" in a]
+            return [sidecar_name(a["sidecar"].get("path") if isinstance(a["sidecar"], dict) else None,
+                                 self.root, where=where)
+                    for chunk in self._iter_actions(name) for a in chunk if "sidecar" in a]
 
         return self._once(("sidecars", name), compute)
+
+    def check_checkpoint(self, names: list[str]) -> None:
+        """Check every path a checkpoint (its parts and sidecars) names, once per invocation, before
+        any of its files is copied: a replica never receives a checkpoint that points outside the table.
+
+        Raises:
+            InvalidCommit: a sidecar or add path is not a plain file inside the table.
+        """
+        def compute() -> bool:
+            for _ in self.iter_checkpoint_files(names):
+                pass
+            return True
+
+        with self._lock:
+            if tuple(names) in self._checked:
+                return
+        self._once(("checked", tuple(names)), compute)
 
     def iter_checkpoint_files(self, names: list[str]):
         """Yield, a batch at a time, the files the adds of a checkpoint (all parts and
@@ -346,6 +373,8 @@ class SourceLog:
                 if adds:
                     yield referenced_files(adds, self.root, allow_external=self.table.allow_external_files,
                                            where=where)
+        with self._lock:  # every path was checked on the way: check_checkpoint need not read it again
+            self._checked.add(tuple(names))
 
     def latest_checkpoint(self, *, at_least: int = 0) -> tuple[int, list[str]] | None:
         """The newest complete checkpoint at or after `at_least`, or None."""

@@ -12,10 +12,14 @@ from dataclasses import dataclass
 
 from shared.delta.log import (
     LogFileKind,
+    TableRoot,
     commit_name,
     parse_commit,
     parse_log_name,
+    referenced_files,
+    sidecar_name,
 )
+from shared.delta.paths import store_root
 from shared.delta.source_log import complete_checkpoints
 from shared.errors import CommitNotFound
 from shared.storage.table_store import TableStore
@@ -83,29 +87,34 @@ def table_state(store: TableStore, version: int) -> TableState:
     checkpoints = {v: names for v, names in complete_checkpoints(entries).items() if v <= version}
     commits = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
     state = TableState(version=version, protocol={}, metadata={}, adds={})
+    root = store_root(store)
     start = 0
     if checkpoints:
         base = max(checkpoints)
         for name in checkpoints[base]:
             rows = _checkpoint_rows(store.get_log_file(name), is_json=name.endswith(".json"))
-            sidecars = [r["sidecar"]["path"] for r in rows if "sidecar" in r]
+            where = f"{store.description} checkpoint {name}"
+            sidecars = [sidecar_name(r["sidecar"].get("path"), root, where=where) for r in rows if "sidecar" in r]
             for sidecar in sidecars:
-                rows += _checkpoint_rows(store.get_log_file(f"_sidecars/{sidecar}"), is_json=False)
+                rows += _checkpoint_rows(store.get_log_file(sidecar), is_json=False)
             for row in rows:
-                _apply(row, state)
+                _apply(row, state, root, where)
         start = base + 1
     for v in range(start, version + 1):
         if v not in commits:
             raise CommitNotFound(f"{store.description}: version {v} is missing; cannot rebuild version {version}")
-        for action in parse_commit(store.get_log_file(commit_name(v)), where=f"{store.description} version {v}"):
-            _apply(action, state)
+        where = f"{store.description} version {v}"
+        for action in parse_commit(store.get_log_file(commit_name(v)), where=where):
+            _apply(action, state, root, where)
     if not state.protocol or not state.metadata:
         raise CommitNotFound(f"{store.description}: no protocol or metaData at version {version}")
     return state
 
 
-def _apply(action: dict, state: TableState) -> None:
-    """Replay one checkpoint row or commit action onto the state."""
+def _apply(action: dict, state: TableState, root: TableRoot, where: str) -> None:
+    """Replay one checkpoint row or commit action onto the state; every file path passes the one
+    path check first (external files are kept as they are: readers of the state decide)."""
+    referenced_files([action], root, allow_external=True, where=where)
     if "protocol" in action:
         state.protocol = action["protocol"]
     elif "metaData" in action:

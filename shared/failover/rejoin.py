@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 
 QUARANTINE_DIR = "_quarantine"
 MANIFEST = "quarantine.json"
-# Failpoints (SIGKILL tests): copies verified and manifest written; one log file removed; before catch-up.
+# Failpoints (SIGKILL tests): copies verified and manifest written; one log file removed; before catch-up;
+# (corruption tests) copies written, not yet verified.
 REJOIN_COPIED = "rejoin.copied"
+REJOIN_VERIFYING = "rejoin.verifying"  # quarantine copies written, not yet compared with the originals
 REJOIN_REMOVED = "rejoin.removed"
 REJOIN_CATCH_UP = "rejoin.catch_up"
 
@@ -226,10 +228,13 @@ def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entr
     copies += [pool.submit(qstore.copy_file_from, old, f.path, expected_size=f.size) for f in data.values()]
     for c in copies:
         c.result()
+    failpoints.hit(REJOIN_VERIFYING, location=loc.name)
     checked = {}
     for path in [f"{LOG_DIR}/{n}" for n in names] + list(data):
         original, copy = pool.submit(_md5, old, path), pool.submit(_md5, qstore, path)
         if original.result() != copy.result():
+            # The bad copy goes (the original is untouched), or every rerun would find it and fail again.
+            qstore.delete_files([path])
             raise ReplicationError(
                 f"quarantine copy of {path} from {old.description} differs from the original (size or MD5); "
                 "nothing was removed. Run rejoin again."

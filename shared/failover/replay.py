@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 from shared.delta.log import parse_commit
+from shared.delta.paths import store_root, table_path
 from shared.errors import ReplicationError
 from shared.failover.fence import is_fence
 from shared.failover.rejoin import MANIFEST, QUARANTINE_DIR, quarantine_store
@@ -152,13 +152,16 @@ def replay(runtime, table_name: str, epoch: int, *, dry_run: bool = False) -> Re
                 result.applied.append(v)
                 continue
             adds = [a["add"] for a in actions if "add" in a]
-            for add in adds:
-                primary.copy_file_from(qstore, unquote(add["path"]), expected_size=add.get("size"))
+            # The one path check, before anything is copied into the primary.
+            paths = [table_path(add.get("path"), store_root(qstore), allow_external=False, what="add",
+                                where=f"quarantined version {v} of table {table_name}") for add in adds]
+            for add, path in zip(adds, paths):
+                primary.copy_file_from(qstore, path, expected_size=add.get("size"))
             dt.create_write_transaction(
                 # deltalake takes the decoded path and encodes it in the log itself.
-                actions=[AddAction(unquote(add["path"]), int(add["size"]), add.get("partitionValues") or {},
+                actions=[AddAction(path, int(add["size"]), add.get("partitionValues") or {},
                                    int(add.get("modificationTime", 0)), True, add.get("stats") or "")
-                         for add in adds],
+                         for add, path in zip(adds, paths)],
                 mode="append", schema=dt.schema(), partition_by=dt.metadata().partition_columns or None,
                 commit_properties=CommitProperties(
                     app_transactions=[Transaction(app_id, v)],

@@ -18,14 +18,19 @@ CONSOLIDATION_SOURCE_UNREACHABLE = "DeltaReplication.ConsolidationSourceUnreacha
 CONSOLIDATION_SOURCE_RECOVERED = "DeltaReplication.ConsolidationSourceRecovered"
 WRITES_QUARANTINED = "DeltaReplication.WritesQuarantined"  # rejoin kept a former primary's outage commits aside
 
+REPLICATION_FAILED = "DeltaReplication.ReplicationFailed"  # status `error`: e.g. storage refused access (403)
+
 ALERT_LAG = "lag_exceeded"
 ALERT_DIVERGED = "diverged"
+ALERT_ERROR = "error"
 
 
 def alert_state(lag: ReplicaLag, threshold_seconds: int) -> str:
     """The alert state a measurement puts a replica in."""
     if lag.status == ReplicaHealth.DIVERGED:
         return ALERT_DIVERGED
+    if lag.status == ReplicaHealth.ERROR:
+        return ALERT_ERROR  # not healing by itself (access denied, an unsafe commit): a person must act
     if lag.lag_seconds > threshold_seconds:
         return ALERT_LAG
     return ALERT_OK
@@ -35,7 +40,8 @@ def transition_event(previous: str, current: str) -> str | None:
     """The event type to publish when the alert state changes, or None."""
     if previous == current:
         return None
-    return {ALERT_LAG: LAG_THRESHOLD_EXCEEDED, ALERT_DIVERGED: DIVERGED, ALERT_OK: RECOVERED}[current]
+    return {ALERT_LAG: LAG_THRESHOLD_EXCEEDED, ALERT_DIVERGED: DIVERGED, ALERT_ERROR: REPLICATION_FAILED,
+            ALERT_OK: RECOVERED}[current]
 
 
 class AlertPublisher:

@@ -13,10 +13,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from shared.delta.head import find_head, find_source_head
+from shared.delta.head import find_head, find_latest_version, find_source_head
 from shared.delta.log import commit_name
 from shared.delta.source_log import SourceLog
-from shared.errors import ReplicaDiverged, ReplicationError, ReplicaUnreachable
+from shared.errors import AccessDenied, ReplicaDiverged, ReplicationError, ReplicaUnreachable
 from shared.replication.history import missing_history
 from shared.replication.outcome import ReplicaOutcome, ReplicaState
 from shared.replication.replicator import TableReplicator
@@ -67,6 +67,18 @@ def commit_time(source: SourceLog, version: int) -> datetime | None:
     return entry.last_modified if entry else None
 
 
+def refused_access(err: ReplicationError) -> bool:
+    """A 401/403: the location answered and refused us. Not an outage: a key or a role to fix.
+    (AccessDenied once storage raises it; until then the HTTP status of the chained SDK error.)"""
+    return isinstance(err, AccessDenied) or getattr(err.__cause__, "status_code", None) in (401, 403)
+
+
+def _reason(err: ReplicationError) -> str:
+    hint = getattr(err, "hint", "")
+    text = str(err) if not hint or hint in str(err) else f"{err} {hint}"
+    return f"access denied: {text}" if refused_access(err) else text
+
+
 def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, int | None] | None = None,
                   outcomes: list[ReplicaOutcome] | None = None, now: datetime | None = None) -> list[ReplicaLag]:
     """Measure every replica of one table.
@@ -88,7 +100,8 @@ def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, i
         source_head = find_source_head(source)
     except ReplicationError as err:
         return [ReplicaLag(table.name, name, None, (previous_versions or {}).get(name), 0, 0.0,
-                           ReplicaHealth.ERROR, now, f"primary unreadable: {err}") for name in replicator.replicas]
+                           ReplicaHealth.ERROR, now, f"primary unreadable: {_reason(err)}")
+                for name in replicator.replicas]
     results = []
     for name, store in replicator.replicas.items():
         outcome = by_replica.get(name)
@@ -97,13 +110,18 @@ def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, i
         try:
             head, entries = find_head(store, source_head if source_head is not None else 0)
             if head is not None and source_head is not None:
-                if head > source_head:
-                    raise ReplicaDiverged(f"replica {name} is at version {head}, ahead of the primary's {source_head}")
+                # find_head looks at the window around the primary's head; a replica past that
+                # window (the primary at 9, the replica at 11) is found by listing forward.
+                latest = max(head, find_latest_version(store) or 0)
+                if latest > source_head:
+                    raise ReplicaDiverged(f"replica {name} is at version {latest}, ahead of the primary's "
+                                          f"{source_head}: it holds commits the primary does not (rejoin it)")
                 replicator.check_head_matches(name, store, source, head, source_head, entries)
         except ReplicaDiverged as err:
             head, status, detail = None, ReplicaHealth.DIVERGED, str(err)
-        except ReplicaUnreachable as err:
-            head, status, detail = (previous_versions or {}).get(name), ReplicaHealth.UNREACHABLE, str(err)
+        except (ReplicaUnreachable, AccessDenied) as err:
+            status = ReplicaHealth.ERROR if refused_access(err) else ReplicaHealth.UNREACHABLE
+            head, detail = (previous_versions or {}).get(name), _reason(err)
         if outcome is not None and outcome.error is not None and status is None:
             if outcome.state == ReplicaState.DIVERGED:
                 status = ReplicaHealth.DIVERGED
@@ -117,6 +135,8 @@ def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, i
                 missing = missing_history(store, source, head)
             except ReplicaUnreachable as err:
                 status, detail = ReplicaHealth.UNREACHABLE, str(err)
+            except AccessDenied as err:
+                status, detail = ReplicaHealth.ERROR, str(err)
             else:
                 detail = missing.detail if missing is not None else ""  # e.g. "history backfilling: versions 0..9"
         if source_head is None:

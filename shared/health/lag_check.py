@@ -33,9 +33,10 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
         topology = runtime.topology(table.name)
         replicator = runtime.replicator(table.name, topology)
         previous = {row.replica: row for row in status.list_rows(table=table.name)}
-        if heal and table.auto_rejoin and topology.epoch > 0:
+        if heal and topology.epoch > 0:
             _auto_rejoin(runtime, table, replicator, topology)
-        outcomes = replicator.replicate(None) if heal else []
+        # At the topology's epoch: the write fence then also refuses a promote in between.
+        outcomes = replicator.replicate(None, source=replicator.source_log().at_epoch(topology.epoch)) if heal else []
         record_replicated_bytes(runtime, table.name, outcomes)
         if any(o.vacuum_versions for o in outcomes):
             purge_after_vacuum(replicator, outcomes, status=status)  # a VACUUM whose event was lost
@@ -65,12 +66,26 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
     return measured
 
 
+def ever_primary(table, topology) -> set[str]:
+    """Locations that may have taken writes: the configured source, the current primary and the
+    primary it replaced. (A primary of an earlier epoch that is none of these is missed; rejoin
+    only quarantines, so its writes are kept either way.)"""
+    return {n for n in (table.source.name, topology.primary, topology.previous_primary) if n}
+
+
 def _auto_rejoin(runtime, table, replicator, topology) -> None:
-    """Rejoin every reachable location that is ahead of or diverged from the primary (auto_rejoin)."""
+    """Rejoin reachable locations that are ahead of or diverged from the primary: every one with
+    `auto_rejoin`, else those that were never a primary.
+
+    A location that was never a primary holds only commits replicated from one, so its diverged
+    versions are copies (a commit that slipped through the write fence's window): rejoin moves them
+    into quarantine (nothing is deleted) and catches the location up, with no person needed.
+    """
     from shared.failover.rejoin import rejoin
 
+    writers = set() if table.auto_rejoin else ever_primary(table, topology)
     for lag in measure_table(replicator):
-        if lag.status != ReplicaHealth.DIVERGED:
+        if lag.status != ReplicaHealth.DIVERGED or lag.replica in writers:
             continue
         try:
             result = rejoin(runtime, table.name, lag.replica)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from urllib.parse import unquote
 
 from shared import failpoints
 from shared.delta.head import log_versions
@@ -35,10 +34,11 @@ from shared.delta.log import (
     LOG_DIR,
     LogFileKind,
     commit_name,
-    deletion_vector_path,
     parse_commit,
     parse_log_name,
+    referenced_files,
 )
+from shared.delta.paths import store_root
 from shared.delta.source_log import complete_checkpoints
 from shared.delta.table_state import table_state
 from shared.errors import ReplicationError
@@ -101,19 +101,9 @@ def _keep_from(replica, source_versions: set[int], replica_commits: list[int], h
     return min(candidates)
 
 
-def _files_of(actions: list[dict]) -> set[str]:
-    files = set()
-    for action in actions:
-        for key in ("add", "cdc"):
-            body = action.get(key)
-            if isinstance(body, dict) and isinstance(body.get("path"), str) and "://" not in body["path"]:
-                files.add(unquote(body["path"]))
-                dv = body.get("deletionVector") if key == "add" else None
-                if dv:
-                    dv_path = deletion_vector_path(dv)
-                    if dv_path and "://" not in dv_path:
-                        files.add(dv_path)
-    return files
+def _files_of(actions: list[dict], root, where: str) -> set[str]:
+    # The one path check: a hostile path stops retention before anything is deleted.
+    return {f.path for f in referenced_files(actions, root, allow_external=True, where=where)}
 
 
 def _mirrors_primary(policy) -> bool:
@@ -173,13 +163,15 @@ def apply_replica_retention(replicator, name: str, *, now: datetime | None = Non
             f"{LOG_DIR}/{e.name}" for e in entries
             if (lf := parse_log_name(e.name)) and lf.version is not None and lf.version < base
         ]
+        root, where = store_root(store), f"table {table.name} replica {name} retention"
         if _mirrors_primary(policy):
-            referenced = _files_of([{"add": a} for a in table_state(store, head).adds.values()])
+            referenced = _files_of([{"add": a} for a in table_state(store, head).adds.values()], root, where)
         else:
-            referenced = _files_of([{"add": a} for a in table_state(store, base).adds.values()])
+            referenced = _files_of([{"add": a} for a in table_state(store, base).adds.values()], root, where)
             for v in commits:
                 if v > base:
-                    referenced |= _files_of(parse_commit(store.get_log_file(commit_name(v)), where="retention"))
+                    referenced |= _files_of(parse_commit(store.get_log_file(commit_name(v)), where="retention"), root,
+                                            f"{where} version {v}")
         result.data_files = sorted(p for p in replica_files
                                    if not p.startswith(_HIDDEN) and p not in referenced and p not in primary_files)
         legacy = sorted(p for p in replica_files if p.startswith(LEGACY_LEASE_FOLDER))

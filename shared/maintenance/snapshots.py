@@ -18,16 +18,15 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from urllib.parse import unquote
 
 from shared import failpoints
 from shared.delta.head import find_latest_version
 from shared.delta.log import (
     ReferencedFile,
     commit_name,
-    deletion_vector_path,
-    safe_relative_path,
+    referenced_files,
 )
+from shared.delta.paths import store_root
 from shared.delta.table_state import state_commit, table_state
 from shared.maintenance.prefix import not_a_prefix
 
@@ -49,20 +48,10 @@ class SnapshotResult:
     skipped: str | None = None  # why no snapshot was taken and none rotated
 
 
-def snapshot_files(state) -> list[ReferencedFile]:
-    files = {}
-    for add in state.adds.values():
-        path = add["path"]
-        if "://" in path:
-            continue  # external file: the snapshot reads it where it is, as the table does
-        rel = safe_relative_path(unquote(path), where="snapshot")
-        files[rel] = ReferencedFile(rel, add.get("size"))
-        dv = add.get("deletionVector")
-        if dv:
-            dv_path = deletion_vector_path(dv)
-            if dv_path is not None and "://" not in dv_path:
-                files[dv_path] = ReferencedFile(dv_path)
-    return list(files.values())
+def snapshot_files(state, root) -> list[ReferencedFile]:
+    """The data and deletion-vector files a snapshot copies (external files are read where they are)."""
+    actions = [{"add": add} for add in state.adds.values()]
+    return referenced_files(actions, root, allow_external=True, where=f"snapshot at version {state.version}")
 
 
 def maintain_table_snapshots(runtime, table, *, now: datetime | None = None) -> SnapshotResult:
@@ -102,7 +91,7 @@ def maintain_table_snapshots(runtime, table, *, now: datetime | None = None) -> 
         started = time.monotonic()
         state = table_state(replica_store, head)
         target = root.child(stamp)
-        files = snapshot_files(state)
+        files = snapshot_files(state, store_root(replica_store))
         from concurrent.futures import ThreadPoolExecutor
 
         def copy(f: ReferencedFile) -> None:

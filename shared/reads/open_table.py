@@ -27,6 +27,8 @@ def resolve_table(table: str, *, region: str | None = None, max_staleness_second
         ConfigError: the table is not configured.
         ValueError: contradictory or out-of-range arguments.
         NoReadableLocation: no location qualifies; the error lists each and why.
+        TopologyUnavailable: the function app's table storage does not answer and this process
+            never read the topology (a stale one is used, and flagged, when it did).
     """
     if runtime is None:
         from shared.runtime import get_runtime
@@ -62,7 +64,7 @@ def open_table(table: str, *, region: str | None = None, max_staleness_seconds: 
         status: a StatusStore to read caught-up times from instead of the runtime's.
 
     Raises:
-        ConfigError, ValueError, NoReadableLocation: see `resolve_table`.
+        ConfigError, ValueError, NoReadableLocation, TopologyUnavailable: see `resolve_table`.
     """
     chosen = resolve_table(table, region=region, max_staleness_seconds=max_staleness_seconds,
                            min_version=min_version, version=version, timestamp=timestamp, runtime=runtime,

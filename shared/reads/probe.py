@@ -26,6 +26,7 @@ from shared.delta.log import (
     commit_name,
     parse_log_name,
 )
+from shared.delta.source_log import complete_checkpoints
 from shared.errors import ReplicaUnreachable
 from shared.reads.timestamps import (
     COMMIT_TIME_READ_BYTES,
@@ -33,9 +34,11 @@ from shared.reads.timestamps import (
     commit_time_ms,
 )
 from shared.storage.clients import build_probe_client
+from shared.storage.table_store import LogEntry
 
 # The first page of a `_delta_log/` listing holds the oldest entries (names sort by version).
 _EARLIEST_PAGE = 20
+_WINDOW = 1000  # versions per listing when walking a version's chain (a 17-character name prefix)
 
 _clients: "weakref.WeakKeyDictionary[object, dict[str, BlobServiceClient]]" = weakref.WeakKeyDictionary()
 
@@ -135,6 +138,41 @@ class LocationProbe:
         if checkpoints:
             return min(checkpoints)
         return min(commits) if commits else None
+
+    def missing_under(self, version: int) -> int | None:
+        """Whether a reader can load `version` here: None when it can, else the missing version
+        that stops it (a hole: an interrupted backfill, history older than the location holds).
+
+        A reader of `version` starts from the newest complete checkpoint at or below it (or from
+        version 0 without one) and needs every commit after that up to `version`. Walking down
+        from `version`, the first checkpoint met makes it readable, and a missing commit met
+        before any checkpoint is the hole. One listing per 1,000 versions walked: usually one,
+        since checkpoints are at most a few hundred versions apart.
+        """
+        v = version
+        for window in range(version // _WINDOW, -1, -1):
+            commits, checkpoints = self._window_versions(window)
+            while v >= window * _WINDOW:
+                if v in checkpoints:
+                    return None
+                if v not in commits:
+                    return v
+                if v == 0:
+                    return None
+                v -= 1
+        return v
+
+    def _window_versions(self, window: int) -> tuple[set[int], set[int]]:
+        """Commits and complete checkpoints among versions window*1000 .. window*1000+999 (one listing)."""
+        prefix = self._log + f"{window * _WINDOW:020d}"[:17]
+
+        def names():
+            return [LogEntry(b.name[len(self._log):], b.size or 0) for b in self._container.list_blobs(
+                name_starts_with=prefix)]
+
+        entries = self._call(f"listing versions {window * _WINDOW}..{window * _WINDOW + _WINDOW - 1}", names) or []
+        commits = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
+        return commits, set(complete_checkpoints(entries))
 
     def commit_time(self, version: int) -> int:
         """Commit `version`'s own time in ms (one ranged GET, two for a huge commit).

@@ -19,10 +19,12 @@ from azure.core.exceptions import AzureError
 
 from shared.config.model import LocationConfig, TableConfig
 from shared.errors import NoReadableLocation, ReplicationError, ReplicaUnreachable
+from shared.health.status import StatusStore
 from shared.reads.locations import abfss_uri, deltalake_options, deltalake_uri
 from shared.reads.probe import LocationProbe, probe_clients
 from shared.reads.routing import preference_list
 from shared.reads.timestamps import TimestampUnavailable, to_ms, version_at_timestamp
+from shared.reads.topology import reader_topology
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +79,21 @@ class Resolution:
     tried: tuple[Skipped, ...]
     requests: dict[str, int]
     storage_options: dict[str, str] = field(repr=False, default_factory=dict)
+    epoch: int = 0  # the topology's epoch the answer was resolved under
+    # Set when the topology could not be read now and the last one this process read was used.
+    topology_stale_reason: str | None = None
+
+    @property
+    def topology_stale(self) -> bool:
+        return self.topology_stale_reason is not None
 
     def as_json(self) -> dict:
         """The HTTP/CLI answer (no credentials)."""
         return {"table": self.table, "location": self.location, "region": self.region, "uri": self.uri,
                 "version": self.version, "staleness_seconds": self.staleness_seconds,
                 "staleness_basis": self.staleness_basis.value, "primary_reachable": self.primary_reachable,
+                "epoch": self.epoch, "topology_stale": self.topology_stale,
+                "topology_stale_reason": self.topology_stale_reason,
                 "tried": [t.as_json() for t in self.tried], "requests": dict(self.requests)}
 
 
@@ -94,9 +105,14 @@ class _Skip(Exception):
 
 
 def primary_location(runtime, table: TableConfig) -> LocationConfig:
-    """The location that takes writes now: the ReplicationTopology row's primary (read now), or
-    the configured source when no promote has happened."""
-    return table.location(runtime.topology(table.name).primary)
+    """The location that takes writes: the ReplicationTopology row's primary (read now with a short
+    timeout, else the last one this process read), or the configured source when no promote has
+    happened.
+
+    Raises:
+        TopologyUnavailable: the topology cannot be read and this process never read it.
+    """
+    return table.location(reader_topology(runtime).get(table).topology.primary)
 
 
 def resolve_location(runtime, table: TableConfig, *, region: str | None = None, purpose: Purpose = Purpose.READ,
@@ -123,6 +139,8 @@ def resolve_location(runtime, table: TableConfig, *, region: str | None = None, 
     Raises:
         ValueError: contradictory or out-of-range arguments (nothing is probed).
         NoReadableLocation: no location qualifies; `tried` lists each with its reason.
+        TopologyUnavailable: the function app's table storage does not answer and this process
+            never read the topology: no location is named from configuration alone.
     """
     _check_arguments(max_staleness_seconds, min_version, version, timestamp)
     resolver = _Resolver(runtime, table, status=status, now=now or datetime.now(timezone.utc))
@@ -150,7 +168,11 @@ class _Resolver:
         self.runtime = runtime
         self.table = table
         self.now = now
-        self.primary = primary_location(runtime, table)
+        self.known = reader_topology(runtime).get(table)
+        self.primary = table.location(self.known.topology.primary)
+        if self.known.stale:
+            log.warning("read.topology_stale table=%s primary=%s epoch=%d reason=%s", table.name, self.primary.name,
+                        self.known.topology.epoch, self.known.stale_reason, extra={"table": table.name})
         self._clients = probe_clients(runtime)
         self._probes: dict[str, LocationProbe] = {}
         self._status = status
@@ -169,7 +191,8 @@ class _Resolver:
             staleness_seconds=None if staleness is None else round(staleness, 3), staleness_basis=basis,
             primary_reachable=primary_ok, tried=tuple(tried),
             requests={name: p.requests for name, p in self._probes.items()},
-            storage_options=deltalake_options(settings))
+            storage_options=deltalake_options(settings), epoch=self.known.topology.epoch,
+            topology_stale_reason=self.known.stale_reason)
 
     def primary_for_write(self) -> Resolution:
         try:
@@ -184,7 +207,9 @@ class _Resolver:
     def status_rows(self) -> dict:
         if self._rows is None:
             try:
-                store = self._status if self._status is not None else self.runtime.status_store()
+                # The short-timeout client: the host storage that may be down is the same one.
+                store = self._status if self._status is not None else \
+                    StatusStore(reader_topology(self.runtime).service())
                 self._rows = {r.replica: r for r in store.list_rows(table=self.table.name)}
             except (ReplicationError, AzureError) as err:
                 log.warning("read.status_unavailable table=%s error=%s", self.table.name, type(err).__name__)
@@ -263,7 +288,8 @@ class _Resolver:
         if version is not None:
             return self.holding(probe, version, head), staleness, basis
         if timestamp_ms is not None:
-            return self.at_timestamp(loc, probe, timestamp_ms, head, primary_head, row), staleness, basis
+            chosen = self.at_timestamp(loc, probe, timestamp_ms, head, primary_head, row)
+            return self.holding(probe, chosen, head), staleness, basis
         return head, staleness, basis
 
     def check_not_diverged(self, loc, probe: LocationProbe, head: int | None, primary_head: int | None) -> None:
@@ -292,12 +318,16 @@ class _Resolver:
 
     @staticmethod
     def holding(probe: LocationProbe, version: int, head: int) -> int:
+        """`version`, when a reader can load it here: not past the head, and no hole in its chain
+        (the commits from its checkpoint, or from version 0, up to it)."""
         if version > head:
             raise _Skip(SkipReason.VERSION_UNAVAILABLE, f"version {version} is newer than its head {head}")
-        earliest = probe.earliest_version()
-        if earliest is None or version < earliest:
+        missing = probe.missing_under(version)
+        if missing is not None:
             raise _Skip(SkipReason.VERSION_UNAVAILABLE,
-                        f"version {version} is older than version {earliest}, the oldest it holds")
+                        f"version {version} does not read here: commit {missing} is missing and no checkpoint "
+                        f"from version {missing} to {version} covers it (a hole in its history, or older "
+                        "than the history it holds)")
         return version
 
     def at_timestamp(self, loc, probe: LocationProbe, timestamp_ms: int, head: int, primary_head, row) -> int:

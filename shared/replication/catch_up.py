@@ -143,8 +143,8 @@ class CatchUp(ReplicaSteps):
                     missing = next((f.path for f in commit.files if f.path in failed), None)
                     if missing is not None:
                         raise failed[missing]
-                    failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
-                    self._write_commit(name, store, commit, outcome)
+                    failpoints.hit(failpoints.COMMIT_BEFORE, replica=name, version=commit.version)
+                    self._write_commit(name, store, source, commit, outcome)
                     failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
                     head = commit.version
                     if head in crcs:
@@ -172,8 +172,8 @@ class CatchUp(ReplicaSteps):
             ready.append(commit)
 
         def write(commit: SourceCommit) -> None:
-            failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
-            self._write_commit(name, store, commit, outcome)
+            failpoints.hit(failpoints.COMMIT_BEFORE, replica=name, version=commit.version)
+            self._write_commit(name, store, source, commit, outcome)
             failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
 
         writes = {self._files.submit(write, commit): commit.version for commit in ready}
@@ -266,12 +266,14 @@ class CatchUp(ReplicaSteps):
             for path in present:
                 del unique[path]
             batch.known_present = len(present)
-        batch.copies = {
-            self._files.submit(store.copy_file_from, source.store, f.path, expected_size=f.size, bulk=True,
-                               probe=probe): f.path
-            for f in unique.values()
-        }
+        batch.copies = {self._files.submit(self._copy_file, store, source, f, probe): f.path for f in unique.values()}
         return batch
+
+    @staticmethod
+    def _copy_file(store: TableStore, source: SourceLog, f, probe: bool) -> int:
+        # The failpoint lets a test hold one copy and see that no commit waits for less.
+        failpoints.hit(failpoints.FILE_COPYING, location=store.location_key, path=f.path)
+        return store.copy_file_from(source.store, f.path, expected_size=f.size, bulk=True, probe=probe)
 
     @staticmethod
     def _abandon(batch) -> None:

@@ -30,18 +30,22 @@ from shared.delta.log import (
     LogFileKind,
     TableRoot,
     commit_name,
+    version_prefix,
 )
 from shared.delta.source_log import (
     CommitDigests,
     SourceLog,
+    complete_checkpoints,
 )
 from shared.errors import (
     CommitNotFound,
+    InvalidCommit,
     ReplicaDiverged,
     ReplicationError,
 )
 from shared.health import metrics
 from shared.replication.catch_up import CatchUp
+from shared.replication.fence import WriteFence
 from shared.replication.outcome import (
     ReplicaOutcome,
     ReplicaState,
@@ -64,13 +68,15 @@ class TableReplicator(CatchUp):
         file_pool: a shared, bounded pool for file copies.
         sequencer: orders this process's concurrent events per replica location (shared by
             the replicators of one runtime).
+        fence: reads the topology before every commit and `_last_checkpoint` write (fence.py).
     """
 
     def __init__(self, table: TableConfig, source: TableStore, replicas: dict[str, TableStore],
                  root: TableRoot, file_pool: ThreadPoolExecutor, task_pool: ThreadPoolExecutor | None = None, *,
                  leases: "Callable[[], LeaseStore]",
-                 sequencer: Sequencer | None = None) -> None:
+                 sequencer: Sequencer | None = None, fence: WriteFence | None = None) -> None:
         self.table = table
+        self.fence = fence  # None: no topology to check (a replicator outside a runtime)
         self._sequencer = sequencer or Sequencer()
         self._digests = CommitDigests()
         self._leases = leases
@@ -137,6 +143,12 @@ class TableReplicator(CatchUp):
                 for f in prefetch:
                     f.exception()
                 return rejected
+        if version is not None and log_file_kind in checkpoint_kinds:
+            rejected = self._reject_unsafe_checkpoint(source, target)
+            if rejected is not None:
+                for f in prefetch:
+                    f.exception()
+                return rejected
         backfill = version is None and self.table.history == "full"
         futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress, fast, crc,
                                backfill=backfill)
@@ -165,6 +177,24 @@ class TableReplicator(CatchUp):
             return outcomes
         return None
 
+    def _reject_unsafe_checkpoint(self, source: SourceLog, version: int) -> list[ReplicaOutcome] | None:
+        """A checkpoint event: check every path the checkpoint names (sidecars, adds) before any replica
+        is touched; a hostile one is reported once (one WARNING) and nothing of it is written anywhere."""
+        try:
+            names = complete_checkpoints(source.listing(version_prefix(version))).get(version)
+            if names:
+                source.check_checkpoint(names)
+        except InvalidCommit as err:
+            log.warning("checkpoint.rejected table=%s version=%d file=%s retryable=False error=%s", self.table.name,
+                        version, names[0], err, extra={"table": self.table.name, "version": version})
+            outcomes = [ReplicaOutcome(name, ReplicaState.ERROR, error=err) for name in self.replicas]
+            for outcome in outcomes:
+                metrics.record_outcome(self.table.name, outcome)
+            return outcomes
+        except ReplicationError:
+            return None  # unreadable now: each replica's own path reports it
+        return None
+
     # -- one replica ------------------------------------------------------------------
     def _replicate_one(self, name: str, store: TableStore, source: SourceLog, target: int,
                        always_sync: bool, progress=None, fast: bool = False, crc: bool = False, *,
@@ -185,9 +215,12 @@ class TableReplicator(CatchUp):
             if early is not None and not (head is not None and head == target - 1):
                 self._finish_copies(early, outcome)  # settled before anything else; catch-up redoes failures
                 early = None
-            if fast and head == target and entries and entries[0].name == commit_name(target):
+            there = next((e for e in entries if e.name == commit_name(target)), None)
+            if head is not None and head >= target and there is not None:
                 # A duplicate or late event: the commit is there; make sure it is the primary's.
-                self._check_commit_matches(name, store, source, target, entries[0])
+                # Whatever the path (version 0 has no predecessor, a listing may hold lower
+                # versions first): a foreign commit at the target is never "up to date".
+                self._check_commit_matches(name, store, source, target, there)
             if head is not None and head == target - 1 and fast:
                 # One version to go, the steady state: no lease and no listing. Concurrent
                 # duplicates can at worst copy this one commit's files twice; the conditional
@@ -208,7 +241,7 @@ class TableReplicator(CatchUp):
                     created = False
                 else:
                     failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
-                    created = self._write_commit(name, store, commit, outcome)
+                    created = self._write_commit(name, store, source, commit, outcome)
                     failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
                 head = target
                 # Not created: it was there with the primary's bytes (a duplicate event).
@@ -301,7 +334,10 @@ class TableReplicator(CatchUp):
 
     def _check_commit_matches(self, name: str, store: TableStore, source: SourceLog, version: int,
                               mine: LogEntry) -> None:
-        data = source.commit_bytes(version)
+        try:
+            data = source.commit_bytes(version)
+        except CommitNotFound:
+            return  # the primary cleaned up this commit; nothing left to compare with
         if mine.size == len(data) and mine.content_md5 == hashlib.md5(data).digest():  # noqa: S324 - content check
             return
         if mine.size != len(data) or store.get_log_file(commit_name(version)) != data:

@@ -24,6 +24,7 @@ from shared.delta.log import (
 )
 from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
 from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError
+from shared.replication.fence import WriteFence
 from shared.replication.outcome import ReplicaOutcome, is_vacuum_end, unexpected
 from shared.storage.table_store import TableStore
 
@@ -35,6 +36,7 @@ class ReplicaSteps:
 
     table: TableConfig
     _files: ThreadPoolExecutor
+    fence: WriteFence | None = None
 
     def _finish_copies(self, copies: dict, outcome: ReplicaOutcome, *, failpoint: str = failpoints.FILE_COPIED,
                        log_files: bool = False) -> dict[str, ReplicationError]:
@@ -83,7 +85,7 @@ class ReplicaSteps:
         except CommitNotFound:
             commit = None  # the checkpoint alone defines the version
         if commit is not None:
-            self._write_commit(name, store, commit, outcome)
+            self._write_commit(name, store, source, commit, outcome)
         log.info("replica.seeded table=%s replica=%s version=%d files=%d seconds=%.2f",
                  self.table.name, name, version, nfiles, time.monotonic() - started,
                  extra={"table": self.table.name, "replica": name, "version": version})
@@ -116,11 +118,19 @@ class ReplicaSteps:
         if source.store.log_entry(name) is not None:
             self._copy_log_files(store, source, [name], outcome)
 
-    def _write_commit(self, name: str, store: TableStore, commit: SourceCommit, outcome: ReplicaOutcome) -> bool:
-        """Create the commit with the primary's exact bytes, only if absent; never overwrite.
+    def _check_fence(self, name: str, source: SourceLog, what: str) -> None:
+        """Read the topology now: the write that follows goes ahead only under the same primary and epoch."""
+        if self.fence is not None:
+            self.fence.check(source.epoch, replica=name, what=what)
+
+    def _write_commit(self, name: str, store: TableStore, source: SourceLog, commit: SourceCommit,
+                      outcome: ReplicaOutcome) -> bool:
+        """Create the commit with the primary's exact bytes, only if absent and only while the topology
+        still names this primary (read just before); never overwrite.
         Returns whether it was created (False: it was there already, identical)."""
         version, data = commit.version, commit.data
         started = time.monotonic()
+        self._check_fence(name, source, f"commit {version}")
         if not store.create_log_file(commit_name(version), data):
             existing = store.get_log_file(commit_name(version))
             if existing != data:
@@ -140,6 +150,7 @@ class ReplicaSteps:
     def _copy_checkpoint(self, store: TableStore, source: SourceLog, names: list[str], outcome: ReplicaOutcome) -> None:
         """Sidecars first, then the checkpoint parts: a reader never finds a part without its data."""
         failpoints.hit(failpoints.CHECKPOINT_COPYING, replica=outcome.replica)
+        source.check_checkpoint(names)  # every path it names, before any of its files is written
         sidecars = [s for n in names if parse_log_name(n).kind == LogFileKind.CHECKPOINT_V2
                     for s in source.checkpoint_sidecars(n)]
         if sidecars:
@@ -168,6 +179,7 @@ class ReplicaSteps:
             return
         self._copy_checkpoint(store, source, found[version], outcome)
         failpoints.hit(failpoints.CHECKPOINT_COPIED, replica=name)
+        self._check_fence(name, source, f"_last_checkpoint (version {version})")
         if store.put_last_checkpoint(data, replace_etag=current.etag if current else None):
             log.info("checkpoint.replicated table=%s replica=%s version=%d", self.table.name, name, version,
                      extra={"table": self.table.name, "replica": name, "version": version})

@@ -35,6 +35,7 @@ from azure.storage.blob import (
 
 from shared.delta.log import LAST_CHECKPOINT, LOG_DIR
 from shared.errors import DataFileMissing, ReplicaDiverged, ReplicaUnreachable
+from shared.storage.errors import storage_errors
 from shared.storage.table_store import LastCheckpoint, LogEntry
 
 log = logging.getLogger(__name__)
@@ -148,27 +149,10 @@ class BlobTableStore:
 
     @contextlib.contextmanager
     def _storage(self, what: str):
-        """Map transport and service failures to ReplicaUnreachable (retryable)."""
-        try:
+        """Map transport and service failures to ours, one policy per status (shared.storage.errors)."""
+        with storage_errors(connection=self.connection_name, subject=self.description, what=what,
+                            passthrough=(ResourceNotFoundError, ResourceExistsError, ResourceModifiedError)):
             yield
-        except (ServiceRequestError, ServiceResponseError) as err:
-            raise ReplicaUnreachable(
-                f"{self.description}: storage did not answer while {what} ({type(err).__name__}); "
-                "it will be retried. Check the account is reachable."
-            ) from err
-        except HttpResponseError as err:
-            if isinstance(err, (ResourceNotFoundError, ResourceExistsError, ResourceModifiedError)):
-                raise
-            if err.status_code in (401, 403):
-                raise ReplicaUnreachable(
-                    f"{self.description}: storage refused access while {what} "
-                    f"(HTTP {err.status_code} {err.error_code}); grant the function's identity "
-                    "Storage Blob Data Reader on sources and Contributor on replicas."
-                ) from err
-            raise ReplicaUnreachable(
-                f"{self.description}: storage failed while {what} (HTTP {err.status_code} {err.error_code}); "
-                "it will be retried."
-            ) from err
 
     # -- log ----------------------------------------------------------------------
     def list_log(self, prefix: str = "") -> list[LogEntry]:
@@ -412,7 +396,7 @@ class BlobTableStore:
             except ResourceExistsError:
                 return self._check_existing(source, dst, path, expected_size)
             except HttpResponseError as err:
-                if err.error_code in _SOURCE_UNREACHABLE_CODES or err.status_code == 404:
+                if getattr(err, "error_code", None) in _SOURCE_UNREACHABLE_CODES or err.status_code == 404:
                     if source.file_size(path) is None:
                         raise DataFileMissing(
                             f"{source.description}: {path} is missing on the primary; a commit references it. "

@@ -36,7 +36,8 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobLeaseClient, BlobServiceClient
 
 from shared import failpoints
-from shared.errors import ConfigError, LeaseLost, ReplicaBusy, ReplicaUnreachable
+from shared.errors import LeaseLost, ReplicaBusy
+from shared.storage.errors import WRITE_ROLE, classify
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ class LeaseStore:
 
         Raises:
             ReplicaBusy: another holder kept it for longer than `wait_seconds`.
-            ReplicaUnreachable: the host storage account did not answer.
+            ReplicaUnreachable: the host storage account did not answer (retryable).
+            AccessDenied: it refused our credentials (not retryable).
         """
         if not name or name.startswith("/") or ".." in name.split("/"):
             raise ValueError(f"a lease name is a relative blob name without '..' (got {name!r})")
@@ -206,22 +208,10 @@ class LeaseStore:
                     waited = True
                     time.sleep(delay)
                     delay = min(delay * 1.5, 1.0)
-        except (ServiceRequestError, ServiceResponseError) as err:
-            raise ReplicaUnreachable(
-                f"the function app's storage ({self.connection_name}) did not answer while acquiring lease "
-                f"{name} ({type(err).__name__}); it will be retried."
-            ) from err
-        except HttpResponseError as err:
-            if err.status_code in (401, 403):
-                raise ConfigError(
-                    f"the function app's storage ({self.connection_name}) refused lease {name} "
-                    f"(HTTP {err.status_code} {err.error_code}); grant the function's identity Storage Blob "
-                    "Data Contributor on it."
-                ) from err
-            raise ReplicaUnreachable(
-                f"the function app's storage ({self.connection_name}) failed while acquiring lease {name} "
-                f"(HTTP {err.status_code} {err.error_code}); it will be retried."
-            ) from err
+        except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
+            raise classify(err, connection=self.connection_name, what=f"acquiring lease {name}",
+                           subject=f"the function app's storage ({self.connection_name}:{self.container})",
+                           role=WRITE_ROLE) from err
         held = HeldLease(lease, name, waited=waited, acquired_at=sent)
         _KEEPER.hold(held)
         try:

@@ -348,6 +348,7 @@ _BUILTINS = {
     "union": lambda *a: _opaque(*a) or (dict(__import__("functools").reduce(lambda x, y: {**x, **y}, a))
                                          if isinstance(a[0], dict) else list(dict.fromkeys(sum(a, [])))),
     "concat": lambda *a: _opaque(*a) or sum(a, []),
+    "flatten": lambda a: _opaque(a, *a) or sum(a, []),
     "items": lambda o: _opaque(o) or [{"key": k, "value": v} for k, v in o.items()],
     "take": lambda s, n: _opaque(s, n) or s[:n],
     "toLower": lambda s: _opaque(s) or s.lower(),
@@ -355,6 +356,7 @@ _BUILTINS = {
     "string": lambda v: _opaque(v) or (v if isinstance(v, str) else json.dumps(v)),
     "environment": lambda: {"suffixes": {"storage": "core.windows.net"}},
     "resourceId": lambda t, *names: _opaque(t, *names) or f"{t}/{'/'.join(names)}",
+    "subscriptionResourceId": lambda t, *names: _opaque(t, *names) or f"{t}/{'/'.join(names)}",
 }
 
 
@@ -363,6 +365,7 @@ class Deployment:
 
     def __init__(self, path: Path, params: dict) -> None:
         self.instances: list[Instance] = []
+        self.existing: list[Instance] = []  # `existing` resources referenced (scopes of role assignments)
         self._deploy(parse_template(path), params, "main")
 
     def of_type(self, type_name: str) -> list[Instance]:
@@ -371,8 +374,6 @@ class Deployment:
     def _deploy(self, tpl: Template, given: dict, scope_name: str) -> None:
         scope = _Scope(self, tpl, given)
         for decl in tpl.decls.values():
-            if decl.existing:
-                continue
             for index, bindings in scope.expansions(decl):
                 node = bindings.pop("__body__", decl.value)
                 body = scope.eval(node[2] if node[0] == "if" else node, bindings)
@@ -383,7 +384,7 @@ class Deployment:
                 parent = body.pop("parent", None)
                 if parent is not None:
                     parent = (scope_name, parent[1].symbol, parent[2])
-                self.instances.append(Instance(tpl.path.name, decl.symbol, decl.target.split("@")[0],
+                (self.existing if decl.existing else self.instances).append(Instance(tpl.path.name, decl.symbol, decl.target.split("@")[0],
                                                body.get("name"), body, index, scope_name, parent))
 
 
