@@ -248,7 +248,8 @@ def cmd_relay(args) -> int:
 # (sync, verify, rejoin, consolidate) get long bounds; per-request caps (cli/deadline.py) still make a
 # region that does not answer fail in about a minute and a half.
 TIMEOUTS = {"status": 60, "sync": 1800, "verify": 1800, "events": 30, "relay": 60, "cost": 300, "endpoint": 30,
-            "dev": 120, "consolidate": 1800, "promote": 300, "rejoin": 1800, "quarantine": 600}
+            "dev": 120, "consolidate": 1800, "promote": 300, "rejoin": 1800, "quarantine": 600,
+            "topology": 120}
 _TIMEOUT_HELP = {
     "relay": "seconds each poll may take before it is abandoned and retried (default {d:g})",
     "dev": "seconds to wait for Azurite to listen at startup (default {d:g})",
