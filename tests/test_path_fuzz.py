@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import random
 import uuid
@@ -27,6 +28,10 @@ from shared.delta.log import TableRoot, referenced_files, sidecar_name
 from shared.errors import InvalidCommit
 from tests.support.lake import Lake, batch
 from tests.support.regions import Regions, orders
+
+# The full-path counts are small by default (suite budget); set them to run the long sweep once.
+REPLICATION_COMMITS = int(os.environ.get("FUZZ_REPLICATION_COMMITS", "300"))
+CONSOLIDATION_COMMITS = int(os.environ.get("FUZZ_CONSOLIDATION_COMMITS", "40"))
 
 ROOT = TableRoot("eastus", "lake", "delta/sales")
 
@@ -157,7 +162,7 @@ def test_hostile_commits_and_checkpoints_through_replication_write_nothing_anywh
     cc = lake.clients["eastus"].get_container_client(lake.container)
     caplog.set_level(logging.ERROR)
     commit_blob = f"{lake.table_path}/_delta_log/{2:020d}.json"
-    for actions in generated(300, seed=22):
+    for actions in generated(REPLICATION_COMMITS, seed=22):
         cc.upload_blob(commit_blob, "".join(json.dumps(a) + "\n" for a in actions).encode(), overwrite=True)
         result = lake.deliver(blob_created_event("eastus", lake.container, commit_blob, azurite_port=lake.azurite.port))
         assert {type(o.error) for o in result.outcomes} == {InvalidCommit}
@@ -189,7 +194,7 @@ def test_hostile_commits_through_consolidation_write_nothing_to_the_global_table
         version = regions.target_version()
         cc = regions.clients["eastus"].get_container_client(regions.container)
         global_before = {b.name for b in regions.clients["global"].get_container_client(regions.container).list_blobs()}
-        for actions in generated(40, seed=24):
+        for actions in generated(CONSOLIDATION_COMMITS, seed=24):
             cc.upload_blob("orders/_delta_log/00000000000000000001.json",
                            "".join(json.dumps(a) + "\n" for a in actions).encode(), overwrite=True)
             outcome = regions.run()["eastus"]
