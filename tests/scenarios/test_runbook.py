@@ -1,10 +1,13 @@
 """The README's runbook runs as written: `scripts/dev.sh`, then the runbook's commands, in order.
 
-A full local drill on the dev environment: an unplanned failover to westeu while a writer that never
-heard of it keeps writing to eastus; writes on the new primary; the old region diverged in `status`;
-a promote back refused at once ("run rejoin first"); rejoin (dry run, then for real); the quarantined
-commit listed and replayed (twice: exactly once); a planned failback; a write on eastus again. After
-every write each location that is not fenced reaches the new version (the relay follows the primary).
+A full local drill on the dev environment: an outage commit on eastus that never reaches westeu (the
+relay is held: replication is not delivered), then an unplanned failover to westeu, which fences eastus
+(it still answers): a writer that never heard of the failover is refused there; writes on the new
+primary; the old region diverged in `status`; a promote back refused at once ("run rejoin first");
+rejoin (dry run, then for real: the outage commit and the fence quarantined); the quarantined commit
+listed (the fence skipped) and replayed (twice: exactly once); a planned failback, which fences westeu,
+and its rejoin; a write on eastus again. After every write each location that is not fenced reaches the
+new version (the relay follows the primary).
 
 Each `$ python -m cli ...` block of the README's runbook (and the endpoint and cost examples) must be a
 command this drill runs, in the same order, and its output must have the same shape as what the
@@ -18,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError
 
 from devtools.azurite import free_port
 from devtools.dev import READY_PREFIX
@@ -35,12 +40,18 @@ README = REPO / "README.md"
 URI = "az://lake/delta/sales"
 
 # ("cli", args) runs `python -m cli <args>`; ("write", location) appends one commit there;
+# ("refused", location) checks a write there is refused by the fence and changes nothing;
+# ("relay", "hold" | "release") stops / continues the relay (SIGSTOP / SIGCONT): what is committed
+# in between is not delivered until the release;
 # ("wait", {location: version or "diverged"}) polls `status --json` until every location is so.
 DRILL = [
     ("cli", "status --table sales"),
+    ("relay", "hold"),
+    ("write", "eastus"),  # the outage: eastus accepts a commit that never reaches westeu
     ("cli", "promote --table sales --to westeu --force"),
+    ("relay", "release"),
+    ("refused", "eastus"),  # a writer that never heard of the failover: the fence refuses it
     ("cli", "endpoint --table sales --purpose write"),
-    ("write", "eastus"),  # the outage: a writer still on the old primary
     ("write", "westeu"),
     ("write", "westeu"),
     ("wait", {"eastus": "diverged", "seasia": 4}),
@@ -54,7 +65,9 @@ DRILL = [
     ("cli", "quarantine replay --table sales --epoch 1"),
     ("wait", {"eastus": 5, "seasia": 5}),
     ("cli", "promote --table sales --to eastus --timeout 60"),
+    ("refused", "westeu"),  # the planned failback fences westeu too
     ("cli", "endpoint --table sales --purpose write"),
+    ("cli", "rejoin --table sales --location westeu"),  # removes the fence; westeu is a replica again
     ("write", "eastus"),
     ("wait", {"westeu": 6, "seasia": 6}),
     ("cli", "status --table sales"),
@@ -142,27 +155,46 @@ def test_readme_runbook_replays_on_the_dev_environment_with_a_failover_and_failb
     options = options_by_location(dev)
     assert set(options) == {"eastus", "westeu", "seasia"}  # the example names its locations by region
 
+    relay_pid = int(re.search(r"^dev: relay PID (\d+),", "\n".join(dev.lines), re.M).group(1))
+
     def write(location: str) -> None:
         write_deltalake(URI, pa.table({"id": [1, 2, 3], "amount": [9.5, 20.0, 3.25]}), mode="append",
                         storage_options=options[location])
+
+    def refused(location: str) -> None:
+        before = DeltaTable(URI, storage_options=options[location]).version()
+        with pytest.raises(CommitFailedError, match=r'Unsupported table features required: \[Unknown\("delta-'
+                                                    r'replication-fenced"\)\]'):
+            write(location)
+        assert DeltaTable(URI, storage_options=options[location]).version() == before
 
     for _ in range(3):
         write("eastus")
     wait_for(settings, {"westeu": 2, "seasia": 2})
 
     transcript: list[tuple[str, int, str]] = []
-    for kind, what in DRILL:
-        if kind == "write":
-            write(what)
-        elif kind == "wait":
-            wait_for(settings, what)
-        else:
-            code, out = cli(settings, what)
-            transcript.append((what, code, out))
+    try:
+        for kind, what in DRILL:
+            if kind == "write":
+                write(what)
+            elif kind == "refused":
+                refused(what)
+            elif kind == "relay":
+                os.kill(relay_pid, signal.SIGSTOP if what == "hold" else signal.SIGCONT)
+            elif kind == "wait":
+                wait_for(settings, what)
+            else:
+                code, out = cli(settings, what)
+                transcript.append((what, code, out))
+    finally:
+        os.kill(relay_pid, signal.SIGCONT)  # a held relay would not stop
     codes = {cmd: code for cmd, code, _ in transcript}
     assert "Traceback" not in "".join(out for _, _, out in transcript)
     assert codes["promote --table sales --to eastus"] == 1  # refused at once: diverged
     assert "run rejoin first: python -m cli rejoin --table sales --location eastus" in transcript[4][2]
+    assert "fenced eastus at version 4: writers there are refused" in transcript[1][2]
+    assert "old primary eastus may hold 1 version(s) beyond 2" in transcript[1][2]  # the held outage commit
+    assert "fenced westeu at version 6: writers there are refused" in transcript[10][2]
     assert [code for cmd, code, _ in transcript if cmd.startswith("status")] == [0, 1, 0]
     rows = {tuple(DeltaTable(URI, storage_options=options[loc]).to_pyarrow_table().num_rows for loc in options)}
     assert rows == {(21, 21, 21)}  # 3 + 2 + replayed 1 + 1 commits of 3 rows, equal everywhere
