@@ -83,37 +83,3 @@ def test_a_forced_promotes_old_primary_is_fenced_as_soon_as_it_answers(azurite, 
             primary.start()
         lake.close()
         primary.close()
-
-
-def test_the_lag_check_fences_a_forced_promotes_old_primary_once_it_answers(azurite, request):
-    from shared.health.lag_check import check_replication
-    from tests.test_lag import status_store
-
-    primary = AzuriteProcess(("eastus",)).start()
-    lake = failover_lake(azurite, request.node.name, primary_process=primary)
-    name = lake.table_name
-    try:
-        lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
-        lake.write(batch(5, 5), partition_by=["region"])
-        deliver_new(lake, "eastus", set())
-        lake.write(batch(9000, 5), partition_by=["region"])  # v2: never reached westeu
-        primary.stop()
-        assert promote(lake.runtime, name, "westeu", force=True).fence_version is None
-        status = status_store(lake)
-        check_replication(lake.runtime, status, None)  # eastus does not answer: the lag check goes on
-        primary.start()
-        assert lake.head("eastus") == 2
-        check_replication(lake.runtime, status, None, heal=False)  # measuring only writes nothing
-        assert lake.head("eastus") == 2
-        check_replication(lake.runtime, status, None)
-        fenced = lake.table("eastus")
-        assert fenced.version() == 3 and FENCE_FEATURE in (fenced.protocol().writer_features or [])
-        with pytest.raises(CommitFailedError, match="delta-replication-fenced"):
-            lake.write(batch(9100, 5), partition_by=["region"])
-        check_replication(lake.runtime, status, None)  # fenced once: the next run finds the fence
-        assert lake.head("eastus") == 3
-    finally:
-        if not primary.running:
-            primary.start()
-        lake.close()
-        primary.close()

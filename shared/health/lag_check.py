@@ -34,7 +34,6 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
         replicator = runtime.replicator(table.name, topology)
         previous = {row.replica: row for row in status.list_rows(table=table.name)}
         if heal and topology.epoch > 0:
-            _fence_deposed(runtime, table, topology)
             _auto_rejoin(runtime, table, replicator, topology)
         # At the topology's epoch: the write fence then also refuses a promote in between.
         outcomes = replicator.replicate(None, source=replicator.source_log().at_epoch(topology.epoch)) if heal else []
@@ -72,19 +71,6 @@ def ever_primary(table, topology) -> set[str]:
     primary it replaced. (A primary of an earlier epoch that is none of these is missed; rejoin
     only quarantines, so its writes are kept either way.)"""
     return {n for n in (table.source.name, topology.primary, topology.previous_primary) if n}
-
-
-def _fence_deposed(runtime, table, topology) -> None:
-    """A forced promote could not fence an old primary that did not answer: the first lag check
-    it answers fences it, so no writer that never re-resolved commits there from then on (rejoin
-    quarantines the fence with its outage commits). A failure is logged; the next run tries again."""
-    from shared.failover.fence import fence_deposed
-
-    try:
-        fence_deposed(runtime, table.name, topology)
-    except ReplicationError as err:
-        log.warning("fence.deposed_failed table=%s epoch=%d error=%s", table.name, topology.epoch, err,
-                    extra={"table": table.name, "epoch": topology.epoch})
 
 
 def _auto_rejoin(runtime, table, replicator, topology) -> None:
