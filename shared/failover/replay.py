@@ -142,7 +142,8 @@ class ReplayResult:
     dry_run: bool = False
 
     def as_json(self) -> dict:
-        return {"appId": self.app_id, "applied": self.applied, "appIds": self.app_ids, "alreadyApplied": self.already_applied,
+        return {"appId": self.app_id, "applied": self.applied, "appIds": self.app_ids,
+                "alreadyApplied": self.already_applied,
                 "needsReview": [c.as_json() for c in self.needs_review], "fences": self.fences,
                 "primaryHead": self.primary_head,
                 "dryRun": self.dry_run}

@@ -53,7 +53,8 @@ def test_second_rejoin_in_one_epoch_gets_its_own_quarantine_and_both_replay(azur
         assert listed == [("eastus", 1, 3, 5, False), ("eastus", 1, 4, 0, True)] * 2
         result = replay(lake.runtime, name, 1)
         assert (result.applied, result.already_applied, result.fences) == ([3, 3], [], [4, 4])
-        assert len(set(result.app_ids)) == 2 and all(a.startswith(f"quarantine/{name}/epoch-1/") for a in result.app_ids)
+        assert len(set(result.app_ids)) == 2
+        assert all(a.startswith(f"quarantine/{name}/epoch-1/") for a in result.app_ids)
         again = replay(lake.runtime, name, 1)
         assert (again.applied, again.already_applied) == ([], [3, 3])
         assert west_ids(lake) == list(range(15)) + list(range(9000, 9005)) + list(range(9100, 9105))
