@@ -193,7 +193,8 @@ def cmd_quarantine(args) -> int:
         print(json.dumps(result.as_json(), indent=2))
         return 0
     verb = "would apply" if result.dry_run else "applied"
-    print(f"{verb} versions {result.applied} as appId {result.app_id}; already applied {result.already_applied}")
+    print(f"{verb} versions {result.applied} as appIds {result.app_id}/<commit digest>; "
+          f"already applied {result.already_applied}")
     if result.fences:
         print(f"skipped the fence: versions {result.fences} (no rows)")
     for c in result.needs_review:

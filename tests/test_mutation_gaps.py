@@ -199,8 +199,9 @@ def test_rejoin_refuses_a_quarantine_copy_of_the_same_size_with_other_bytes(azur
         lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
         lake.write(batch(5, 5), partition_by=["region"])
         deliver_new(lake, "eastus", set())
+        # An outage write: version 2, on eastus only (before the promote, which fences eastus since it answers).
+        lake.write(batch(9000, 5), partition_by=["region"])
         promote(lake.runtime, name, "westeu", force=True)
-        lake.write(batch(9000, 5), partition_by=["region"])  # an outage write: version 2, on eastus only
         location = lake.runtime.config.table(name).location("eastus")
         qstore = rejoin_module.quarantine_store(lake.runtime, location, 1)
         before = lake.blobs("eastus")
@@ -224,8 +225,8 @@ def test_rejoin_refuses_a_quarantine_copy_of_the_same_size_with_other_bytes(azur
         assert rejoin_module.read_manifest(qstore) is None
         failpoints.disarm_all()
         result = rejoin_module.rejoin(lake.runtime, name, "eastus")  # the bad copy was dropped: a rerun converges
-        assert result.versions == [2]
-        assert rejoin_module.read_manifest(qstore)["versions"] == [2]
+        assert (result.versions, result.fences) == ([2, 3], [3])  # the outage commit and the promote's fence
+        assert rejoin_module.read_manifest(qstore)["versions"] == [2, 3]
     finally:
         lake.close()
 

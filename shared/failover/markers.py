@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 MARKER_DIR = "topology"
 _MARKER_RE = re.compile(r"/topology/epoch-(\d+)\.json$")
-_QUARANTINE_RE = re.compile(r"/epoch-(\d+)/")
+_QUARANTINE_RE = re.compile(r"/epoch-(\d+)(?:-rejoin-\d+)?/")
 
 
 def marker_name(location, epoch: int) -> str:

@@ -10,7 +10,10 @@ fence). Rejoin keeps them and makes the location an ordinary replica again:
 2. every version from d on is copied, with its `.crc`/checkpoint files and every data/DV/CDC file its commit adds, to
    `<container>/_quarantine/<table path>/epoch-<E>/` in the location's own account (outside
    the table root, so retention never lists it), and each copy is verified (size and MD5);
-   a manifest `quarantine.json` is written last;
+   a manifest `quarantine.json` is written last. A later rejoin of the same location in the
+   same epoch whose commits differ from the quarantined ones (a stale writer committed there
+   after the first rejoin) gets its own place, `epoch-<E>-rejoin-<N>/` (N = 2, 3, ...): a
+   quarantine is never overwritten;
 3. `_last_checkpoint` is deleted if it names a quarantined checkpoint (catch-up brings the
    primary's back), then the log files are removed from the highest version down, so the
    location is a valid table at every instant;
@@ -26,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -84,15 +88,54 @@ class RejoinResult:
                 "headAfter": self.head_after, "dryRun": self.dry_run}
 
 
-def quarantine_root(location, epoch: int) -> str:
-    """`_quarantine/<table path>/epoch-<E>`, in the location's container."""
-    return f"{QUARANTINE_DIR}/{location.path}/epoch-{epoch}"
+# `epoch-<E>` (the first rejoin of an epoch) or `epoch-<E>-rejoin-<N>` (a later one, N >= 2).
+QUARANTINE_NAME_RE = re.compile(r"^epoch-(\d+)(?:-rejoin-(\d+))?$")
 
 
-def quarantine_store(runtime, location, epoch: int) -> BlobTableStore:
-    """The quarantine of `location` at `epoch`, laid out like a table (data files and `_delta_log/`)."""
-    return BlobTableStore(runtime.clients[location.connection], location.container, quarantine_root(location, epoch),
+def quarantine_root(location, epoch: int, slot: int = 1) -> str:
+    """`_quarantine/<table path>/epoch-<E>` (slot 1) or `.../epoch-<E>-rejoin-<N>` (slot N), in the
+    location's container."""
+    base = f"{QUARANTINE_DIR}/{location.path}/epoch-{epoch}"
+    return base if slot == 1 else f"{base}-rejoin-{slot}"
+
+
+def quarantine_store(runtime, location, epoch: int, slot: int = 1) -> BlobTableStore:
+    """The quarantine of `location` at `epoch` (its `slot`-th), laid out like a table (data files and `_delta_log/`)."""
+    return BlobTableStore(runtime.clients[location.connection], location.container,
+                          quarantine_root(location, epoch, slot),
                           label=f"{location.name}-quarantine", connection_name=location.connection)
+
+
+def quarantine_slots(runtime, location, epoch: int) -> list[int]:
+    """The slots of `location`'s quarantines at `epoch` that exist (with or without a manifest), ascending."""
+    container = runtime.clients[location.connection].get_container_client(location.container)
+    prefix = f"{QUARANTINE_DIR}/{location.path}/"
+    slots = set()
+    for item in container.walk_blobs(name_starts_with=f"{prefix}epoch-{epoch}", delimiter="/"):
+        m = QUARANTINE_NAME_RE.match(item.name[len(prefix):].rstrip("/"))
+        if m and int(m.group(1)) == epoch:
+            slots.add(int(m.group(2) or 1))
+    return sorted(slots)
+
+
+def _choose_slot(runtime, loc, old: BlobTableStore, epoch: int, versions: list[int]) -> tuple[int, dict | None]:
+    """Where this rejoin quarantines, and that place's manifest (None: a new place, or a run that
+    crashed before writing it). The newest quarantine of the epoch is reused when none of its
+    verified commits differs from the location's commit at that version (a rerun after a crash,
+    or more commits above); otherwise a stale writer committed after that rejoin and this one
+    gets the next slot, so the first quarantine is never overwritten or mixed with it."""
+    slots = quarantine_slots(runtime, loc, epoch)
+    last = slots[-1] if slots else 1
+    manifest = read_manifest(quarantine_store(runtime, loc, epoch, last))
+    if manifest is None:
+        return last, None
+    verified = manifest.get("verified", {})
+    for v in set(versions) & set(manifest.get("versions", [])):
+        path = f"{LOG_DIR}/{v:020d}.json"
+        known = verified.get(path)
+        if known is not None and _md5(old, path) != (known["size"], known["md5"]):
+            return last + 1, None
+    return last, manifest
 
 
 def read_manifest(store: BlobTableStore) -> dict | None:
@@ -136,8 +179,8 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
     primary = replicator.source_store
     if dry_run:
         plan = plan_quarantine(table, old, primary, history, location)
-        result = _result(table_name, loc, plan, dry_run=True)
-        manifest = read_manifest(quarantine_store(runtime, loc, plan.epoch))
+        slot, manifest = _choose_slot(runtime, loc, old, plan.epoch, plan.versions)
+        result = _result(table_name, loc, plan, slot, dry_run=True)
         result.versions = sorted(set(plan.versions) | set(manifest["versions"] if manifest else []))
         result.log_files = _log_files(plan.entries, set(plan.versions))
         files, fences = _data_files(table, old, plan.versions)
@@ -151,8 +194,8 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
                 location_lease.check()
 
             plan = plan_quarantine(table, old, primary, history, location)
-            qstore = quarantine_store(runtime, loc, plan.epoch)
-            manifest = read_manifest(qstore)
+            slot, manifest = _choose_slot(runtime, loc, old, plan.epoch, plan.versions)
+            qstore = quarantine_store(runtime, loc, plan.epoch, slot)
             check()
             if plan.versions and manifest is None:
                 # Fence it first (a forced promote's old primary answers now): no writer commits
@@ -162,7 +205,7 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
                 fence = fence_location(old, location=location, epoch=topology.epoch, primary=topology.primary)
                 if fence is not None and fence.placed:
                     plan = plan_quarantine(table, old, primary, history, location)
-            result = _result(table_name, loc, plan, dry_run=False)
+            result = _result(table_name, loc, plan, slot, dry_run=False)
             versions, entries = plan.versions, plan.entries
             if versions:
                 manifest = _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entries, manifest,
@@ -193,9 +236,9 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
     return result
 
 
-def _result(table_name: str, loc, plan, *, dry_run: bool) -> RejoinResult:
+def _result(table_name: str, loc, plan, slot: int, *, dry_run: bool) -> RejoinResult:
     return RejoinResult(table_name, loc.name, plan.epoch, plan.promoted_at_version, dry_run=dry_run,
-                        quarantine_path=f"{loc.container}/{quarantine_root(loc, plan.epoch)}")
+                        quarantine_path=f"{loc.container}/{quarantine_root(loc, plan.epoch, slot)}")
 
 
 def _log_files(entries, versions: set[int]) -> list[str]:
@@ -243,6 +286,7 @@ def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entr
     previous = manifest or {}
     doc = {
         "table": table.name, "location": loc.name, "epoch": plan.epoch, "primary": topology.primary,
+        "path": qstore.root,
         "promotedAtVersion": plan.promoted_at_version,
         "versions": sorted(set(previous.get("versions", [])) | set(versions)),
         "logFiles": sorted(set(previous.get("logFiles", [])) | set(names)),
@@ -309,7 +353,8 @@ def _record(runtime, result: RejoinResult) -> bool:
               f"{result.quarantine_path}; review with `python -m cli quarantine list --table {result.table}`")
     row = status.get_entity(result.table, result.location) or {}
     status.record_quarantine(result.table, result.location, detail=detail, quarantine=result.quarantine_path)
-    if row.get("QuarantineAlertedEpoch") == result.epoch:
+    # Once per quarantine: a later rejoin in the same epoch (its own place) is news again.
+    if row.get("QuarantineAlertedEpoch") == result.epoch and row.get("Quarantine") in (None, result.quarantine_path):
         return False
     alerts = runtime.alert_publisher()
     if alerts is None:

@@ -35,10 +35,7 @@ CI_COVERAGE = {"held": 3, "promotes_across_in_flight": 3, "forced_promotes": 8, 
 
 
 # CI seeds that still fail, each with the pinned regression test below that names its cause.
-KNOWN_FAILING: dict[int, str] = {
-    7: "two quarantines of one epoch replay as one (pin seed7-two-quarantines-of-one-epoch-replay-as-one)",
-    27: "stale writes after a rejoin collide with its quarantine (pin seed9-second-rejoin-in-one-epoch-...)",
-}
+KNOWN_FAILING: dict[int, str] = {}  # 7 and 27 were fixed (pins seed7-..., seed9-...)
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +117,12 @@ PINNED = [
     pytest.param(
         9, [("promote", True, "westeu"), ("write", "w1", 1), ("rejoin", "eastus"), ("write", "w2", 2)], False,
         {"forced_promotes": 1, "acked_stale_writes": 1},
-        id="seed9-second-rejoin-in-one-epoch-collides-in-the-quarantine",
-        marks=pytest.mark.xfail(strict=True, raises=Violations, reason=(
-            "a writer that never re-resolved commits to eastus after its rejoin (eastus is a replica, "
-            "unfenced): eastus v1 again, different bytes; rejoin then finds _quarantine/.../epoch-1 holding "
-            "the first rejoin's v1 and fails on every run ('quarantine copy ... differs'), so the acknowledged "
-            "rows are in neither the primary nor a quarantine (properties a, c)."))),
+        id="seed9-second-rejoin-in-one-epoch-collides-in-the-quarantine"),
+        # Was: a writer that never re-resolved commits to eastus after its rejoin (eastus is a replica,
+        # unfenced): eastus v1 again, different bytes; rejoin then found _quarantine/.../epoch-1 holding the
+        # first rejoin's v1 and failed on every run ('quarantine copy ... differs'), so the acknowledged rows
+        # were in neither the primary nor a quarantine (properties a, c). Fixed: that rejoin quarantines to
+        # its own place, epoch-1-rejoin-2.
     pytest.param(
         15, [("write", "w2", 2), ("cut", "eastus"), ("promote", True, "seasia"), ("compact", "w2"),
              ("heal", "eastus"), ("retention",)], True,
@@ -142,13 +139,11 @@ PINNED = [
             ("write", "w1", 2), ("heal", "eastus"), ("resolve", "w2"), ("write", "w2", 2),
             ("promote", True, "seasia")], False,
         {"forced_promotes": 2, "acked_stale_writes": 1},
-        id="seed7-two-quarantines-of-one-epoch-replay-as-one",
-        marks=pytest.mark.xfail(strict=True, raises=Violations, reason=(
-            "eastus (deposed at epoch 1, outage commit v2) and westeu (deposed at epoch 2, its own v2) are both "
-            "rejoined at epoch 2: each quarantines its v2 under epoch-2; replay applies eastus's v2 with the Delta "
-            "txn (quarantine/<table>/epoch-2, 2) and then reports westeu's v2 as 'already applied', so westeu's "
-            "acknowledged rows stay in a replayable quarantine that is never replayed (property a). The txn "
-            "appId names the epoch only, not the location."))),
+        id="seed7-two-quarantines-of-one-epoch-replay-as-one"),
+        # Was: eastus (deposed at epoch 1, outage commit v2) and westeu (deposed at epoch 2, its own v2) are both
+        # rejoined at epoch 2: each quarantines its v2 under epoch-2; replay applied eastus's v2 with the Delta
+        # txn (quarantine/<table>/epoch-2, 2) and then reported westeu's v2 as 'already applied' (property a).
+        # Fixed: the txn appId names the commit's content digest.
     pytest.param(
         5, [("write", "w1", 2), ("deliver", 0.0, False), ("promote", False, "westeu"), ("lag_check",),
             ("promote", True, "eastus"), ("write", "w2", 2), ("cut", "eastus"), ("read", None, None)], True,
