@@ -258,7 +258,9 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_quarantine)
 
     p = sub.add_parser("topology", help="restore a missing ReplicationTopology from the promotion markers")
-    p.add_argument("action", choices=["restore"])
-    p.add_argument("--table", required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("action", choices=["restore"],
+                   help="restore: rebuild the table's topology rows from the newest promotion marker "
+                        "(_quarantine/<table path>/topology/epoch-<E>.json) found in its locations")
+    p.add_argument("--table", required=True, help="the configured table whose topology to restore")
+    p.add_argument("--json", action="store_true", help="print the restored topology as JSON")
     p.set_defaults(func=cmd_topology)

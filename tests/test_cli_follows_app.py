@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from shared.failover.promote import promote
+from shared.failover.rejoin import rejoin
 from tests.support.failover import failover_lake, write_to
 from tests.support.lake import batch
 from tests.test_cli import run_cli
@@ -29,6 +30,9 @@ def test_verify_and_sync_follow_the_topology_after_a_failover(azurite, request):
         lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
         lake.deliver_all(lake.events())
         promote(lake.runtime, lake.table_name, "westeu", force=True)
+        # The forced promote fenced eastus (a fence commit at its version 1); rejoin quarantines the fence
+        # so that eastus follows westeu like any replica.
+        rejoin(lake.runtime, lake.table_name, "eastus")
         write_to(lake, "westeu", batch(5, 5), partition_by=["region"])  # version 1, on the new primary only
         synced = run_cli(lake, "sync", "--quiet")
         assert synced.returncode == 0, synced.stdout + synced.stderr
