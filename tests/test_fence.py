@@ -83,3 +83,39 @@ def test_a_forced_promotes_old_primary_is_fenced_as_soon_as_it_answers(azurite, 
             primary.start()
         lake.close()
         primary.close()
+
+
+def test_the_lag_check_fences_an_old_primary_that_answers_and_never_one_that_rejoined(azurite, request):
+    """The lag timer is what meets a forced promote's old primary first. Once that location has
+    rejoined (fence quarantined, head exactly the promotion version, nothing new on the primary),
+    it is a replica: the next lag check neither fences it again nor reports it diverged."""
+    from shared.failover.rejoin import rejoin
+    from shared.health.lag_check import check_replication
+
+    primary = AzuriteProcess(("eastus",)).start()
+    lake = failover_lake(azurite, request.node.name, primary_process=primary)
+    name = lake.table_name
+    try:
+        lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+        lake.write(batch(5, 5), partition_by=["region"])
+        deliver_new(lake, "eastus", set())  # westeu and seasia at v1
+        primary.stop()
+        assert promote(lake.runtime, name, "westeu", force=True).fence_version is None
+        primary.start()
+        status = lake.runtime.status_store()
+        check_replication(lake.runtime, status, None)
+        assert lake.head("eastus") == 2, "the lag check did not fence the old primary that answers again"
+        with pytest.raises(CommitFailedError, match="delta-replication-fenced"):
+            lake.write(batch(9100, 5), partition_by=["region"])
+        assert {r.replica: r.status for r in status.list_rows(table=name)}["eastus"] == "diverged"
+        result = rejoin(lake.runtime, name, "eastus")
+        assert (result.versions, result.fences, result.head_after) == ([2], [2], 1)
+        check_replication(lake.runtime, status, None)
+        check_replication(lake.runtime, status, None)
+        assert lake.head("eastus") == 1, "a rejoined old primary at the promotion version was fenced again"
+        assert {r.replica: r.status for r in status.list_rows(table=name)}["eastus"] == "healthy"
+    finally:
+        if not primary.running:
+            primary.start()
+        lake.close()
+        primary.close()

@@ -106,3 +106,26 @@ def test_retention_that_cannot_renew_its_lease_deletes_nothing(lake):
     result = apply_replica_retention(replicator, "westeu")
     assert {prefix + p for p in result.data_files} == first
     assert data_files("westeu") == data_files("eastus")
+
+
+def test_a_catch_up_that_cannot_renew_its_lease_stops_before_its_next_commit(lake):
+    """A catch-up of three versions loses its lease after writing the first: the second and
+    third commits are not written (the holder that took the lease owns the location now)."""
+    from shared.replication.outcome import ReplicaState
+
+    for k in range(4):
+        lake.write(batch(k * 5, 5), mode="overwrite" if k == 0 else "append", partition_by=["region"])
+    lake.deliver(lake.events()[0])  # every replica at v0
+    replicator = lake.runtime.replicators["sales"]
+    thief = Thief(lake, location_lease_name(*replicator.replicas["westeu"].location_key))
+    failpoints.arm(failpoints.COMMIT_AFTER, after=1, action=thief, where={"replica": "westeu"})
+    try:
+        outcomes = {o.replica: o for o in replicator.replicate(3)}
+        assert outcomes["westeu"].state == ReplicaState.ERROR
+        assert isinstance(outcomes["westeu"].error, LeaseLost)
+        assert lake.head("westeu") == 1, "the catch-up wrote a commit after its lease was lost"
+        assert lake.head("seasia") == 3
+    finally:
+        failpoints.disarm_all()
+        thief.release()
+    assert {o.replica: o.head_after for o in replicator.replicate(3)}["westeu"] == 3

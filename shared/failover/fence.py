@@ -188,13 +188,16 @@ def fence_deposed(runtime, table_name: str, topology=None) -> list[Fence]:
     if topology.epoch == 0:
         return []
     table = runtime.config.table(table_name)
-    history = runtime.topology_store().history(table)
+    history, rejoins = runtime.topology_store().lineage_of(table, topology)
     replicator = runtime.replicator(table_name, topology)
     fences = []
     for location in dict.fromkeys(h.previous_primary for h in history if h.previous_primary):
         store = replicator.replicas.get(location)
         if store is None:
             continue
+        deposed_at = max(h.epoch for h in history if h.previous_primary == location)
+        if rejoins.get(location, -1) >= deposed_at:
+            continue  # rejoined since: a replica (even one whose head is exactly the promotion version)
         promoted_at = max(h.promoted_at_version for h in history if h.previous_primary == location)
         try:
             if _follows(store, replicator.source_store, promoted_at):

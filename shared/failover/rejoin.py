@@ -225,6 +225,7 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
         if outcome.error is not None:
             raise outcome.error
         result.head_after = outcome.head_after
+        runtime.topology_store().record_rejoin(table, location, topology.epoch)
     if set(result.versions) - set(result.fences):
         result.alerted = _record(runtime, result)
     elif result.fences:

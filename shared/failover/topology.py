@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 TOPOLOGY_TABLE = "ReplicationTopology"
 ROW_KEY = "topology"
 HISTORY_PREFIX = "epoch-"  # RowKey of one promotion's history row: epoch-<E>
+REJOIN_PREFIX = "rejoined-"  # RowKey of a location's last rejoin: rejoined-<location>, column Epoch
 
 
 def history_row_key(epoch: int) -> str:
@@ -142,21 +143,54 @@ class TopologyStore(HostTable):
             ReplicaUnreachable: the table service did not answer.
             TopologyUnavailable: see `get`.
         """
-        current = self.get(table)
+        return self.history_of(table, self.get(table))
+
+    def history_of(self, table: TableConfig, current: Topology) -> list[Topology]:
+        """`history` for the current row already read (one query; none when never promoted)."""
+        return self.lineage_of(table, current)[0]
+
+    def lineage_of(self, table: TableConfig, current: Topology) -> tuple[list[Topology], dict[str, int]]:
+        """(history, rejoins): every promotion by epoch, and the epoch at which each location last
+        rejoined (`record_rejoin`), in one query of the table's partition."""
         rows: dict[int, Topology] = {}
+        rejoins: dict[str, int] = {}
         if current.etag is not None:
             try:
                 for entity in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": table.name}):
-                    if str(entity["RowKey"]).startswith(HISTORY_PREFIX):
+                    key = str(entity["RowKey"])
+                    if key.startswith(HISTORY_PREFIX):
                         row = _from_entity(table.name, entity)
                         rows[row.epoch] = row
+                    elif key.startswith(REJOIN_PREFIX):
+                        rejoins[key[len(REJOIN_PREFIX):]] = int(entity.get("Epoch", 0))
             except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
                 raise ReplicaUnreachable(
                     f"topology history of table {table.name}: the function app's table storage did not answer "
                     f"({type(err).__name__}); it will be retried."
                 ) from err
             rows.setdefault(current.epoch, current)
-        return [rows[e] for e in sorted(rows) if e >= 1]
+        return [rows[e] for e in sorted(rows) if e >= 1], rejoins
+
+    def rejoins(self, table: TableConfig) -> dict[str, int]:
+        """Location -> the epoch at which it last rejoined (see `lineage_of`)."""
+        return self.lineage_of(table, self.get(table))[1]
+
+    def record_rejoin(self, table: TableConfig, location: str, epoch: int) -> None:
+        """Record that `location` follows the primary's lineage since `epoch` (a finished rejoin).
+
+        The evidence the fence and the resolver need for a former primary whose log ends exactly at
+        its promotion version: from the log alone it looks like a deposed primary nobody fenced.
+        Upsert: rejoin is idempotent and always runs at the current (highest) epoch.
+        """
+        try:
+            self._table.upsert_entity({"PartitionKey": table.name, "RowKey": f"{REJOIN_PREFIX}{location}",
+                                       "Epoch": epoch, "RejoinedAt": datetime.now(timezone.utc).isoformat()},
+                                      mode=UpdateMode.REPLACE)
+        except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
+            raise ReplicaUnreachable(
+                f"rejoin of {location} (table {table.name}): recording it in the function app's table storage "
+                f"failed ({type(err).__name__}); the location was rejoined; run rejoin again to record it."
+            ) from err
 
     def flip(self, current: Topology, primary: str, promoted_at_version: int) -> Topology:
         """Make `primary` the table's primary at epoch `current.epoch + 1`, only if the row is

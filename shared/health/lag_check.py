@@ -7,6 +7,7 @@ from datetime import datetime
 
 from shared.cost.transfer import record_replicated_bytes
 from shared.errors import ReplicationError
+from shared.failover.fence import fence_deposed
 from shared.health import metrics
 from shared.health.alerts import AlertPublisher, alert_state, transition_event
 from shared.health.lag import ReplicaHealth, ReplicaLag, measure_table
@@ -34,6 +35,12 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
         replicator = runtime.replicator(table.name, topology)
         previous = {row.replica: row for row in status.list_rows(table=table.name)}
         if heal and topology.epoch > 0:
+            # A forced promote's old primary is fenced as soon as it answers (writers refuse it),
+            # before anything else meets it.
+            try:
+                fence_deposed(runtime, table.name, topology)
+            except ReplicationError as err:  # the host table did not answer: the next run fences
+                log.warning("fence.failed table=%s error=%s", table.name, err, extra={"table": table.name})
             _auto_rejoin(runtime, table, replicator, topology)
         # At the topology's epoch: the write fence then also refuses a promote in between.
         outcomes = replicator.replicate(None, source=replicator.source_log().at_epoch(topology.epoch)) if heal else []

@@ -255,7 +255,7 @@ class _Resolver:
                  timestamp_ms):
         primary_ok = primary_error is None
         probe = self.probe(loc)
-        row = None
+        row = cap = None
         if loc == self.primary:
             if not primary_ok:
                 raise primary_error
@@ -269,6 +269,10 @@ class _Resolver:
                 staleness, basis = self.measured_staleness(head, primary_head), StalenessBasis.MEASURED
             elif row is not None and row.status == "diverged":
                 raise _Skip(SkipReason.DIVERGED, f"the last lag check ({row.checked_at}) found it diverged")
+            elif (deposed := self.deposed(loc, row)) is not None:
+                # A deposed primary not seen following since: only the versions it shares with the
+                # new lineage are known to be the table's (above them: outage writes or the fence).
+                cap, staleness, basis = deposed, None, StalenessBasis.UNKNOWN
             elif row is not None and row.caught_up_at:
                 since = datetime.fromisoformat(row.caught_up_at)
                 staleness, basis = max(0.0, (self.now - since).total_seconds()), StalenessBasis.LAST_CAUGHT_UP
@@ -276,6 +280,11 @@ class _Resolver:
                 staleness, basis = None, StalenessBasis.UNKNOWN
         if head is None:
             raise _Skip(SkipReason.EMPTY, "holds no version yet")
+        if cap is not None:
+            promotion = cap
+            if version is not None and version > promotion.promoted_at_version:
+                raise _Skip(SkipReason.VERSION_UNAVAILABLE, self.deposed_detail(loc, promotion, version))
+            head = min(head, promotion.promoted_at_version)
         if min_version is not None and head < min_version:
             raise _Skip(SkipReason.BEHIND_MIN_VERSION, f"at version {head}, behind min_version {min_version}")
         if max_staleness_seconds is not None:
@@ -291,6 +300,27 @@ class _Resolver:
             chosen = self.at_timestamp(loc, probe, timestamp_ms, head, primary_head, row)
             return self.holding(probe, chosen, head), staleness, basis
         return head, staleness, basis
+
+    def deposed(self, loc, row):
+        """The promotion that last deposed `loc` (a former primary), unless it rejoined since or a
+        lag check has seen it since healthy or lagging against the new lineage; else None."""
+        deposing = [h for h in self.known.history
+                    if h.previous_primary == loc.name and h.promoted_at_version is not None]
+        if not deposing:
+            return None
+        last = max(deposing, key=lambda h: h.epoch)
+        if self.known.rejoins.get(loc.name, -1) >= last.epoch:
+            return None  # rejoined since: a replica of the new lineage
+        if row is not None and last.promoted_at and row.checked_at and row.status in ("healthy", "lagging") \
+                and datetime.fromisoformat(row.checked_at) > datetime.fromisoformat(last.promoted_at):
+            return None
+        return last
+
+    def deposed_detail(self, loc, promotion, version: int) -> str:
+        return (f"version {version} is not known to be the table's here: {loc.name} was deposed at epoch "
+                f"{promotion.epoch} at version {promotion.promoted_at_version}, the primary does not answer, and no "
+                "lag check has seen it following the new primary since (its later versions may be outage writes "
+                "or the fence until it is rejoined)")
 
     def check_not_diverged(self, loc, probe: LocationProbe, head: int | None, primary_head: int | None) -> None:
         if head is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from azure.core.exceptions import AzureError
@@ -40,6 +40,9 @@ class KnownTopology:
     topology: Topology
     read_at: datetime | None  # None: no host storage configured (the configuration is the topology)
     stale_reason: str | None = None
+    # Every promotion, by epoch (empty when never promoted): which locations were deposed, and where.
+    history: tuple[Topology, ...] = ()
+    rejoins: dict = field(default_factory=dict)  # location -> epoch of its last rejoin
 
     @property
     def stale(self) -> bool:
@@ -82,6 +85,7 @@ class ReaderTopology:
             return KnownTopology(default_topology(table), None)  # no host storage: no promote can exist
         try:
             topology = self._store.get(table)
+            history, rejoins = self._store.lineage_of(table, topology)
         except (ReplicationError, AzureError) as err:
             reason = (f"the ReplicationTopology table in the function app's storage did not answer "
                       f"({type(err).__name__})")
@@ -94,8 +98,8 @@ class ReaderTopology:
                     "Retry later; check the function app's storage (STATUS_CONNECTION / AzureWebJobsStorage)."
                 ) from err
             return KnownTopology(last.topology, last.read_at, f"{reason}; the topology last read at "
-                                 f"{last.read_at.isoformat()} is used")
-        known = KnownTopology(topology, datetime.now(timezone.utc))
+                                 f"{last.read_at.isoformat()} is used", last.history, last.rejoins)
+        known = KnownTopology(topology, datetime.now(timezone.utc), history=tuple(history), rejoins=rejoins)
         with self._lock:
             self._last[table.name] = known
         return known

@@ -52,6 +52,9 @@ class ReplicaOutcome:
     # Files this invocation's seed copied (at most SEEDED_PATHS_LIMIT, else None): its backfill
     # skips them instead of asking. Dropped when the invocation ends.
     seeded_paths: set | None = field(default_factory=set, repr=False, compare=False)
+    # The replica's lease while a catch-up holds it (storage.lease.HeldLease): checked before
+    # every commit write, so a holder that could not renew stops before its next write.
+    lease: object = field(default=None, repr=False, compare=False)
 
     def remember_seeded(self, paths) -> None:
         if self.seeded_paths is None:

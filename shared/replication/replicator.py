@@ -255,7 +255,11 @@ class TableReplicator(CatchUp):
                     if head is None or head < target:
                         if head is not None:
                             self.check_head_matches(name, store, source, head, target, entries)
-                        head = self._catch_up(name, store, source, head, target, outcome)
+                        outcome.lease = waited
+                        try:
+                            head = self._catch_up(name, store, source, head, target, outcome)
+                        finally:
+                            outcome.lease = None
                         outcome.state = ReplicaState.REPLICATED
             if crc and head is not None and head >= target:
                 self._copy_crc(store, source, target, outcome)

@@ -130,6 +130,8 @@ class ReplicaSteps:
         Returns whether it was created (False: it was there already, identical)."""
         version, data = commit.version, commit.data
         started = time.monotonic()
+        if outcome.lease is not None:
+            outcome.lease.check()
         self._check_fence(name, source, f"commit {version}")
         if not store.create_log_file(commit_name(version), data):
             existing = store.get_log_file(commit_name(version))
