@@ -59,6 +59,12 @@ def run_seeds(azurite, proxies, seeds) -> tuple[list[Report], dict[str, int], fl
     for seed in seeds:
         report = run_program(azurite, proxies, seed)
         reports.append(report)
+        if os.environ.get("CHECKER_PROGRESS"):  # long runs: one line per seed, a failure in full at once
+            with open(os.environ["CHECKER_PROGRESS"], "a") as progress:
+                progress.write(f"seed {seed}: {report.stats.get('ops', 0)} ops, "
+                               f"{len(report.violations)} violations, {time.monotonic() - started:.0f}s\n")
+                if report.violations:
+                    progress.write(report.text() + "\n")
         for key, n in report.stats.items():
             totals[key] = totals.get(key, 0) + n
     return reports, totals, time.monotonic() - started
