@@ -32,6 +32,7 @@ from tests.support.regions import Regions, orders
 # The full-path counts are small by default (suite budget); set them to run the long sweep once.
 REPLICATION_COMMITS = int(os.environ.get("FUZZ_REPLICATION_COMMITS", "300"))
 CONSOLIDATION_COMMITS = int(os.environ.get("FUZZ_CONSOLIDATION_COMMITS", "40"))
+REPLICATION_CHECKPOINTS = int(os.environ.get("FUZZ_REPLICATION_CHECKPOINTS", "60"))
 
 ROOT = TableRoot("eastus", "lake", "delta/sales")
 
@@ -168,11 +169,12 @@ def test_hostile_commits_and_checkpoints_through_replication_write_nothing_anywh
         assert {type(o.error) for o in result.outcomes} == {InvalidCommit}
     cc.delete_blob(commit_blob)
     rng = random.Random(23)
-    for _ in range(60):
+    for _ in range(REPLICATION_CHECKPOINTS):
         name = f"{lake.table_path}/_delta_log/{1:020d}.checkpoint.{uuid.uuid4()}.json"
         sidecar = rng.choice(["../../../../other/_delta_log/00000000000000000000.json", "..%2f..%2fx.parquet",
                               "https://other.blob.core.windows.net/lake/delta/sales/_delta_log/_sidecars/a.parquet",
-                              "a/../../b.parquet", "%2e%2e.parquet/..", "x\\..\\y.parquet"])
+                              "a/../../b.parquet", "%2e%2e.parquet/..", "x\\..\\y.parquet"]) \
+            if rng.random() < 0.5 else random_path(rng)
         adds = generated(1, seed=rng.randint(0, 10**6))[0]
         body = [{"checkpointMetadata": {"version": 1}}, {"sidecar": {"path": sidecar, "sizeInBytes": 1}}] + \
             [a for a in adds if "add" in a]
