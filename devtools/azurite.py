@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -57,6 +58,17 @@ class AzuriteProcess:
     process: subprocess.Popen | None = field(default=None, repr=False)
     table_process: subprocess.Popen | None = field(default=None, repr=False)
     _own_location: bool = False
+
+    @classmethod
+    def attach(cls, accounts: tuple[str, ...], spec: str) -> "AzuriteProcess":
+        """An Azurite started elsewhere (`serve`), given as "<blob port>:<table port>": this
+        object never stops it (no process of its own)."""
+        blob, _, table = spec.partition(":")
+        return cls(accounts, port=int(blob), with_table=bool(table), table_port=int(table or 0))
+
+    @property
+    def attached(self) -> bool:
+        return self.process is None and self.port != 0 and id(self) not in _STARTED
 
     def start(self) -> "AzuriteProcess":
         if not AZURITE_BLOB_BIN.exists():
@@ -192,3 +204,24 @@ def stop_all() -> None:
     ended from outside, e.g. by the mutation runner's timeout, cannot run its fixtures' teardown)."""
     for proc in list(_STARTED.values()):
         proc.stop()
+
+
+def serve(accounts: tuple[str, ...], ports_file: str) -> None:
+    """Start one Azurite (blob and table) with `accounts`, write "<blob port>:<table port>" to
+    `ports_file`, and keep it until SIGTERM (scripts/mutation.sh: one Azurite for every mutant's
+    test session instead of one each)."""
+    proc = AzuriteProcess(accounts, with_table=True).start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    try:
+        Path(ports_file).write_text(f"{proc.port}:{proc.table_port}")
+        done.wait()
+    finally:
+        proc.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(tuple(sys.argv[2].split(",")), sys.argv[1])

@@ -11,9 +11,10 @@
 # (results are cached per mutant); MUTATION_FRESH=1 starts over. Results: .mutation/<module>/results.txt
 # (`mutmut results --all`), summarised in tests/MUTATION.md by hand, with every survivor explained.
 #
-# Each test session starts its own Azurite, with its data folder under the work folder's tmp/; a
-# mutant killed on timeout cannot stop its Azurite, so at the end the script stops the Azurite
-# processes whose data folder is under that tmp/ (started by this run, found by that path alone).
+# Every test session attaches to one Azurite this script starts (TEST_AZURITE); tests that start a
+# second one (a region going down) keep its data folder under the work folder's tmp/; a mutant killed
+# on timeout cannot stop it, so at the end the script stops the Azurite processes whose data folder
+# is under that tmp/ (started by this run, found by that path alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -52,6 +53,19 @@ for module in "${MODULES[@]}"; do
     exit 2
   fi
 done
+
+# One Azurite (blob and table, the suite's accounts) for every mutant's test session: tests/conftest.py
+# attaches to it through TEST_AZURITE instead of starting its own (each test's containers and tables
+# are uniquely named). Started here, stopped at exit by its PID.
+mkdir -p "$REPO/.mutation"
+PORTS=$REPO/.mutation/azurite.ports
+rm -f "$PORTS"
+"$PY" -m devtools.azurite "$PORTS" eastus,westeu,seasia,global &
+AZURITE_PID=$!
+trap 'kill "$AZURITE_PID" 2>/dev/null || true; wait "$AZURITE_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 300); do [ -s "$PORTS" ] && break; sleep 0.1; done
+[ -s "$PORTS" ] || { echo "the shared Azurite did not start" >&2; exit 1; }
+export TEST_AZURITE=$(cat "$PORTS")
 
 stop_own_azurite() {  # Azurite processes whose data folder is under this run's tmp/ (ours alone)
   local tmp=$1 pid

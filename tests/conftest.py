@@ -44,13 +44,18 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def azurite():
     """One Azurite for the run, started on a free port and stopped at the end."""
-    if not AZURITE_BLOB_BIN.exists():
-        pytest.exit(f"Azurite is missing ({AZURITE_BLOB_BIN}); run `npm ci` or use scripts/test.sh", returncode=2)
-    proc = AzuriteProcess(ACCOUNTS, with_table=True)
-    try:
-        proc.start()
-    except RuntimeError as err:
-        pytest.exit(f"cannot start Azurite: {err}", returncode=2)
+    if os.environ.get("TEST_AZURITE"):
+        # scripts/mutation.sh: one Azurite serves every mutant's session (each test's containers
+        # and tables are uniquely named); starting one per session was most of a mutant's time.
+        proc = AzuriteProcess.attach(ACCOUNTS, os.environ["TEST_AZURITE"])
+    else:
+        if not AZURITE_BLOB_BIN.exists():
+            pytest.exit(f"Azurite is missing ({AZURITE_BLOB_BIN}); run `npm ci` or use scripts/test.sh", returncode=2)
+        proc = AzuriteProcess(ACCOUNTS, with_table=True)
+        try:
+            proc.start()
+        except RuntimeError as err:
+            pytest.exit(f"cannot start Azurite: {err}", returncode=2)
     # As in a deployment that has run before: the topology table exists, so a test that stops a
     # region never meets the missing-table check (markers.py; tests/test_topology_missing.py has it).
     from azure.data.tables import TableServiceClient
