@@ -11,7 +11,7 @@ from functions import (
     replication_status,
     resolve_table,
 )
-from shared.health.telemetry import configure_telemetry
+from shared.telemetry.setup import configure_telemetry
 
 configure_telemetry()
 

@@ -35,7 +35,7 @@ from devtools.azurite import AzuriteProcess, account_key
 from devtools.events import blob_created_event
 from shared.config.parse import parse_config
 from shared.delta.log import parse_commit
-from shared.replication.commit_events import handle_storage_event
+from shared.app.commit_event import handle_storage_event
 from shared.runtime import ReplicationRuntime
 from shared.storage.clients import RequestCounter
 

@@ -40,7 +40,7 @@ from bench.latency_proxy import ProxyProcess
 from devtools.azurite import AzuriteProcess, account_key
 from devtools.events import blob_created_event
 from shared.config.parse import parse_config
-from shared.replication.commit_events import handle_storage_event
+from shared.app.commit_event import handle_storage_event
 from shared.runtime import ReplicationRuntime
 
 

@@ -84,7 +84,7 @@ def cmd_sync(args) -> int:
 
     from shared.cost.transfer import record_replicated_bytes
     from shared.maintenance.retention import purge_after_vacuum
-    from shared.replication.commit_events import _status_or_none
+    from shared.app.commit_event import _status_or_none
 
     from cli.status import no_log_detail, require_topology
     from shared.delta.head import find_source_head
@@ -131,7 +131,7 @@ def cmd_verify(args) -> int:
 
     from cli.status import require_topology
     from cli.verify import verify_replica
-    from shared.reads.locations import deltalake_options, deltalake_uri
+    from shared.storage.locations import deltalake_options, deltalake_uri
 
     runtime = _runtime()
     problems = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from shared.delta.log import (
@@ -29,11 +28,7 @@ class Mismatch:
 
 
 def _md5(store, path: str) -> str:
-    digest = hashlib.md5()  # noqa: S324 - content comparison, not security
-    downloader = store.open_download(path)
-    for chunk in downloader.chunks():
-        digest.update(chunk)
-    return digest.hexdigest()
+    return store.digest(path)[1]
 
 
 def verify_replica(replicator, name: str, *, version: int | None = None, deltalake_options=None,

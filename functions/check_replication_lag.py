@@ -1,10 +1,10 @@
-"""Timer %LAG_CHECK_SCHEDULE% -> shared.health.lag_check: heal, measure, record status, alert."""
+"""Timer %LAG_CHECK_SCHEDULE% -> shared.app.lag_check: heal, measure, record status, alert."""
 
 import logging
 
 import azure.functions as func
 
-from shared.health.lag_check import check_replication
+from shared.app.lag_check import check_replication
 from shared.runtime import get_runtime
 
 bp = func.Blueprint()

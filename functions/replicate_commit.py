@@ -1,10 +1,10 @@
-"""Event Grid trigger -> shared.replication.commit_events: replicate the commit a storage event names."""
+"""Event Grid trigger -> shared.app.commit_event: replicate the commit a storage event names."""
 
 import logging
 
 import azure.functions as func
 
-from shared.replication.commit_events import handle_storage_event
+from shared.app.commit_event import handle_storage_event
 from shared.runtime import get_runtime
 
 bp = func.Blueprint()

@@ -22,6 +22,13 @@ CONSOLIDATION_READ = "consolidation.read"  # a batch of source rows read; the me
 CONSOLIDATION_MERGE = "consolidation.merge"  # the merge of a batch starts (files, then the commit)
 CONSOLIDATION_MERGED = "consolidation.merged"  # the MERGE of a batch returned; nothing else committed yet
 CONSOLIDATION_COMMITTED = "consolidation.committed"  # the merge committed; the status row not yet written
+REJOIN_COPIED = "rejoin.copied"  # quarantine copies verified and the manifest written; nothing removed yet
+REJOIN_VERIFYING = "rejoin.verifying"  # quarantine copies written, not yet compared with the originals
+REJOIN_REMOVED = "rejoin.removed"  # one quarantined log file removed from the location
+REJOIN_CATCH_UP = "rejoin.catch_up"  # the location trimmed; its catch-up from the primary not started
+PROMOTE_FLIPPING = "promote.flipping"  # the head is settled, the topology not yet changed
+LEASE_RENEW = "lease.renew"  # a renewal is about to be sent (tests make it fail)
+RETENTION_DELETING = "retention.deleting"  # what to delete is decided, nothing deleted yet
 
 _lock = threading.Lock()
 _armed: dict[str, list] = {}

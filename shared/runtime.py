@@ -26,7 +26,7 @@ from shared.errors import ConfigError
 from shared.replication.fence import WriteFence
 from shared.replication.replicator import TableReplicator
 from shared.replication.sequencer import Sequencer
-from shared.storage.blob_table_store import BlobTableStore
+from shared.storage.factory import Stores
 from shared.storage.clients import RequestCounter, build_blob_service_client
 from shared.storage.lease import LeaseStore
 
@@ -88,6 +88,7 @@ class ReplicationRuntime:
         if problems:
             raise ConfigError("invalid replication configuration; fix these and restart: " + "; ".join(problems))
         self.clients = {name: build_blob_service_client(s, counter=counter) for name, s in self.settings.items()}
+        self.stores = Stores(self.clients)
         self.source_accounts = {name: s.account_name for name, s in self.settings.items()}
         self._file_pool = ThreadPoolExecutor(max_workers=FILE_COPY_WORKERS, thread_name_prefix="copy")
         self._task_pool = ThreadPoolExecutor(max_workers=TASK_WORKERS, thread_name_prefix="replica")
@@ -95,15 +96,16 @@ class ReplicationRuntime:
         self._topology_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="topology")
         self.replicators = {t.name: self._build_replicator(t) for t in config.tables}
 
-    def store(self, table: TableConfig, location) -> BlobTableStore:
-        return BlobTableStore(self.clients[location.connection], location.container, location.path,
-                              label=location.name, connection_name=location.connection)
+    @property
+    def file_pool(self):
+        """The host's file-copy executor (its one owner is the runtime; rejoin copies with it too)."""
+        return self._file_pool
 
     def _build_replicator(self, table: TableConfig, primary: str | None = None) -> TableReplicator:
         """A replicator from `primary` (default: the configured source) to every other location."""
         source_loc = table.source if primary is None else table.location(primary)
-        source = self.store(table, source_loc)
-        replicas = {r.name: self.store(table, r) for r in table.locations if r.name != source_loc.name}
+        source = self.stores.table(source_loc)
+        replicas = {r.name: self.stores.table(r) for r in table.locations if r.name != source_loc.name}
         root = TableRoot(self.settings[source_loc.connection].account_name, source_loc.container, source_loc.path)
         return TableReplicator(table, source, replicas, root, self._file_pool, self._task_pool,
                                leases=self.lease_store, sequencer=self._sequencer,

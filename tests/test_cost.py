@@ -15,10 +15,10 @@ from deltalake import DeltaTable
 from devtools.azurite import free_port
 from shared.cost.prices import GB, load_prices
 from shared.cost.transfer import TransferStore
-from shared.health.lag_check import check_replication
+from shared.app.lag_check import check_replication
 from shared.health.status import StatusStore
 from shared.maintenance.snapshots import maintain_table_snapshots
-from shared.replication.commit_events import EventDisposition
+from shared.app.commit_event import EventDisposition
 from tests.support.lake import Lake, batch, build_rich_table
 from tests.test_cli import run_cli
 

@@ -71,7 +71,7 @@ def test_the_steady_state_sends_one_head_per_replica_and_none_to_the_primary(lak
     """Per commit and replica: one HEAD (version N-1 on the replica), the file's GET and PUT,
     the topology read of the write fence, the commit's PUT. The primary's N-1 is not asked again: this process read it at this epoch."""
     from shared.config.parse import parse_config
-    from shared.replication.commit_events import handle_storage_event
+    from shared.app.commit_event import handle_storage_event
     from shared.runtime import ReplicationRuntime
     from tests.scenarios.test_data_safety import RequestAudit
 

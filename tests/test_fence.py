@@ -42,7 +42,7 @@ def test_a_fenced_change_data_feed_table_reads_on_and_refuses_writes(azurite, re
         lake.write(batch(10, 5), partition_by=["region"])
         before = rows(lake.table().to_pyarrow_table())
         table = lake.runtime.config.table(lake.table_name)
-        store = lake.runtime.store(table, table.source)
+        store = lake.runtime.stores.table(table.source)
         fence = fence_location(store, location="eastus", epoch=1, primary="westeu")
         assert (fence.version, fence.placed) == (2, True)
         assert fence_location(store, location="eastus", epoch=1, primary="westeu") == \
@@ -90,7 +90,7 @@ def test_the_lag_check_fences_an_old_primary_that_answers_and_never_one_that_rej
     rejoined (fence quarantined, head exactly the promotion version, nothing new on the primary),
     it is a replica: the next lag check neither fences it again nor reports it diverged."""
     from shared.failover.rejoin import rejoin
-    from shared.health.lag_check import check_replication
+    from shared.app.lag_check import check_replication
 
     primary = AzuriteProcess(("eastus",)).start()
     lake = failover_lake(azurite, request.node.name, primary_process=primary)

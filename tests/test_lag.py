@@ -10,7 +10,7 @@ from azure.data.tables import TableServiceClient
 
 from shared.config.parse import parse_config
 from shared.health.lag import ReplicaHealth
-from shared.health.lag_check import check_replication
+from shared.app.lag_check import check_replication
 from shared.health.status import StatusStore
 from shared.runtime import ReplicationRuntime
 from tests.support.alert_sink import AlertSink

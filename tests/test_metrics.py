@@ -8,7 +8,7 @@ from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from shared.health.telemetry import configure_telemetry
+from shared.telemetry.setup import configure_telemetry
 from tests.support.lake import Lake, batch
 
 _READER = InMemoryMetricReader()

@@ -21,10 +21,10 @@ from shared import runtime as runtime_module
 from shared.config.parse import parse_config
 from shared.errors import NoReadableLocation
 from shared.health.lag import ReplicaHealth, ReplicaLag
-from shared.health.lag_check import check_replication
+from shared.app.lag_check import check_replication
 from shared.health.status import StatusStore
-from shared.reads.open_table import open_table, resolve_table
-from shared.reads.probe import LocationProbe, probe_clients
+from shared.app.open_table import open_table, resolve_table
+from shared.reads.probe import LocationProbe, probe_stores
 from shared.reads.resolver import Purpose, SkipReason, StalenessBasis, resolve_location
 from shared.reads.timestamps import TimestampUnavailable, to_ms, version_at_timestamp
 from shared.runtime import ReplicationRuntime
@@ -308,8 +308,8 @@ def test_timestamp_resolves_by_commit_times_to_the_same_version_everywhere(azuri
         runtime = ReplicationRuntime(parse_config(doc), lake.environ)
         config = runtime.config.tables[0]
         times = [commit_time(lake, "eastus", v) for v in range(30)]
-        clients = probe_clients(runtime)
-        probes = {loc.name: LocationProbe(clients[loc.connection], loc) for loc in config.locations}
+        stores = probe_stores(runtime)
+        probes = {loc.name: LocationProbe(stores.table(loc), loc) for loc in config.locations}
         try:
             # Every commit's time, on every location, by the commits' own times.
             bounds = {name: (probe.earliest_version(), probe.head(29)) for name, probe in probes.items()}

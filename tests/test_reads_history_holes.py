@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import NoReadableLocation
-from shared.reads.open_table import open_table
+from shared.app.open_table import open_table
 from shared.reads.resolver import SkipReason, resolve_location
 from tests.support.lake import Lake, batch, rows
 

@@ -16,7 +16,7 @@ from shared.errors import (
     DataFileMissing,
     InvalidCommit,
 )
-from shared.replication.commit_events import EventDisposition
+from shared.app.commit_event import EventDisposition
 from shared.replication.outcome import ReplicaState
 from tests.support.lake import Lake, batch
 

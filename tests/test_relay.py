@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from devtools.azurite import AzuriteProcess
-from shared.replication.commit_events import handle_storage_event
+from shared.app.commit_event import handle_storage_event
 from devtools.relay import LogRelay
 from tests.support.lake import Lake, batch
 from tests.test_cli import run_cli

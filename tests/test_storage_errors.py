@@ -13,7 +13,7 @@ from azure.storage.blob import BlobServiceClient
 from devtools.azurite import account_key
 from shared.errors import AccessDenied, ReplicaUnreachable
 from shared.health.lag import ReplicaHealth
-from shared.health.lag_check import check_replication
+from shared.app.lag_check import check_replication
 from shared.health.status import StatusStore
 from shared.replication.outcome import ReplicaState
 from shared.storage.blob_table_store import BlobTableStore

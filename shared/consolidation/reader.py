@@ -25,7 +25,7 @@ from shared.delta.log import commit_name, parse_commit, referenced_files
 from shared.delta.paths import deletion_vector_file, store_root, table_path
 from shared.delta.table_state import table_state
 from shared.errors import CommitIncomplete, ConsolidationFailed, SourceHistoryMissing
-from shared.storage.blob_table_store import BlobTableStore
+from shared.storage.table_store import TableStore
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class CommitPlan:
         return self.commits[-1][0] if self.commits else self.start
 
 
-def plan_commits(store: BlobTableStore, start: int | None, max_commits: int, stats: ReadStats) -> CommitPlan:
+def plan_commits(store: TableStore, start: int | None, max_commits: int, stats: ReadStats) -> CommitPlan:
     """Read the commits after `start` (at most `max_commits`), stopping at the first absent one.
 
     A missing `start + 1` is the normal "nothing new" when `start` itself is still there
@@ -141,7 +141,7 @@ class CommitRows:
         max_bytes: the ceiling on buffered rows per batch (Arrow bytes).
     """
 
-    def __init__(self, store: BlobTableStore, source: ConsolidationSource, *, region_column: str,
+    def __init__(self, store: TableStore, source: ConsolidationSource, *, region_column: str,
                  known_types: dict[str, pa.DataType], max_bytes: int, stats: ReadStats) -> None:
         self._store = store
         self._source = source
@@ -264,7 +264,7 @@ class CommitRows:
             return text
 
 
-def snapshot_batches(store: BlobTableStore, source: ConsolidationSource, *, start: int | None, region_column: str,
+def snapshot_batches(store: TableStore, source: ConsolidationSource, *, start: int | None, region_column: str,
                      known_types: dict[str, pa.DataType], max_bytes: int, stats: ReadStats) -> Iterator[RowBatch]:
     """The fallback: the source's current snapshot, in batches; the last records the snapshot's version.
 
@@ -298,7 +298,7 @@ def snapshot_batches(store: BlobTableStore, source: ConsolidationSource, *, star
     yield RowBatch(rows=rows, version=version, advances=start is None or version > start)
 
 
-def source_table_id(store: BlobTableStore) -> str | None:
+def source_table_id(store: TableStore) -> str | None:
     """The source's `metaData.id` (its identity: a table dropped and re-created gets a new one); None when empty.
 
     One GET of commit 0 when the log still has it, else the state at the newest version.

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from azure.core.exceptions import ResourceExistsError
-
 from shared import failpoints
 from shared.config.model import ConsolidationConfig, ConsolidationSource
 from shared.consolidation.merge import TargetTable
@@ -37,13 +35,13 @@ from shared.errors import ReplicationError, ReplicaUnreachable, SourceHistoryMis
 from shared.health.alerts import (
     CONSOLIDATION_SOURCE_RECOVERED,
     CONSOLIDATION_SOURCE_UNREACHABLE,
+    settle_alert,
 )
-from shared.reads.locations import deltalake_options, deltalake_uri
+from shared.storage.locations import deltalake_options, deltalake_uri
 
 # Published once when a source's metaData.id changes (dropped and re-created), subject
 # consolidations/<name>/sources/<source>.
 CONSOLIDATION_SOURCE_RECREATED = "DeltaReplication.ConsolidationSourceRecreated"
-from shared.storage.blob_table_store import BlobTableStore
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +99,7 @@ def run_consolidation(runtime, consolidation: ConsolidationConfig, status: Conso
     """
     with runtime.lease_store().hold(f"consolidations/{consolidation.name}"):
         target_settings = runtime.settings[consolidation.target.connection]
-        _ensure_container(runtime.clients[consolidation.target.connection], consolidation.target.container)
+        runtime.stores.table(consolidation.target).ensure_container()
         target = TargetTable(deltalake_uri(consolidation.target), deltalake_options(target_settings),
                              keys=consolidation.keys, on_match=consolidation.on_match,
                              partition_by=consolidation.partition_by, label=consolidation.target.describe())
@@ -114,13 +112,6 @@ def run_consolidation(runtime, consolidation: ConsolidationConfig, status: Conso
         return outcomes
 
 
-def _ensure_container(client, container: str) -> None:
-    try:
-        client.create_container(container)
-    except ResourceExistsError:
-        pass
-
-
 def _run_source(runtime, consolidation: ConsolidationConfig, source: ConsolidationSource, target: TargetTable,
                 progress: ProgressFn | None, previous: ConsolidationStatusRow | None = None,
                 alerts=None) -> SourceOutcome:
@@ -130,8 +121,7 @@ def _run_source(runtime, consolidation: ConsolidationConfig, source: Consolidati
     stats = ReadStats()
     try:
         start, types = target.position(app_id)
-        store = BlobTableStore(runtime.clients[source.location.connection], source.location.container,
-                               source.location.path, label=source.name, connection_name=source.location.connection)
+        store = runtime.stores.folder(source.location, source.location.path, label=source.name)
         identity = source_table_id(store)
         if identity is not None:
             start = _incarnation_start(target, app_id, identity, start, previous, outcome, alerts)
@@ -239,16 +229,11 @@ def _record(status: ConsolidationStatusStore, alerts, outcome: SourceOutcome,
     state = ALERT_UNREACHABLE if outcome.status in (UNREACHABLE, ERROR) else ALERT_OK
     if state != before and alerts is not None:
         event_type = CONSOLIDATION_SOURCE_UNREACHABLE if state == ALERT_UNREACHABLE else CONSOLIDATION_SOURCE_RECOVERED
-        try:
-            alerts.publish_consolidation(event_type, {
-                "consolidation": outcome.consolidation, "source": outcome.source, "region": outcome.region,
-                "status": outcome.status, "lastMergedVersion": outcome.merged_version,
-                "sourceVersion": outcome.source_version, "error": outcome.error,
-            })
-        except Exception as err:  # noqa: BLE001 - keep the old state: the alert is retried next run
-            log.warning("alert.failed type=%s consolidation=%s source=%s error=%s", event_type,
-                        outcome.consolidation, outcome.source, type(err).__name__)
-            state = before
+        state = settle_alert(before, state, lambda: alerts.publish_consolidation(event_type, {
+            "consolidation": outcome.consolidation, "source": outcome.source, "region": outcome.region,
+            "status": outcome.status, "lastMergedVersion": outcome.merged_version,
+            "sourceVersion": outcome.source_version, "error": outcome.error,
+        }), describe=f"type={event_type} consolidation={outcome.consolidation} source={outcome.source}")
     keep_versions = outcome.status in (UNREACHABLE, ERROR) and previous is not None
     status.put_row(ConsolidationStatusRow(
         consolidation=outcome.consolidation, source=outcome.source, region=outcome.region,

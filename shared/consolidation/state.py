@@ -11,13 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from azure.core.exceptions import (
-    HttpResponseError,
-    ResourceNotFoundError,
-)
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from shared.errors import ReplicaUnreachable
 from shared.storage.host_table import HostTable
 
 CONSOLIDATION_STATUS_TABLE = "ConsolidationStatus"
@@ -68,15 +64,14 @@ class ConsolidationStatusStore(HostTable):
     def list_rows(self, *, consolidation: str | None = None) -> list[ConsolidationStatusRow]:
         """Every row, or one consolidation's; empty when the table does not exist yet."""
         try:
-            if consolidation is None:
-                entities = list(self._table.list_entities())
-            else:
-                entities = list(self._table.query_entities("PartitionKey eq @pk", parameters={"pk": consolidation}))
+            with self._errors("reading the consolidation status rows"):
+                if consolidation is None:
+                    entities = list(self._table.list_entities())
+                else:
+                    entities = list(self._table.query_entities("PartitionKey eq @pk",
+                                                               parameters={"pk": consolidation}))
         except ResourceNotFoundError:
             return []
-        except HttpResponseError as err:
-            raise ReplicaUnreachable(
-                f"consolidation status table: cannot read ({err.status_code} {err.error_code})") from err
         return sorted((self._row(e) for e in entities), key=lambda r: (r.consolidation, r.source))
 
     def put_row(self, row: ConsolidationStatusRow) -> None:

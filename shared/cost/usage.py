@@ -105,8 +105,6 @@ def measure_location(table_name: str, location, store, *, role: str, snapshot_st
 
 def measure_table(runtime, table) -> list[LocationUsage]:
     """Measure the source and every replica of one configured table, in configuration order."""
-    from shared.storage.blob_table_store import BlobTableStore
-
     replicator = runtime.replicators[table.name]
     found = []
     for loc in table.locations:
@@ -114,8 +112,8 @@ def measure_table(runtime, table) -> list[LocationUsage]:
         snapshot_store, exclude = None, None
         snaps = table.snapshots
         if snaps is not None and snaps.replica == loc.name:
-            snapshot_store = BlobTableStore(runtime.clients[loc.connection], snaps.container, snaps.path.strip("/"),
-                                            label=f"{loc.name} snapshots", connection_name=loc.connection)
+            snapshot_store = runtime.stores.folder(loc, snaps.path.strip("/"), label=f"{loc.name} snapshots",
+                                                   container=snaps.container)
             inside = f"{loc.path.strip('/')}/"
             if snaps.container == loc.container and f"{snaps.path.strip('/')}/".startswith(inside):
                 exclude = f"{snaps.path.strip('/')}/"[len(inside):]

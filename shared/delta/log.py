@@ -28,9 +28,11 @@ from shared.delta.paths import (  # noqa: F401 - the path check's names, re-expo
 )
 from shared.errors import CommitIncomplete, InvalidCommit
 
-LOG_DIR = "_delta_log"
+# The log folder and its pointer file are named by the storage boundary (its operations are
+# Delta-shaped), which sits below this module.
+from shared.storage.table_store import LAST_CHECKPOINT, LOG_DIR  # noqa: E402,F401 - re-exported
+
 SIDECAR_DIR = "_sidecars"
-LAST_CHECKPOINT = "_last_checkpoint"
 VERSION_DIGITS = 20
 
 
@@ -74,7 +76,13 @@ def commit_name(version: int) -> str:
 
 
 def version_prefix(version: int) -> str:
+    """The zero-padded version every log file name of that version starts with."""
     return f"{version:020d}"
+
+
+def crc_name(version: int) -> str:
+    """`_delta_log`-relative name of a version's checksum file: `00000000000000000042.crc`."""
+    return f"{version_prefix(version)}.crc"
 
 
 def parse_log_name(name: str) -> LogFile | None:

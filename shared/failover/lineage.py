@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.delta import compare
 from shared.delta.log import LogFileKind, parse_log_name
 from shared.errors import RejoinRefused
 from shared.failover.topology import Topology
@@ -39,12 +40,9 @@ def commits(entries) -> dict[int, object]:
 
 
 def same_commit(old, primary, mine, theirs) -> bool:
-    """Byte-identical commits: size, then Content-MD5 from the listings, else the bytes."""
-    if mine.size != theirs.size:
-        return False
-    if mine.content_md5 and theirs.content_md5:
-        return mine.content_md5 == theirs.content_md5
-    return old.get_log_file(mine.name) == primary.get_log_file(theirs.name)
+    """Byte-identical commits (shared.delta.compare): the listings' size and MD5, else the bytes."""
+    return compare.same_commit(mine, theirs, lambda: old.get_log_file(mine.name),
+                               lambda: primary.get_log_file(theirs.name))
 
 
 def divergence(old, primary, history: list[Topology], entries, primary_entries) -> tuple[int | None, bool]:

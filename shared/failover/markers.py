@@ -24,15 +24,14 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-
+from shared.errors import ReplicationError
 from shared.failover.rejoin import QUARANTINE_DIR
 from shared.failover.topology import Topology
 
 log = logging.getLogger(__name__)
 
 MARKER_DIR = "topology"
-_MARKER_RE = re.compile(r"/topology/epoch-(\d+)\.json$")
+_MARKER_RE = re.compile(r"(?:^|/)topology/epoch-(\d+)\.json$")
 _QUARANTINE_RE = re.compile(r"/epoch-(\d+)(?:-rejoin-\d+)?/")
 
 
@@ -59,6 +58,10 @@ class PromotionMarkers:
     def __init__(self, runtime) -> None:
         self._runtime = runtime
 
+    def _quarantines(self, loc):
+        """`_quarantine/<table path>/` of a location: the markers and every rejoin's quarantine."""
+        return self._runtime.stores.folder(loc, f"{QUARANTINE_DIR}/{loc.path}", label=f"{loc.name}-quarantine")
+
     def write(self, table, history: list[Topology]) -> list[str]:
         """Write the newest epoch's marker (with the whole history) to every location that answers;
         returns the locations written. A failure is logged: the promote itself has happened."""
@@ -67,12 +70,9 @@ class PromotionMarkers:
         data = json.dumps(doc, indent=1).encode()
         written = []
         for loc in table.locations:
-            blob = self._runtime.clients[loc.connection].get_blob_client(loc.container, marker_name(loc, current.epoch))
             try:
-                blob.upload_blob(data, overwrite=False)
-            except ResourceExistsError:
-                pass
-            except Exception as err:  # noqa: BLE001 - that location is down: the others hold it
+                self._quarantines(loc).put_file(f"{MARKER_DIR}/epoch-{current.epoch}.json", data, overwrite=False)
+            except ReplicationError as err:  # that location is down: the others hold it
                 log.warning("topology.marker_failed table=%s location=%s epoch=%d error=%s", table.name, loc.name,
                             current.epoch, type(err).__name__, extra={"table": table.name, "location": loc.name})
                 continue
@@ -83,12 +83,9 @@ class PromotionMarkers:
         """The newest marker (or quarantine) of the table in any of its locations."""
         found = MarkerSearch()
         for loc in table.locations:
-            container = self._runtime.clients[loc.connection].get_container_client(loc.container)
             try:
-                evidence = self._evidence(container, loc)
-            except ResourceNotFoundError:
-                continue  # no container: no table there, no marker
-            except Exception as err:  # noqa: BLE001 - cannot tell what it holds
+                evidence = self._evidence(self._quarantines(loc))
+            except ReplicationError as err:  # cannot tell what it holds
                 log.warning("topology.marker_unreadable table=%s location=%s error=%s", table.name, loc.name,
                             type(err).__name__, extra={"table": table.name, "location": loc.name})
                 found.unreachable.append(loc.name)
@@ -97,17 +94,19 @@ class PromotionMarkers:
                 found.marker, found.location = evidence, loc.name
         return found
 
-    def _evidence(self, container, loc) -> dict | None:
-        prefix = f"{QUARANTINE_DIR}/{loc.path}/"
-        markers = [(int(m.group(1)), b.name) for b in container.list_blobs(name_starts_with=prefix + MARKER_DIR + "/")
-                   if (m := _MARKER_RE.search(b.name))]
+    @staticmethod
+    def _evidence(quarantines) -> dict | None:
+        """The newest marker there; else any quarantine (a promotion happened, epoch from its
+        folder); else None (also when the container does not exist: no table, no marker)."""
+        markers = [(int(m.group(1)), f.name) for f in quarantines.list_files(MARKER_DIR + "/")
+                   if (m := _MARKER_RE.search(f.name))]
         if markers:
             _, name = max(markers)
-            return json.loads(container.get_blob_client(name).download_blob().readall())
-        first = next(iter(container.list_blobs(name_starts_with=prefix, results_per_page=1)), None)
+            return json.loads(quarantines.get_file(name))
+        first = quarantines.first_file()
         if first is None:
             return None
-        m = _QUARANTINE_RE.search(first.name[len(prefix) - 1:])
+        m = _QUARANTINE_RE.search("/" + first.name)
         return {"epoch": int(m.group(1)) if m else 1, "primary": "unknown (a quarantine, no marker)", "history": []}
 
 
@@ -119,8 +118,6 @@ def restore_topology(runtime, table_name: str) -> Topology:
             may hold a newer one); nothing was written.
         TopologyConflict: the table has a current row already; nothing was written.
     """
-    from shared.errors import ReplicationError
-
     table = runtime.config.table(table_name)
     found = PromotionMarkers(runtime).latest(table)
     if found.unreachable:

@@ -21,6 +21,7 @@ from typing import Callable
 
 from shared import failpoints
 from shared.delta.head import find_latest_version, find_source_head
+from shared.delta.log import version_prefix
 from shared.delta.source_log import SourceLog
 from shared.errors import PromotionRefused, ReplicationError, ReplicaUnreachable
 from shared.failover.fence import fence_location
@@ -29,7 +30,7 @@ from shared.failover.topology import Topology
 
 log = logging.getLogger(__name__)
 
-PROMOTE_FLIPPING = "promote.flipping"  # failpoint: the head is settled, the topology not yet changed
+from shared.failpoints import PROMOTE_FLIPPING  # noqa: E402,F401 - named with the others
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def _wait_for_head(runtime, table_name, topology, replicator, to, timeout, progr
         if progress is not None:
             progress(head, primary_head)
         if head is not None and head == primary_head:
-            replicator.check_head_matches(to, target, source, head, head, target.list_log(f"{head:020d}"))
+            replicator.check_head_matches(to, target, source, head, head, target.list_log(version_prefix(head)))
             return head, primary_head
         if time.monotonic() >= deadline:
             raise PromotionRefused(

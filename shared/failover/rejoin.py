@@ -26,22 +26,18 @@ ReplicationStatus row and alerted once (DeltaReplication.WritesQuarantined).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-
 from shared import failpoints
 from shared.delta.log import (
-    LAST_CHECKPOINT,
     LOG_DIR,
     LogFileKind,
     TableRoot,
+    commit_name,
     parse_commit,
     parse_log_name,
     referenced_files,
@@ -49,7 +45,7 @@ from shared.delta.log import (
 from shared.errors import RejoinRefused, ReplicationError
 from shared.failover.fence import fence_location, is_fence
 from shared.failover.lineage import plan_quarantine
-from shared.storage.blob_table_store import BlobTableStore
+from shared.storage.table_store import TableStore
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +53,8 @@ QUARANTINE_DIR = "_quarantine"
 MANIFEST = "quarantine.json"
 # Failpoints (SIGKILL tests): copies verified and manifest written; one log file removed; before catch-up;
 # (corruption tests) copies written, not yet verified.
-REJOIN_COPIED = "rejoin.copied"
-REJOIN_VERIFYING = "rejoin.verifying"  # quarantine copies written, not yet compared with the originals
-REJOIN_REMOVED = "rejoin.removed"
-REJOIN_CATCH_UP = "rejoin.catch_up"
+# Its failpoints, named with the others in shared/failpoints.py.
+from shared.failpoints import REJOIN_CATCH_UP, REJOIN_COPIED, REJOIN_REMOVED, REJOIN_VERIFYING  # noqa: E402,F401
 
 
 @dataclass
@@ -99,26 +93,24 @@ def quarantine_root(location, epoch: int, slot: int = 1) -> str:
     return base if slot == 1 else f"{base}-rejoin-{slot}"
 
 
-def quarantine_store(runtime, location, epoch: int, slot: int = 1) -> BlobTableStore:
+def quarantine_store(runtime, location, epoch: int, slot: int = 1) -> TableStore:
     """The quarantine of `location` at `epoch` (its `slot`-th), laid out like a table (data files and `_delta_log/`)."""
-    return BlobTableStore(runtime.clients[location.connection], location.container,
-                          quarantine_root(location, epoch, slot),
-                          label=f"{location.name}-quarantine", connection_name=location.connection)
+    return runtime.stores.folder(location, quarantine_root(location, epoch, slot), label=f"{location.name}-quarantine")
 
 
 def quarantine_slots(runtime, location, epoch: int) -> list[int]:
     """The slots of `location`'s quarantines at `epoch` that exist (with or without a manifest), ascending."""
-    container = runtime.clients[location.connection].get_container_client(location.container)
-    prefix = f"{QUARANTINE_DIR}/{location.path}/"
+    quarantines = runtime.stores.folder(location, f"{QUARANTINE_DIR}/{location.path}",
+                                        label=f"{location.name}-quarantine")
     slots = set()
-    for item in container.walk_blobs(name_starts_with=f"{prefix}epoch-{epoch}", delimiter="/"):
-        m = QUARANTINE_NAME_RE.match(item.name[len(prefix):].rstrip("/"))
+    for folder in quarantines.list_subfolders():
+        m = QUARANTINE_NAME_RE.match(folder)
         if m and int(m.group(1)) == epoch:
             slots.add(int(m.group(2) or 1))
     return sorted(slots)
 
 
-def _choose_slot(runtime, loc, old: BlobTableStore, epoch: int, versions: list[int]) -> tuple[int, dict | None]:
+def _choose_slot(runtime, loc, old: TableStore, epoch: int, versions: list[int]) -> tuple[int, dict | None]:
     """Where this rejoin quarantines, and that place's manifest (None: a new place, or a run that
     crashed before writing it). The newest quarantine of the epoch is reused when none of its
     verified commits differs from the location's commit at that version (a rerun after a crash,
@@ -131,29 +123,18 @@ def _choose_slot(runtime, loc, old: BlobTableStore, epoch: int, versions: list[i
         return last, None
     verified = manifest.get("verified", {})
     for v in set(versions) & set(manifest.get("versions", [])):
-        path = f"{LOG_DIR}/{v:020d}.json"
+        path = f"{LOG_DIR}/{commit_name(v)}"
         known = verified.get(path)
-        if known is not None and _md5(old, path) != (known["size"], known["md5"]):
+        if known is not None and old.digest(path) != (known["size"], known["md5"]):
             return last + 1, None
     return last, manifest
 
 
-def read_manifest(store: BlobTableStore) -> dict | None:
+def read_manifest(store: TableStore) -> dict | None:
     try:
         return json.loads(store.get_file(MANIFEST))
     except FileNotFoundError:
         return None
-
-
-def _md5(store: BlobTableStore, path: str) -> tuple[int, str]:
-    """(size, MD5 hex) of a table-relative file, streamed chunk by chunk."""
-    downloader = store.open_download(path)
-    digest = hashlib.md5()  # noqa: S324 - a content check, not security
-    size = 0
-    for chunk in downloader.chunks():
-        digest.update(chunk)
-        size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) -> RejoinResult:
@@ -248,12 +229,12 @@ def _log_files(entries, versions: set[int]) -> list[str]:
             and lf.kind != LogFileKind.LAST_CHECKPOINT]
 
 
-def _data_files(table, old: BlobTableStore, versions: list[int]) -> tuple[dict, list[int]]:
+def _data_files(table, old: TableStore, versions: list[int]) -> tuple[dict, list[int]]:
     """The files the commits of `versions` reference, and which of those versions are fences."""
     root = TableRoot(old.account_name, old.container, old.root)
     files, fences = {}, []
     for v in versions:
-        actions = parse_commit(old.get_log_file(f"{v:020d}.json"), where=f"{old.description} version {v}")
+        actions = parse_commit(old.get_log_file(commit_name(v)), where=f"{old.description} version {v}")
         if is_fence(actions):
             fences.append(v)
         for f in referenced_files(actions, root, allow_external=table.allow_external_files,
@@ -266,7 +247,7 @@ def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entr
     """Copy, verify (size and MD5), then write the manifest (the union with an earlier run's)."""
     names = _log_files(entries, set(versions))
     data, fences = _data_files(table, old, versions)
-    pool = runtime._file_pool
+    pool = runtime.file_pool
     check()
     copies = [pool.submit(qstore.copy_log_file_from, old, n) for n in names]
     copies += [pool.submit(qstore.copy_file_from, old, f.path, expected_size=f.size) for f in data.values()]
@@ -275,7 +256,7 @@ def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entr
     failpoints.hit(REJOIN_VERIFYING, location=loc.name)
     checked = {}
     for path in [f"{LOG_DIR}/{n}" for n in names] + list(data):
-        original, copy = pool.submit(_md5, old, path), pool.submit(_md5, qstore, path)
+        original, copy = pool.submit(old.digest, path), pool.submit(qstore.digest, path)
         if original.result() != copy.result():
             # The bad copy goes (the original is untouched), or every rerun would find it and fail again.
             qstore.delete_files([path])
@@ -296,15 +277,14 @@ def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entr
         "verified": {**previous.get("verified", {}), **{p: {"size": s, "md5": m} for p, (s, m) in checked.items()}},
         "createdAt": previous.get("createdAt") or datetime.now(timezone.utc).isoformat(),
     }
-    blob = runtime.clients[loc.connection].get_blob_client(loc.container, f"{qstore.root}/{MANIFEST}")
     check()
-    blob.upload_blob(json.dumps(doc, indent=1).encode(), overwrite=True)
+    qstore.put_file(MANIFEST, json.dumps(doc, indent=1).encode(), overwrite=True)
     log.info("rejoin.quarantined table=%s location=%s epoch=%d versions=%s files=%d", table.name, loc.name,
              plan.epoch, versions, len(checked), extra={"table": table.name, "location": loc.name})
     return doc
 
 
-def _repair_last_checkpoint(old: BlobTableStore, keep_head: int) -> None:
+def _repair_last_checkpoint(old: TableStore, keep_head: int) -> None:
     """Delete `_last_checkpoint` if it names a version above `keep_head` (before any checkpoint it
     names is removed, so no reader is sent to a missing file). Catch-up writes the primary's."""
     current = old.get_last_checkpoint()
@@ -316,15 +296,12 @@ def _repair_last_checkpoint(old: BlobTableStore, keep_head: int) -> None:
         version = keep_head + 1  # unreadable: readers cannot use it either
     if version <= keep_head:
         return
-    blob = old._container.get_blob_client(f"{old.root}/{LOG_DIR}/{LAST_CHECKPOINT}")
-    try:
-        blob.delete_blob(etag=current.etag, match_condition=MatchConditions.IfNotModified)
-    except (ResourceNotFoundError, ResourceModifiedError):
-        pass  # gone, or replaced by catch-up with the primary's (which is at most its head)
+    # False: gone, or replaced by catch-up with the primary's (which is at most its head).
+    old.delete_last_checkpoint(current.etag)
     log.info("rejoin.last_checkpoint_removed location=%s version=%d", old.label, version)
 
 
-def _remove(old: BlobTableStore, entries, versions: list[int], check) -> int:
+def _remove(old: TableStore, entries, versions: list[int], check) -> int:
     """Remove the quarantined log files, highest version first; per version `.crc` and checkpoint
     files before the commit, so the location is a table at every instant."""
     removed = 0

@@ -23,13 +23,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from shared.delta.log import parse_commit
+from shared.delta.log import commit_name, parse_commit
 from shared.delta.paths import store_root, table_path
 from shared.errors import ReplicationError
 from shared.failover.fence import is_fence
 from shared.failover.rejoin import MANIFEST, QUARANTINE_DIR, QUARANTINE_NAME_RE
-from shared.reads.locations import deltalake_options, deltalake_uri
-from shared.storage.blob_table_store import BlobTableStore
+from shared.storage.locations import deltalake_options, deltalake_uri
+from shared.storage.table_store import TableStore
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +73,24 @@ def classify(location: str, epoch: int, version: int, actions: list[dict]) -> Qu
                              len(removes), blind, actions, fence=is_fence(actions))
 
 
-def _manifests(runtime, table) -> list[tuple[object, dict, BlobTableStore]]:
+def _manifests(runtime, table) -> list[tuple[object, dict, TableStore]]:
     """(location, manifest, quarantine store) of every quarantine of the table (every rejoin's
     place, `epoch-<E>` and `epoch-<E>-rejoin-<N>`), in every reachable location."""
     found = []
     for loc in table.locations:
-        container = runtime.clients[loc.connection].get_container_client(loc.container)
-        prefix = f"{QUARANTINE_DIR}/{loc.path}/"
+        quarantines = runtime.stores.folder(loc, f"{QUARANTINE_DIR}/{loc.path}", label=f"{loc.name}-quarantine")
         try:
-            names = [b.name for b in container.list_blobs(name_starts_with=prefix + "epoch-")
-                     if b.name.endswith("/" + MANIFEST)
-                     and QUARANTINE_NAME_RE.match(b.name[len(prefix):-len(MANIFEST) - 1])]
-        except Exception as err:  # noqa: BLE001 - an unreachable location is reported, the others listed
+            folders = [f for f in quarantines.list_subfolders() if QUARANTINE_NAME_RE.match(f)]
+        except ReplicationError as err:  # an unreachable location is reported, the others listed
             log.warning("quarantine.unlisted table=%s location=%s error=%s", table.name, loc.name, type(err).__name__)
             continue
-        for name in names:
-            doc = json.loads(container.get_blob_client(name).download_blob().readall())
-            m = QUARANTINE_NAME_RE.match(name[len(prefix):-len(MANIFEST) - 1])
-            store = BlobTableStore(runtime.clients[loc.connection], loc.container, name[:-len(MANIFEST) - 1],
-                                   label=f"{loc.name}-quarantine", connection_name=loc.connection)
+        for folder in folders:
+            store = quarantines.child(folder)
+            try:
+                doc = json.loads(store.get_file(MANIFEST))
+            except FileNotFoundError:
+                continue  # a rejoin that crashed before its manifest: nothing verified there yet
+            m = QUARANTINE_NAME_RE.match(folder)
             found.append((int(m.group(2) or 1), loc, doc, store))
     return [(loc, doc, store) for _, loc, doc, store in
             sorted(found, key=lambda x: (x[2]["epoch"], x[1].name, x[0]))]
@@ -103,7 +102,7 @@ def list_quarantine(runtime, table_name: str) -> list[QuarantinedCommit]:
     commits = []
     for loc, manifest, store in _manifests(runtime, table):
         for v in manifest["versions"]:
-            actions = parse_commit(store.get_log_file(f"{v:020d}.json"), where=f"{store.description} version {v}")
+            actions = parse_commit(store.get_log_file(commit_name(v)), where=f"{store.description} version {v}")
             commits.append(classify(loc.name, manifest["epoch"], v, actions))
     return commits
 
@@ -126,7 +125,7 @@ def _legacy_applied(dt, legacy_id: str, epoch: int, matches) -> set[str]:
             continue  # a later rejoin's place: no legacy replay ever read it
         for v in manifest["versions"]:
             if v <= done and f"{loc.name} epoch {epoch} version {v}" in replayed:
-                applied.add(digest(store.get_log_file(f"{v:020d}.json")))
+                applied.add(digest(store.get_log_file(commit_name(v))))
     return applied
 
 
@@ -174,7 +173,7 @@ def replay(runtime, table_name: str, epoch: int, *, dry_run: bool = False) -> Re
     planned: set[str] = set()  # this dry run's: one commit in two quarantines would be applied once
     for loc, manifest, qstore in matches:
         for v in manifest["versions"]:
-            raw = qstore.get_log_file(f"{v:020d}.json")
+            raw = qstore.get_log_file(commit_name(v))
             actions = parse_commit(raw, where=f"{qstore.description} version {v}")
             commit = classify(loc.name, epoch, v, actions)
             if commit.fence:

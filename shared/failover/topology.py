@@ -22,18 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from azure.core import MatchConditions
-from azure.core.exceptions import (
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient, TableTransactionError, UpdateMode
 
 from shared.config.model import TableConfig
-from shared.errors import ReplicaUnreachable, TopologyConflict, TopologyUnavailable
+from shared.errors import TopologyConflict, TopologyUnavailable
 from shared.storage.host_table import HostTable
 
 log = logging.getLogger(__name__)
@@ -95,16 +88,12 @@ class TopologyStore(HostTable):
                 answer): epoch 0 would name a deposed primary.
         """
         try:
-            entity = self._table.get_entity(table.name, ROW_KEY)
+            with self._errors(f"reading the topology of table {table.name}"):
+                entity = self._table.get_entity(table.name, ROW_KEY)
         except ResourceNotFoundError as err:
             if err.error_code == "TableNotFound" and self._markers is not None:
                 return self._missing_table(table)
             return default_topology(table)
-        except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
-            raise ReplicaUnreachable(
-                f"topology of table {table.name}: the function app's table storage did not answer "
-                f"({type(err).__name__}); it will be retried."
-            ) from err
         return _from_entity(table.name, entity)
 
     def _missing_table(self, table: TableConfig) -> Topology:
@@ -155,7 +144,7 @@ class TopologyStore(HostTable):
         rows: dict[int, Topology] = {}
         rejoins: dict[str, int] = {}
         if current.etag is not None:
-            try:
+            with self._errors(f"reading the topology history of table {table.name}"):
                 for entity in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": table.name}):
                     key = str(entity["RowKey"])
                     if key.startswith(HISTORY_PREFIX):
@@ -163,11 +152,6 @@ class TopologyStore(HostTable):
                         rows[row.epoch] = row
                     elif key.startswith(REJOIN_PREFIX):
                         rejoins[key[len(REJOIN_PREFIX):]] = int(entity.get("Epoch", 0))
-            except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
-                raise ReplicaUnreachable(
-                    f"topology history of table {table.name}: the function app's table storage did not answer "
-                    f"({type(err).__name__}); it will be retried."
-                ) from err
             rows.setdefault(current.epoch, current)
         return [rows[e] for e in sorted(rows) if e >= 1], rejoins
 
@@ -182,15 +166,11 @@ class TopologyStore(HostTable):
         its promotion version: from the log alone it looks like a deposed primary nobody fenced.
         Upsert: rejoin is idempotent and always runs at the current (highest) epoch.
         """
-        try:
+        # A failure raises (the location was rejoined; rerunning rejoin records it).
+        with self._errors(f"recording the rejoin of {location} (table {table.name})"):
             self._table.upsert_entity({"PartitionKey": table.name, "RowKey": f"{REJOIN_PREFIX}{location}",
                                        "Epoch": epoch, "RejoinedAt": datetime.now(timezone.utc).isoformat()},
                                       mode=UpdateMode.REPLACE)
-        except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
-            raise ReplicaUnreachable(
-                f"rejoin of {location} (table {table.name}): recording it in the function app's table storage "
-                f"failed ({type(err).__name__}); the location was rejoined; run rejoin again to record it."
-            ) from err
 
     def flip(self, current: Topology, primary: str, promoted_at_version: int) -> Topology:
         """Make `primary` the table's primary at epoch `current.epoch + 1`, only if the row is
@@ -215,17 +195,16 @@ class TopologyStore(HostTable):
                                               "match_condition": MatchConditions.IfNotModified}),
                           ("create", history)]
         try:
-            results = self._table.submit_transaction(operations)
-        except TableTransactionError as err:
-            if err.status_code in (404, 409, 412) or err.error_code in ("EntityAlreadyExists", "UpdateConditionNotSatisfied"):
-                raise TopologyConflict(self._conflict(current, primary)) from err
-            raise
+            with self._errors(f"promoting table {current.table} to {primary}"):
+                try:
+                    results = self._table.submit_transaction(operations)
+                except TableTransactionError as err:
+                    if err.status_code in (404, 409, 412) or \
+                            err.error_code in ("EntityAlreadyExists", "UpdateConditionNotSatisfied"):
+                        raise ResourceModifiedError(str(err)) from err
+                    raise
         except (ResourceExistsError, ResourceModifiedError) as err:
             raise TopologyConflict(self._conflict(current, primary)) from err
-        except HttpResponseError as err:
-            if err.status_code in (409, 412):
-                raise TopologyConflict(self._conflict(current, primary)) from err
-            raise
         log.warning("topology.flipped table=%s primary=%s previous=%s epoch=%d promoted_at_version=%d",
                     current.table, primary, current.primary, epoch, promoted_at_version,
                     extra={"table": current.table, "primary": primary, "epoch": epoch})

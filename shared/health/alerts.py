@@ -44,6 +44,20 @@ def transition_event(previous: str, current: str) -> str | None:
             ALERT_OK: RECOVERED}[current]
 
 
+def settle_alert(before: str, state: str, publish, *, describe: str) -> str:
+    """The alert state to record after a transition from `before` to `state`: `state` once
+    `publish()` (which sends the alert) returned, else `before`, so the next run sends it again.
+
+    The one place this decision is made (the lag check's alerts, consolidation's, rejoin's).
+    `describe`: what the alert is about, for the warning (never a secret)."""
+    try:
+        publish()
+    except Exception as err:  # noqa: BLE001 - any failure: keep the old state, retry next run
+        log.warning("alert.failed %s error=%s", describe, type(err).__name__)
+        return before
+    return state
+
+
 class AlertPublisher:
     """Publishes alert events with azure-eventgrid (Event Grid schema)."""
 

@@ -14,13 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from azure.core.exceptions import (
-    HttpResponseError,
-    ResourceNotFoundError,
-)
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from shared.errors import ReplicaUnreachable
 from shared.health.lag import ReplicaHealth, ReplicaLag
 from shared.storage.host_table import HostTable
 
@@ -81,20 +77,20 @@ class StatusStore(HostTable):
 
     def get_row(self, table: str, replica: str) -> StatusRow | None:
         try:
-            entity = self._table.get_entity(table, replica)
+            with self._errors(f"reading the status of {table}/{replica}"):
+                entity = self._table.get_entity(table, replica)
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as err:
-            raise ReplicaUnreachable(f"status table: cannot read ({err.status_code} {err.error_code})") from err
         return self._row(entity)
 
     def list_rows(self, *, table: str | None = None) -> list[StatusRow]:
         """Every row, or one table's rows; empty when the status table does not exist yet."""
         try:
-            if table is None:
-                entities = list(self._table.list_entities())
-            else:
-                entities = list(self._table.query_entities("PartitionKey eq @pk", parameters={"pk": table}))
+            with self._errors("reading the status rows"):
+                if table is None:
+                    entities = list(self._table.list_entities())
+                else:
+                    entities = list(self._table.query_entities("PartitionKey eq @pk", parameters={"pk": table}))
         except ResourceNotFoundError:
             return []
         return sorted((self._row(e) for e in entities), key=lambda r: (r.table, r.replica))

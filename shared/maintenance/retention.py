@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 # versions before leases moved to the function app's storage kept inside replicas.
 _HIDDEN = ("_delta_log/", "_replication/")
 LEGACY_LEASE_FOLDER = "_replication/"
-RETENTION_DELETING = "retention.deleting"  # failpoint: what to delete is decided, nothing deleted yet
+from shared.failpoints import RETENTION_DELETING  # noqa: E402,F401 - named with the others
 
 
 @dataclass

@@ -60,11 +60,9 @@ def maintain_table_snapshots(runtime, table, *, now: datetime | None = None) -> 
     replicator = runtime.replicator(table.name)  # follows the topology
     replica_loc = table.location(config.replica)
     # After a failover the snapshot location may be the primary itself: snapshot it there.
-    replica_store = replicator.replicas.get(config.replica) or runtime.store(table, replica_loc)
-    from shared.storage.blob_table_store import BlobTableStore
-
-    root = BlobTableStore(runtime.clients[replica_loc.connection], config.container, config.path,
-                          label=f"snapshots of {table.name}", connection_name=replica_loc.connection)
+    replica_store = replicator.replicas.get(config.replica) or runtime.stores.table(replica_loc)
+    root = runtime.stores.folder(replica_loc, config.path, label=f"snapshots of {table.name}",
+                                 container=config.container)
     result = SnapshotResult(table.name, config.replica)
     if config.replica in replicator.replicas:
         diverged = not_a_prefix(replica_store, replicator.source_store, replica_store.list_log(""),

@@ -10,46 +10,33 @@ import json
 import weakref
 from dataclasses import dataclass
 
-from azure.core.exceptions import (
-    HttpResponseError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-from azure.storage.blob import BlobServiceClient
-
 from shared.config.model import LocationConfig
-from shared.delta.log import (
-    LAST_CHECKPOINT,
-    LOG_DIR,
-    LogFileKind,
-    commit_name,
-    parse_log_name,
-)
+from shared.delta.log import LogFileKind, commit_name, parse_log_name, version_prefix
 from shared.delta.source_log import complete_checkpoints
-from shared.errors import ReplicaUnreachable
+from shared.errors import AccessDenied, ReplicaUnreachable
 from shared.reads.timestamps import (
     COMMIT_TIME_READ_BYTES,
     TimestampUnavailable,
     commit_time_ms,
 )
 from shared.storage.clients import build_probe_client
-from shared.storage.table_store import LogEntry
+from shared.storage.factory import Stores
+from shared.storage.table_store import TableStore
 
 # The first page of a `_delta_log/` listing holds the oldest entries (names sort by version).
 _EARLIEST_PAGE = 20
 _WINDOW = 1000  # versions per listing when walking a version's chain (a 17-character name prefix)
 
-_clients: "weakref.WeakKeyDictionary[object, dict[str, BlobServiceClient]]" = weakref.WeakKeyDictionary()
+_stores: "weakref.WeakKeyDictionary[object, Stores]" = weakref.WeakKeyDictionary()
 
 
-def probe_clients(runtime) -> dict[str, BlobServiceClient]:
-    """Short-timeout clients per connection, built once per runtime (connection pools, no data)."""
-    clients = _clients.get(runtime)
-    if clients is None:
-        clients = {name: build_probe_client(s, counter=runtime.counter) for name, s in runtime.settings.items()}
-        _clients[runtime] = clients
-    return clients
+def probe_stores(runtime) -> Stores:
+    """Stores over short-timeout clients, built once per runtime (connection pools, no data)."""
+    stores = _stores.get(runtime)
+    if stores is None:
+        stores = Stores({name: build_probe_client(s, counter=runtime.counter) for name, s in runtime.settings.items()})
+        _stores[runtime] = stores
+    return stores
 
 
 @dataclass(frozen=True)
@@ -62,17 +49,17 @@ class LocationProbe:
     """Bounded reads of one location's `_delta_log` for one resolution.
 
     Args:
-        service: a short-timeout client for the location's account.
+        store: the location's table over a short-timeout client (`probe_stores(runtime).table(location)`).
         location: the location.
 
     Raises (every method):
-        ReplicaUnreachable: the account did not answer or refused us.
+        ReplicaUnreachable: the account did not answer or refused us (the refusal's AccessDenied,
+            with its hint, is the cause: classified once, in shared.storage.errors).
     """
 
-    def __init__(self, service: BlobServiceClient, location: LocationConfig) -> None:
+    def __init__(self, store: TableStore, location: LocationConfig) -> None:
         self.location = location
-        self._container = service.get_container_client(location.container)
-        self._log = f"{location.path}/{LOG_DIR}/"
+        self._store = store
         self.requests = 0
         self._props: dict[int, CommitProps | None] = {}
         self._times: dict[int, int] = {}
@@ -81,33 +68,28 @@ class LocationProbe:
         self.requests += 1
         try:
             return fn()
-        except ResourceNotFoundError:
+        except FileNotFoundError:
             return None
-        except (ServiceRequestError, ServiceResponseError) as err:
-            raise ReplicaUnreachable(f"{self.location.name}: storage did not answer while {what} "
-                                     f"({type(err).__name__})") from err
-        except HttpResponseError as err:
-            raise ReplicaUnreachable(f"{self.location.name}: storage failed while {what} "
-                                     f"(HTTP {err.status_code} {err.error_code})") from err
+        except AccessDenied as err:
+            # For a reader a location it may not read is one it cannot use now: skipped, like
+            # one that does not answer (the resolver tries the next).
+            raise ReplicaUnreachable(f"{self.location.name}: {err}") from err
 
     # -- single requests --------------------------------------------------------------
     def commit(self, version: int) -> CommitProps | None:
         """Size and Content-MD5 of commit `version` (one HEAD), or None when absent."""
         if version not in self._props:
-            blob = self._container.get_blob_client(self._log + commit_name(version))
-            props = self._call(f"reading commit {version}", blob.get_blob_properties)
-            self._props[version] = None if props is None else CommitProps(
-                props.size, bytes(props.content_settings.content_md5) if props.content_settings.content_md5 else None)
+            entry = self._call(f"reading commit {version}", lambda: self._store.log_entry(commit_name(version)))
+            self._props[version] = None if entry is None else CommitProps(entry.size, entry.content_md5)
         return self._props[version]
 
     def commit_bytes(self, version: int) -> bytes | None:
-        blob = self._container.get_blob_client(self._log + commit_name(version))
-        return self._call(f"reading commit {version}", lambda: blob.download_blob().readall())
+        return self._call(f"reading commit {version}", lambda: self._store.get_log_file(commit_name(version)))
 
     def last_checkpoint_version(self) -> int | None:
         """The version `_last_checkpoint` names (one small GET), or None."""
-        blob = self._container.get_blob_client(self._log + LAST_CHECKPOINT)
-        data = self._call("reading _last_checkpoint", lambda: blob.download_blob().readall())
+        found = self._call("reading _last_checkpoint", self._store.get_last_checkpoint)
+        data = found.data if found is not None else None
         try:
             return int(json.loads(data)["version"]) if data else None
         except (ValueError, KeyError, TypeError):
@@ -119,11 +101,8 @@ class LocationProbe:
         Version 0's commit, or the oldest checkpoint when the early log is gone (a replica
         seeded from a checkpoint, or a primary after log cleanup).
         """
-        def first_page():
-            pages = self._container.list_blobs(name_starts_with=self._log, results_per_page=_EARLIEST_PAGE).by_page()
-            return [b.name[len(self._log):] for b in next(pages, [])]
-
-        names = self._call("listing the oldest log entries", first_page) or []
+        entries = self._call("listing the oldest log entries", lambda: self._store.list_log(limit=_EARLIEST_PAGE))
+        names = [e.name for e in entries or []]
         commits, checkpoints = [], []
         for name in names:
             parsed = parse_log_name(name)
@@ -164,13 +143,9 @@ class LocationProbe:
 
     def _window_versions(self, window: int) -> tuple[set[int], set[int]]:
         """Commits and complete checkpoints among versions window*1000 .. window*1000+999 (one listing)."""
-        prefix = self._log + f"{window * _WINDOW:020d}"[:17]
-
-        def names():
-            return [LogEntry(b.name[len(self._log):], b.size or 0) for b in self._container.list_blobs(
-                name_starts_with=prefix)]
-
-        entries = self._call(f"listing versions {window * _WINDOW}..{window * _WINDOW + _WINDOW - 1}", names) or []
+        prefix = version_prefix(window * _WINDOW)[:17]
+        entries = self._call(f"listing versions {window * _WINDOW}..{window * _WINDOW + _WINDOW - 1}",
+                             lambda: self._store.list_log(prefix)) or []
         commits = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.COMMIT}
         return commits, set(complete_checkpoints(entries))
 
@@ -182,11 +157,8 @@ class LocationProbe:
         """
         if version in self._times:
             return self._times[version]
-        blob = self._container.get_blob_client(self._log + commit_name(version))
-
         def read(offset: int):
-            downloader = blob.download_blob(offset=offset, length=COMMIT_TIME_READ_BYTES)
-            return downloader.readall(), downloader.properties.size
+            return self._store.get_log_range(commit_name(version), offset, COMMIT_TIME_READ_BYTES)
 
         first = self._call(f"reading commit {version}", lambda: read(0))
         if first is None:

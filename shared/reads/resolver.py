@@ -18,10 +18,11 @@ from datetime import datetime, timezone
 from azure.core.exceptions import AzureError
 
 from shared.config.model import LocationConfig, TableConfig
+from shared.delta.compare import same_commit
 from shared.errors import NoReadableLocation, ReplicationError, ReplicaUnreachable
 from shared.health.status import StatusStore
-from shared.reads.locations import abfss_uri, deltalake_options, deltalake_uri
-from shared.reads.probe import LocationProbe, probe_clients
+from shared.storage.locations import abfss_uri, deltalake_options, deltalake_uri
+from shared.reads.probe import LocationProbe, probe_stores
 from shared.reads.routing import preference_list
 from shared.reads.timestamps import TimestampUnavailable, to_ms, version_at_timestamp
 from shared.reads.topology import reader_topology
@@ -173,14 +174,14 @@ class _Resolver:
         if self.known.stale:
             log.warning("read.topology_stale table=%s primary=%s epoch=%d reason=%s", table.name, self.primary.name,
                         self.known.topology.epoch, self.known.stale_reason, extra={"table": table.name})
-        self._clients = probe_clients(runtime)
+        self._stores = probe_stores(runtime)
         self._probes: dict[str, LocationProbe] = {}
         self._status = status
         self._rows = None
 
     def probe(self, loc: LocationConfig) -> LocationProbe:
         if loc.name not in self._probes:
-            self._probes[loc.name] = LocationProbe(self._clients[loc.connection], loc)
+            self._probes[loc.name] = LocationProbe(self._stores.table(loc), loc)
         return self._probes[loc.name]
 
     def answer(self, loc: LocationConfig, version, staleness, basis, primary_ok, tried) -> Resolution:
@@ -330,11 +331,8 @@ class _Resolver:
         mine, theirs = probe.commit(head), self.probe(self.primary).commit(head)
         if theirs is None:
             return  # the primary cleaned that commit up; nothing to compare against
-        if mine.size == theirs.size and mine.content_md5 and theirs.content_md5:
-            same = mine.content_md5 == theirs.content_md5
-        else:
-            same = mine.size == theirs.size and probe.commit_bytes(head) == self.probe(self.primary).commit_bytes(head)
-        if not same:
+        if not same_commit(mine, theirs, lambda: probe.commit_bytes(head),
+                           lambda: self.probe(self.primary).commit_bytes(head)):
             raise _Skip(SkipReason.DIVERGED, f"its commit {head} differs from the primary's")
 
     def measured_staleness(self, head: int | None, primary_head: int | None) -> float | None:

@@ -15,7 +15,7 @@ from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 
 from shared import failpoints
-from shared.delta.log import LogFileKind, commit_name, parse_log_name
+from shared.delta.log import LogFileKind, commit_name, crc_name, parse_log_name
 from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
 from shared.errors import CommitNotFound, DataFileMissing, ReplicationError
 from shared.replication.history import MissingHistory, missing_history, primary_bottom
@@ -148,7 +148,7 @@ class CatchUp(ReplicaSteps):
                     failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
                     head = commit.version
                     if head in crcs:
-                        self._copy_log_files(store, source, [f"{head:020d}.crc"], outcome)
+                        self._copy_log_files(store, source, [crc_name(head)], outcome)
                     if head in checkpoints:
                         self._copy_checkpoint(store, source, checkpoints[head], outcome)
                 current.commits.clear()  # this batch's commit bytes are no longer needed
@@ -185,7 +185,7 @@ class CatchUp(ReplicaSteps):
             except Exception as err:  # noqa: BLE001 - the others still settle first
                 error = error or unexpected(err, f"table {self.table.name} writing version {writes[future]}")
         # Log files of a version only once its commit exists (checkpoints also need the commit).
-        self._copy_log_files(store, source, [f"{v:020d}.crc" for v in sorted(written) if v in crcs], outcome)
+        self._copy_log_files(store, source, [crc_name(v) for v in sorted(written) if v in crcs], outcome)
         for v in sorted(written):
             if v in checkpoints:
                 self._copy_checkpoint(store, source, checkpoints[v], outcome)

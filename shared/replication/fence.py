@@ -11,7 +11,7 @@ another account), so a window remains: from the moment the table service answers
 moment the write lands (measured in README, Guarantees). A commit that slips through it lands in a
 replica above the promotion version: the next event from the new primary for that version finds a
 different commit there (`diverged`), the lag check measures it diverged or ahead, and rejoins it
-(automatically for a location that was never a primary; see shared/health/lag_check.py).
+(automatically for a location that was never a primary; see shared/app/lag_check.py).
 """
 
 from __future__ import annotations

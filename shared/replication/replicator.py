@@ -25,6 +25,7 @@ from typing import Callable
 
 from shared import failpoints
 from shared.config.model import TableConfig
+from shared.delta.compare import diverged, same_commit
 from shared.delta.head import find_head, find_source_head
 from shared.delta.log import (
     LogFileKind,
@@ -43,7 +44,7 @@ from shared.errors import (
     ReplicaDiverged,
     ReplicationError,
 )
-from shared.health import metrics
+from shared.telemetry import metrics
 from shared.replication.catch_up import CatchUp
 from shared.replication.fence import WriteFence
 from shared.replication.outcome import (
@@ -342,14 +343,9 @@ class TableReplicator(CatchUp):
             data = source.commit_bytes(version)
         except CommitNotFound:
             return  # the primary cleaned up this commit; nothing left to compare with
-        if mine.size == len(data) and mine.content_md5 == hashlib.md5(data).digest():  # noqa: S324 - content check
-            return
-        if mine.size != len(data) or store.get_log_file(commit_name(version)) != data:
-            raise ReplicaDiverged(
-                f"replica {name} of table {self.table.name} has version {version} with different content "
-                "from the primary's; the replica has diverged. Inspect both commits and restore the "
-                "replica from a snapshot. It will not be overwritten."
-            )
+        theirs = LogEntry(mine.name, len(data), content_md5=hashlib.md5(data).digest())  # noqa: S324 - content check
+        if not same_commit(mine, theirs, lambda: store.get_log_file(commit_name(version)), lambda: data):
+            raise diverged(name, self.table.name, version)
 
     def check_head_matches(self, name: str, store: TableStore, source: SourceLog, head: int, target: int,
                            entries: list[LogEntry], *, by_listing: bool = True) -> None:
@@ -367,12 +363,5 @@ class TableReplicator(CatchUp):
             theirs = source.commit_entry(head)
         if theirs is None:
             return  # the primary cleaned up this commit; nothing left to compare with
-        same = mine.size == theirs.size
-        if same and not (mine.content_md5 and theirs.content_md5 and mine.content_md5 == theirs.content_md5):
-            same = store.get_log_file(mine.name) == source.commit_bytes(head)
-        if not same:
-            raise ReplicaDiverged(
-                f"replica {name} of table {self.table.name} has version {head} with different content "
-                "from the primary's; the replica has diverged. Inspect both commits and restore the "
-                "replica from a snapshot. It will not be overwritten."
-            )
+        if not same_commit(mine, theirs, lambda: store.get_log_file(mine.name), lambda: source.commit_bytes(head)):
+            raise diverged(name, self.table.name, head)

@@ -15,15 +15,17 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from shared import failpoints
 from shared.config.model import TableConfig
+from shared.delta.compare import diverged
 from shared.delta.log import (
     LogFileKind,
     ReferencedFile,
     commit_name,
+    crc_name,
     parse_log_name,
     version_prefix,
 )
 from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
-from shared.errors import CommitNotFound, ReplicaDiverged, ReplicationError
+from shared.errors import CommitNotFound, ReplicationError
 from shared.replication.fence import WriteFence
 from shared.replication.outcome import ReplicaOutcome, is_vacuum_end, unexpected
 from shared.storage.table_store import TableStore
@@ -114,7 +116,7 @@ class ReplicaSteps:
 
     def _copy_crc(self, store: TableStore, source: SourceLog, version: int, outcome: ReplicaOutcome) -> None:
         """A `.crc` event for a version the replica already has: copy the file if the primary has it."""
-        name = f"{version:020d}.crc"
+        name = crc_name(version)
         if source.store.log_entry(name) is not None:
             self._copy_log_files(store, source, [name], outcome)
 
@@ -134,13 +136,8 @@ class ReplicaSteps:
             outcome.lease.check()
         self._check_fence(name, source, f"commit {version}")
         if not store.create_log_file(commit_name(version), data):
-            existing = store.get_log_file(commit_name(version))
-            if existing != data:
-                raise ReplicaDiverged(
-                    f"replica {name} of table {self.table.name} already has version {version} with "
-                    "different content; the replica has diverged. Inspect both commits and restore "
-                    "the replica from a snapshot. It will not be overwritten."
-                )
+            if store.get_log_file(commit_name(version)) != data:
+                raise diverged(name, self.table.name, version)
             return False
         if is_vacuum_end(commit):
             outcome.vacuum_versions.append(version)

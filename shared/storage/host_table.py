@@ -7,10 +7,16 @@ is what they share: the client and creating the table once.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableServiceClient
+
+from shared.storage.errors import TABLE_ROLE, storage_errors
+
+#: The setting naming the function app's storage (default AzureWebJobsStorage), for messages.
+HOST_CONNECTION = "STATUS_CONNECTION"
 
 
 class HostTable:
@@ -30,6 +36,16 @@ class HostTable:
     @property
     def table_name(self) -> str:
         return self._table.table_name
+
+    @contextlib.contextmanager
+    def _errors(self, what: str):
+        """SDK failures of the block as the project's errors (shared.storage.errors: no answer or
+        5xx/429 is a retryable ReplicaUnreachable, 401/403 AccessDenied); absent, exists and
+        changed (404/409/412) stay the caller's decisions."""
+        with storage_errors(connection=HOST_CONNECTION, subject=f"the {self.table_name} table in the function "
+                            "app's storage", what=what, role=TABLE_ROLE,
+                            passthrough=(ResourceNotFoundError, ResourceExistsError, ResourceModifiedError)):
+            yield
 
     def _ensure_table(self) -> None:
         """Create the table if this process has not seen it yet (idempotent)."""

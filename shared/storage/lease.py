@@ -47,7 +47,7 @@ LEASE_WAIT_SECONDS = 60
 # A holder stops writing this long before its lease could expire unrenewed: a write sent at the
 # last instant must not land after another holder acquired it.
 EXPIRY_MARGIN_SECONDS = 3
-LEASE_RENEW = "lease.renew"  # failpoint: a renewal is about to be sent (tests make it fail)
+from shared.failpoints import LEASE_RENEW  # noqa: E402,F401 - named with the others
 
 
 def location_lease_name(account: str, container: str, path: str) -> str:

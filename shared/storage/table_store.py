@@ -1,14 +1,22 @@
-"""TableStore: the only storage surface replication logic sees.
+"""The storage boundary: every operation any caller performs on a table location, declared once.
 
-A few Delta-shaped operations on one table location (a source or a replica). Names in
-`_delta_log` are relative to `_delta_log/`; file paths are relative to the table root.
+`TableStore` is what replication, reads and consolidation use (Delta-shaped operations on one
+location); `MaintenanceStore` adds what maintenance and failover need on whole folders (retention,
+snapshots, quarantines, markers). Names in `_delta_log` are relative to `_delta_log/`; file paths
+are relative to the store's root. Every implementation passes `tests/test_store_conformance.py`;
+stores are built only by `shared.storage.factory.Stores`, and storage SDK failures become the
+project's errors in `shared.storage.errors` alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Iterator, Protocol
+
+
+LOG_DIR = "_delta_log"  # the Delta log's folder under a table root
+LAST_CHECKPOINT = "_last_checkpoint"  # the log's pointer to its newest checkpoint
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,9 @@ class TableStore(Protocol):
     #: Human-readable location without secrets, e.g. "westeu:lake/delta/sales".
     description: str
 
-    def list_log(self, prefix: str = "") -> list[LogEntry]:
-        """Entries of `_delta_log/` whose names start with `prefix`, in name order; empty when none."""
+    def list_log(self, prefix: str = "", *, limit: int | None = None) -> list[LogEntry]:
+        """Entries of `_delta_log/` whose names start with `prefix`, in name order; empty when none.
+        `limit`: only the first that many (one request)."""
 
     def log_entry(self, name: str) -> LogEntry | None:
         """Properties of one `_delta_log` blob, or None when absent."""
@@ -46,6 +55,9 @@ class TableStore(Protocol):
 
     def get_log_file(self, name: str) -> bytes:
         """Bytes of `_delta_log/<name>`. Raises FileNotFoundError when absent."""
+
+    def get_log_range(self, name: str, offset: int, length: int) -> tuple[bytes, int] | None:
+        """(up to `length` bytes of `_delta_log/<name>` from `offset`, the file's size), or None when absent."""
 
     def create_log_file(self, name: str, data: bytes) -> bool:
         """Create `_delta_log/<name>` only if absent: True if created, False if it existed."""
@@ -91,3 +103,45 @@ class TableStore(Protocol):
         Never overwrites a complete file. Raises DataFileMissing if the source lacks it and
         ReplicaDiverged if this store holds a different-sized file at `path`.
         """
+
+    def signed_read_url(self, path: str, *, size: int | None = None) -> str | None:
+        """A URL another account can copy `path` from: read-only, this one file, short-lived (long
+        enough for `size` bytes). Carries a credential: never log it. None when none can be derived."""
+
+
+class MaintenanceStore(TableStore, Protocol):
+    """What maintenance (retention, snapshots) and failover (quarantines, markers) add."""
+
+    #: The store's folder inside its container, and the container.
+    root: str
+    container: str
+
+    def list_files(self, prefix: str = "") -> list[LogEntry]:
+        """Every file under the root (paths relative to it) starting with `prefix`, in name order."""
+
+    def first_file(self, prefix: str = "") -> LogEntry | None:
+        """The first file under the root starting with `prefix` (one request), or None."""
+
+    def list_subfolders(self) -> list[str]:
+        """Names of the folders directly under the root."""
+
+    def child(self, folder: str, *, label: str | None = None) -> "MaintenanceStore":
+        """A store rooted at `<root>/<folder>` in the same container."""
+
+    def iter_file(self, path: str) -> Iterator[bytes]:
+        """The bytes of `path`, chunk by chunk. Raises DataFileMissing when absent."""
+
+    def digest(self, path: str) -> tuple[int, str]:
+        """(size, MD5 hex) of `path`, streamed. Raises DataFileMissing when absent."""
+
+    def put_file(self, path: str, data: bytes, *, overwrite: bool = False) -> bool:
+        """Write `path` (manifests, markers); False when it exists and `overwrite` is False."""
+
+    def delete_files(self, paths: list[str]) -> int:
+        """Delete files (only retention, snapshots and rejoin call this); how many existed."""
+
+    def delete_last_checkpoint(self, etag: str) -> bool:
+        """Delete `_delta_log/_last_checkpoint` only if still `etag`; False when gone or changed."""
+
+    def ensure_container(self) -> None:
+        """Create the container if it does not exist."""

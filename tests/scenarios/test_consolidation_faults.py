@@ -15,7 +15,7 @@ from shared import failpoints
 from shared.config.parse import parse_config
 from shared.consolidation.merge import TargetTable
 from shared.consolidation.run import run_consolidation
-from shared.reads.locations import deltalake_options, deltalake_uri
+from shared.storage.locations import deltalake_options, deltalake_uri
 from shared.runtime import ReplicationRuntime
 from shared.storage.lease import LOCKS_CONTAINER
 from tests.support.alert_sink import AlertSink

@@ -7,7 +7,7 @@ import threading
 from urllib.parse import parse_qs, unquote, urlparse
 
 from shared.config.parse import parse_config
-from shared.replication.commit_events import handle_storage_event
+from shared.app.commit_event import handle_storage_event
 from shared.runtime import ReplicationRuntime
 from tests.support.lake import batch, build_rich_table
 

@@ -11,7 +11,7 @@ import pytest
 from deltalake import write_deltalake
 
 from shared.config.parse import parse_config
-from shared.replication.commit_events import handle_storage_event
+from shared.app.commit_event import handle_storage_event
 from shared.runtime import ReplicationRuntime
 from shared.storage.clients import RequestCounter
 from tests.support.lake import Lake, batch, rows

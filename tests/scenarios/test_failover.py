@@ -24,7 +24,7 @@ from shared.failover.rejoin import (
     rejoin,
 )
 from shared.maintenance.retention import apply_retention
-from shared.replication.commit_events import EventDisposition
+from shared.app.commit_event import EventDisposition
 from tests.scenarios.test_crash_injection import REPO
 from tests.support.failover import (
     LineageReader,

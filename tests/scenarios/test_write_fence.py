@@ -13,9 +13,9 @@ from shared import failpoints
 from shared.errors import WriteFenced
 from shared.failover.promote import promote
 from shared.health.lag import ReplicaHealth
-from shared.health.lag_check import check_replication
+from shared.app.lag_check import check_replication
 from shared.health.status import StatusStore
-from shared.replication.commit_events import EventDisposition
+from shared.app.commit_event import EventDisposition
 from shared.replication.outcome import ReplicaState
 from tests.support.failover import deliver_new, events_of, failover_lake, write_to
 from tests.support.lake import batch

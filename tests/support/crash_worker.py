@@ -12,7 +12,7 @@ import sys
 
 from shared import failpoints
 from shared.config.parse import parse_config
-from shared.replication.commit_events import handle_storage_event
+from shared.app.commit_event import handle_storage_event
 from shared.runtime import ReplicationRuntime
 
 

@@ -25,11 +25,11 @@ from devtools.events import blob_created_event
 from shared.failover.promote import promote
 from shared.failover.rejoin import rejoin
 from shared.failover.replay import list_quarantine, replay
-from shared.health.lag_check import check_replication
+from shared.app.lag_check import check_replication
 from shared.maintenance.retention import apply_retention
 from shared.maintenance.snapshots import maintain_table_snapshots
 from shared.reads.resolver import Purpose, resolve_location
-from shared.replication.commit_events import handle_storage_event
+from shared.app.commit_event import handle_storage_event
 from tests.support.checker_properties import Observer, check_read, commit_version, final_checks
 from tests.support.checker_program import program
 from tests.support.checker_world import LOCATIONS, Origin, Proxies, World, ids_table

@@ -13,7 +13,7 @@ from deltalake import DeltaTable, write_deltalake
 from devtools.azurite import AzuriteProcess
 from devtools.events import log_blob_events
 from shared.config.parse import parse_config
-from shared.replication.commit_events import EventResult, handle_storage_event
+from shared.app.commit_event import EventResult, handle_storage_event
 from shared.runtime import ReplicationRuntime
 
 TABLE_PATH = "delta/sales"

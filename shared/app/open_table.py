@@ -1,7 +1,7 @@
 """The public read API: `open_table` loads a table from the nearest location that qualifies.
 
 Example:
-    >>> from shared.reads.open_table import open_table
+    >>> from shared.app.open_table import open_table
     >>> dt = open_table("sales", region="westeu", max_staleness_seconds=300)
     >>> dt.to_pyarrow_table()
 """

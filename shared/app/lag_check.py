@@ -8,8 +8,8 @@ from datetime import datetime
 from shared.cost.transfer import record_replicated_bytes
 from shared.errors import ReplicationError
 from shared.failover.fence import fence_deposed
-from shared.health import metrics
-from shared.health.alerts import AlertPublisher, alert_state, transition_event
+from shared.telemetry import metrics
+from shared.health.alerts import AlertPublisher, alert_state, settle_alert, transition_event
 from shared.health.lag import ReplicaHealth, ReplicaLag, measure_table
 from shared.health.status import ALERT_OK, StatusStore
 from shared.maintenance.retention import purge_after_vacuum
@@ -54,12 +54,9 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
             state = alert_state(lag, table.lag_threshold_seconds)
             event_type = transition_event(before, state)
             if event_type is not None and alerts is not None:
-                try:
-                    alerts.publish(event_type, lag, table.lag_threshold_seconds)
-                except Exception as err:  # noqa: BLE001 - any failure: keep the old state, retry next run
-                    log.warning("alert.failed type=%s table=%s replica=%s error=%s", event_type, lag.table,
-                                lag.replica, type(err).__name__)
-                    state = before
+                state = settle_alert(before, state,
+                                     lambda: alerts.publish(event_type, lag, table.lag_threshold_seconds),
+                                     describe=f"type={event_type} table={lag.table} replica={lag.replica}")
             status.put_row(lag, alert_state=state, previous=previous.get(lag.replica))
             metrics.record_lag(lag)
             level = logging.INFO if lag.status.value in ("healthy", "lagging") else logging.WARNING

@@ -1,0 +1,1 @@
+"""The jobs the faces run (functions, CLI, Python readers): each over the runtime, above every capability."""
