@@ -364,3 +364,20 @@ def test_write_purpose_is_the_primary_even_for_a_reader_elsewhere(lake):
     lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
     found = resolve_location(lake.runtime, lake.runtime.config.tables[0], region="westeu", purpose=Purpose.WRITE)
     assert (found.location, found.version, found.deltalake_uri) == ("primary", 0, lake.uri())
+
+
+def test_the_time_of_a_commit_larger_than_one_read_is_found_at_its_end(lake):
+    """A commit over 64 KiB whose commitInfo comes last (a writer that puts it there): the first
+    ranged read has no time, so the probe reads the commit's tail. The file's size comes from the
+    ranged answer's Content-Range (a ranged GET's own size is the range's)."""
+    lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+    adds = [json.dumps({"add": {"path": f"region=x/part-{i:05d}.parquet", "size": 1, "modificationTime": 1,
+                                "dataChange": True, "partitionValues": {"region": "x"}}}) for i in range(900)]
+    body = "\n".join(adds + [json.dumps({"commitInfo": {"timestamp": 1767225600123, "operation": "WRITE"}})]) + "\n"
+    assert len(body) > 64 * 1024
+    lake.clients["eastus"].get_blob_client(lake.container, f"{lake.table_path}/_delta_log/{1:020d}.json") \
+        .upload_blob(body.encode())
+    table = lake.runtime.config.tables[0]
+    probe = LocationProbe(probe_stores(lake.runtime).table(table.source), table.source)
+    assert probe.commit_time(1) == 1767225600123
+    assert probe.requests == 2  # the head of the commit, then its tail

@@ -103,7 +103,7 @@ class BlobCopier:
                     result = dst.start_copy_from_url(url, match_condition=MatchConditions.IfMissing)
                 except ResourceNotFoundError as err:
                     if err.error_code == "ContainerNotFound":
-                        self._store._ensure_container()
+                        self._store.ensure_container()
                         result = dst.start_copy_from_url(url, match_condition=MatchConditions.IfMissing)
                     else:
                         raise
@@ -180,10 +180,10 @@ class BlobCopier:
                     try:
                         dst.upload_blob(data, overwrite=False)
                     except ResourceNotFoundError:
-                        self._store._ensure_container()
+                        self._store.ensure_container()
                         dst.upload_blob(data, overwrite=False)
                 else:
-                    self._store._ensure_container()
+                    self._store.ensure_container()
                     blocks = []
                     for index, chunk in enumerate(downloader.chunks()):
                         block_id = base64.b64encode(f"{index:08d}".encode()).decode()

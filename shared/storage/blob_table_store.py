@@ -111,9 +111,12 @@ class BlobTableStore:
         with self._storage(f"reading _delta_log/{name}"):
             try:
                 downloader = blob.download_blob(offset=offset, length=length)
-                return downloader.readall(), downloader.properties.size
+                data = downloader.readall()
             except ResourceNotFoundError:
                 return None
+        # A ranged GET's own size is the range's; the file's is after the "/" of Content-Range.
+        whole = downloader.properties.content_range
+        return data, int(whole.rsplit("/", 1)[1]) if whole and "/" in whole else downloader.properties.size
 
     def create_log_file(self, name: str, data: bytes) -> bool:
         blob = self._container.get_blob_client(self._log_blob(name))
@@ -144,7 +147,11 @@ class BlobTableStore:
         with self._storage("writing _last_checkpoint"):
             try:
                 if replace_etag is None:
-                    blob.upload_blob(data, overwrite=False)
+                    try:
+                        blob.upload_blob(data, overwrite=False)
+                    except ResourceNotFoundError:
+                        self.ensure_container()
+                        blob.upload_blob(data, overwrite=False)
                 else:
                     # The one overwrite replication does: only moving _last_checkpoint forward,
                     # and only if nobody changed it since we read it.

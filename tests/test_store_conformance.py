@@ -1,0 +1,152 @@
+"""Every implementation of the storage boundary behaves the same (shared/storage/table_store.py).
+
+Like litestream's replica-client tests: one suite, exact outcomes, run against each implementation
+on Azurite. Today there is one (`BlobTableStore`); the next (object_store) joins `IMPLEMENTATIONS`.
+A store is always built by `shared.storage.factory.Stores`, as the app builds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import uuid
+from types import SimpleNamespace
+from urllib.request import urlopen
+
+import pytest
+
+from shared.config.settings import resolve_connection
+from shared.errors import DataFileMissing, ReplicaDiverged
+from shared.storage import table_store
+from shared.storage.clients import build_blob_service_client
+from shared.storage.factory import Stores
+from shared.storage.signing import sas_permissions
+
+IMPLEMENTATIONS = ["blob"]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def stores(request, azurite):
+    """(this table's store, another location's store of the same table, a factory) in a fresh container."""
+    environ = {f"{a.upper()}_STORAGE": azurite.connection_string(a) for a in ("eastus", "westeu")}
+    settings = {name: resolve_connection(name, environ) for name in environ}
+    clients = {name: build_blob_service_client(s) for name, s in settings.items()}
+    container = f"conf-{uuid.uuid4().hex[:12]}"
+    factory = Stores(clients)
+    here = SimpleNamespace(name="here", connection="EASTUS_STORAGE", container=container, path="delta/t")
+    there = SimpleNamespace(name="there", connection="WESTEU_STORAGE", container=container, path="delta/t")
+    yield factory.table(here), factory.table(there), factory, here
+    for client in clients.values():
+        try:
+            client.delete_container(container)
+        except Exception:  # noqa: BLE001 - never created by some tests
+            pass
+        client.close()
+
+
+def test_the_implementation_has_every_operation_the_protocols_declare(stores):
+    store = stores[0]
+    declared = {name for proto in (table_store.TableStore, table_store.MaintenanceStore)
+                for name, _ in inspect.getmembers(proto) if not name.startswith("_")}
+    declared |= set(table_store.TableStore.__annotations__) | set(table_store.MaintenanceStore.__annotations__)
+    missing = sorted(n for n in declared if not hasattr(store, n))
+    assert missing == []
+
+
+def test_log_files_are_created_once_and_listed_in_name_order(stores):
+    store = stores[0]
+    assert store.list_log() == [] and store.log_exists() is False and store.log_entry("x.json") is None
+    assert store.create_log_file("00000000000000000001.json", b"one\n") is True
+    assert store.create_log_file("00000000000000000000.json", b"zero\n") is True
+    assert store.create_log_file("00000000000000000001.json", b"other\n") is False
+    assert store.get_log_file("00000000000000000001.json") == b"one\n"  # never overwritten
+    assert [e.name for e in store.list_log()] == ["00000000000000000000.json", "00000000000000000001.json"]
+    assert [e.name for e in store.list_log(limit=1)] == ["00000000000000000000.json"]
+    assert [e.name for e in store.list_log("00000000000000000001")] == ["00000000000000000001.json"]
+    entry = store.log_entry("00000000000000000001.json")
+    assert (entry.size, entry.content_md5) == (4, hashlib.md5(b"one\n").digest())
+    assert store.log_exists() is True
+    assert store.get_log_range("00000000000000000001.json", 1, 2) == (b"ne", 4)
+    assert store.get_log_range("00000000000000000009.json", 0, 2) is None
+    with pytest.raises(FileNotFoundError):
+        store.get_log_file("00000000000000000009.json")
+    sink = io.BytesIO()
+    assert store.read_log_file_into("00000000000000000000.json", sink) == 5 and sink.getvalue() == b"zero\n"
+
+
+def test_last_checkpoint_moves_only_from_what_was_read(stores):
+    store = stores[0]
+    assert store.get_last_checkpoint() is None
+    assert store.put_last_checkpoint(b'{"version":1}', replace_etag=None) is True
+    assert store.put_last_checkpoint(b'{"version":9}', replace_etag=None) is False
+    first = store.get_last_checkpoint()
+    assert first.data == b'{"version":1}'
+    assert store.put_last_checkpoint(b'{"version":2}', replace_etag=first.etag) is True
+    assert store.put_last_checkpoint(b'{"version":3}', replace_etag=first.etag) is False  # changed since read
+    second = store.get_last_checkpoint()
+    assert second.data == b'{"version":2}'
+    assert store.delete_last_checkpoint(first.etag) is False  # not the one read
+    assert store.get_last_checkpoint().data == b'{"version":2}'
+    assert store.delete_last_checkpoint(second.etag) is True and store.get_last_checkpoint() is None
+
+
+def test_files_put_read_digest_list_and_delete(stores):
+    store = stores[0]
+    assert store.file_size("a/x.parquet") is None and store.first_file() is None
+    assert store.put_file("a/x.parquet", b"xyz") is True
+    assert store.put_file("a/x.parquet", b"other") is False and store.get_file("a/x.parquet") == b"xyz"
+    assert store.put_file("a/x.parquet", b"other!", overwrite=True) is True
+    assert store.put_file("b/y.parquet", b"y") is True
+    assert (store.file_size("a/x.parquet"), store.get_file("a/x.parquet")) == (6, b"other!")
+    assert b"".join(store.iter_file("a/x.parquet")) == b"other!"
+    assert store.digest("a/x.parquet") == (6, hashlib.md5(b"other!").hexdigest())
+    with pytest.raises(DataFileMissing):
+        store.digest("a/missing.parquet")
+    with pytest.raises(FileNotFoundError):
+        store.get_file("a/missing.parquet")
+    assert [f.name for f in store.list_files()] == ["a/x.parquet", "b/y.parquet"]
+    assert [f.name for f in store.list_files("b/")] == ["b/y.parquet"]
+    assert store.first_file().name == "a/x.parquet" and store.first_file("b").name == "b/y.parquet"
+    assert store.list_subfolders() == ["a", "b"]
+    child = store.child("a")
+    assert (child.root, [f.name for f in child.list_files()]) == ("delta/t/a", ["x.parquet"])
+    assert store.delete_files(["a/x.parquet", "a/never.parquet"]) == 1
+    assert [f.name for f in store.list_files()] == ["b/y.parquet"]
+
+
+def test_copies_never_overwrite_and_refuse_a_different_file(stores):
+    here, there, _, _ = stores
+    here.put_file("p/data.parquet", b"0123456789")
+    here.create_log_file("00000000000000000000.checkpoint.parquet", b"checkpoint")
+    assert there.copy_file_from(here, "p/data.parquet", expected_size=10) == 10
+    assert there.copy_file_from(here, "p/data.parquet", expected_size=10) == 0  # present: nothing copied
+    assert there.get_file("p/data.parquet") == b"0123456789"
+    assert there.copy_log_file_from(here, "00000000000000000000.checkpoint.parquet") == 10
+    assert there.get_log_file("00000000000000000000.checkpoint.parquet") == b"checkpoint"
+    there.put_file("p/other.parquet", b"short")
+    here.put_file("p/other.parquet", b"much longer")
+    with pytest.raises(ReplicaDiverged):
+        there.copy_file_from(here, "p/other.parquet", expected_size=11)
+    assert there.get_file("p/other.parquet") == b"short"
+    with pytest.raises(DataFileMissing):
+        there.copy_file_from(here, "p/missing.parquet", expected_size=3)
+
+
+def test_a_copy_source_url_reads_one_file_only(stores):
+    here = stores[0]
+    here.put_file("p/data.parquet", b"secret rows")
+    url = here.signed_read_url("p/data.parquet", size=11)
+    assert sas_permissions(url) == ("r", "b")  # read-only, one blob
+    with urlopen(url) as response:  # noqa: S310 - loopback Azurite
+        assert response.read() == b"secret rows"
+
+
+def test_folders_of_a_location_and_the_container(stores):
+    _, _, factory, here = stores
+    quarantine = factory.folder(here, "_quarantine/delta/t/epoch-1", label="here-quarantine")
+    quarantine.ensure_container()
+    quarantine.ensure_container()  # idempotent
+    assert quarantine.put_file("quarantine.json", b"{}") is True
+    assert factory.folder(here, "_quarantine/delta/t", label="q").list_subfolders() == ["epoch-1"]
+    assert factory.table(here).list_files() == []  # another folder: nothing under the table root
