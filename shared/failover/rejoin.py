@@ -45,7 +45,7 @@ from shared.delta.log import (
 from shared.errors import RejoinRefused, ReplicationError
 from shared.failover.fence import fence_location, is_fence
 from shared.failover.lineage import plan_quarantine
-from shared.storage.table_store import TableStore
+from shared.storage.table_store import MaintenanceStore
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def quarantine_root(location, epoch: int, slot: int = 1) -> str:
     return base if slot == 1 else f"{base}-rejoin-{slot}"
 
 
-def quarantine_store(runtime, location, epoch: int, slot: int = 1) -> TableStore:
+def quarantine_store(runtime, location, epoch: int, slot: int = 1) -> MaintenanceStore:
     """The quarantine of `location` at `epoch` (its `slot`-th), laid out like a table (data files and `_delta_log/`)."""
     return runtime.stores.folder(location, quarantine_root(location, epoch, slot), label=f"{location.name}-quarantine")
 
@@ -110,7 +110,7 @@ def quarantine_slots(runtime, location, epoch: int) -> list[int]:
     return sorted(slots)
 
 
-def _choose_slot(runtime, loc, old: TableStore, epoch: int, versions: list[int]) -> tuple[int, dict | None]:
+def _choose_slot(runtime, loc, old: MaintenanceStore, epoch: int, versions: list[int]) -> tuple[int, dict | None]:
     """Where this rejoin quarantines, and that place's manifest (None: a new place, or a run that
     crashed before writing it). The newest quarantine of the epoch is reused when none of its
     verified commits differs from the location's commit at that version (a rerun after a crash,
@@ -130,7 +130,7 @@ def _choose_slot(runtime, loc, old: TableStore, epoch: int, versions: list[int])
     return last, manifest
 
 
-def read_manifest(store: TableStore) -> dict | None:
+def read_manifest(store: MaintenanceStore) -> dict | None:
     try:
         return json.loads(store.get_file(MANIFEST))
     except FileNotFoundError:
@@ -229,7 +229,7 @@ def _log_files(entries, versions: set[int]) -> list[str]:
             and lf.kind != LogFileKind.LAST_CHECKPOINT]
 
 
-def _data_files(table, old: TableStore, versions: list[int]) -> tuple[dict, list[int]]:
+def _data_files(table, old: MaintenanceStore, versions: list[int]) -> tuple[dict, list[int]]:
     """The files the commits of `versions` reference, and which of those versions are fences."""
     root = TableRoot(old.account_name, old.container, old.root)
     files, fences = {}, []
@@ -284,7 +284,7 @@ def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entr
     return doc
 
 
-def _repair_last_checkpoint(old: TableStore, keep_head: int) -> None:
+def _repair_last_checkpoint(old: MaintenanceStore, keep_head: int) -> None:
     """Delete `_last_checkpoint` if it names a version above `keep_head` (before any checkpoint it
     names is removed, so no reader is sent to a missing file). Catch-up writes the primary's."""
     current = old.get_last_checkpoint()
@@ -301,7 +301,7 @@ def _repair_last_checkpoint(old: TableStore, keep_head: int) -> None:
     log.info("rejoin.last_checkpoint_removed location=%s version=%d", old.label, version)
 
 
-def _remove(old: TableStore, entries, versions: list[int], check) -> int:
+def _remove(old: MaintenanceStore, entries, versions: list[int], check) -> int:
     """Remove the quarantined log files, highest version first; per version `.crc` and checkpoint
     files before the commit, so the location is a table at every instant."""
     removed = 0

@@ -29,7 +29,7 @@ from shared.errors import ReplicationError
 from shared.failover.fence import is_fence
 from shared.failover.rejoin import MANIFEST, QUARANTINE_DIR, QUARANTINE_NAME_RE
 from shared.storage.locations import deltalake_options, deltalake_uri
-from shared.storage.table_store import TableStore
+from shared.storage.table_store import MaintenanceStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def classify(location: str, epoch: int, version: int, actions: list[dict]) -> Qu
                              len(removes), blind, actions, fence=is_fence(actions))
 
 
-def _manifests(runtime, table) -> list[tuple[object, dict, TableStore]]:
+def _manifests(runtime, table) -> list[tuple[object, dict, MaintenanceStore]]:
     """(location, manifest, quarantine store) of every quarantine of the table (every rejoin's
     place, `epoch-<E>` and `epoch-<E>-rejoin-<N>`), in every reachable location."""
     found = []
