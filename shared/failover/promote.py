@@ -21,10 +21,10 @@ from typing import Callable
 
 from shared import failpoints
 from shared.delta.head import find_latest_version, find_source_head
-from shared.delta.log import version_prefix
+from shared.delta.log import LOG_DIR, commit_name, parse_commit, version_prefix
 from shared.delta.source_log import SourceLog
 from shared.errors import PromotionRefused, ReplicationError, ReplicaUnreachable
-from shared.failover.fence import fence_location
+from shared.failover.fence import fence_location, is_fence
 from shared.failover.markers import PromotionMarkers
 from shared.failover.topology import Topology
 
@@ -44,11 +44,12 @@ class PromoteResult:
     old_primary_ahead: int | str
     waited_seconds: float
     fence_version: int | None = None  # where the old primary's fence sits; None: not fenced (yet)
+    lifted_fence: int | None = None  # the new primary's own fence (it was deposed), removed first
 
     def as_json(self) -> dict:
         return {**self.topology.as_json(), "forced": self.forced, "oldPrimaryHead": self.old_primary_head,
                 "oldPrimaryVersionsBeyondPromotion": self.old_primary_ahead, "fenceVersion": self.fence_version,
-                "waitedSeconds": round(self.waited_seconds, 3)}
+                "liftedFenceVersion": self.lifted_fence, "waitedSeconds": round(self.waited_seconds, 3)}
 
 
 def _check_target(runtime, table_name: str, to: str) -> tuple[object, Topology]:
@@ -95,7 +96,12 @@ def promote(runtime, table_name: str, to: str, *, force: bool = False, timeout: 
     target = replicator.replicas[to]
     started = time.monotonic()
     old_head: int | None = None
+    lifted = None
     if force:
+        # A deposed primary promoted back (the only one left answering) carries its own fence on
+        # top: as the primary it must take writes, so the fence goes first and the flip is at the
+        # version below it (what it holds below the fence, outage commits included, is its lineage).
+        lifted = lift_fence(target, location=to)
         head = find_latest_version(target)
         try:
             old_head = find_source_head(SourceLog(table, replicator.source_store, replicator.root))
@@ -136,7 +142,26 @@ def promote(runtime, table_name: str, to: str, *, force: bool = False, timeout: 
     log.warning("promote.done table=%s primary=%s previous=%s epoch=%d version=%d forced=%s old_primary_ahead=%s "
                 "fence_version=%s", table_name, to, topology.primary, flipped.epoch, head, force, ahead, fence_version,
                 extra={"table": table_name, "primary": to, "epoch": flipped.epoch})
-    return PromoteResult(flipped, force, head, old_head, ahead, time.monotonic() - started, fence_version)
+    return PromoteResult(flipped, force, head, old_head, ahead, time.monotonic() - started, fence_version, lifted)
+
+
+def lift_fence(store, *, location: str) -> int | None:
+    """Remove the fence from the top of `store`'s log, if its head is one; returns its version.
+
+    Only a forced promote calls this, right before its flip. Should the flip then lose to another
+    promote, the location is a deposed primary without its fence until the next lag check fences
+    it again (`fence_deposed`); nothing is lost either way (the fence holds no rows).
+    """
+    head = find_latest_version(store)
+    if head is None:
+        return None
+    actions = parse_commit(store.get_log_file(commit_name(head)), where=f"{store.description} version {head}")
+    if not is_fence(actions):
+        return None
+    store.delete_files([f"{LOG_DIR}/{commit_name(head)}"])
+    log.warning("promote.fence_lifted location=%s version=%d", location, head,
+                extra={"location": location, "version": head})
+    return head
 
 
 def _wait_for_head(runtime, table_name, topology, replicator, to, timeout, progress) -> tuple[int, int]:

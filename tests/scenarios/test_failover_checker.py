@@ -159,6 +159,16 @@ PINNED = [
         # v2; eastus commits its own v2; eastus is partitioned from the app; a reader with no bound was routed
         # to westeu at 'version 2', whose rows are v1's (property e). Fixed: while the primary does not answer,
         # a deposed location not seen following since serves only up to the version it was deposed at.
+    pytest.param(
+        10513, [("write", "w1", 2), ("deliver", 0.0, False), ("write", "w2", 2), ("promote", True, "seasia"),
+                ("drop", 0.228), ("cut", "seasia"), ("resolve", "w2"), ("write", "w2", 2),
+                ("promote", True, "eastus"), ("write", "w2", 1)], False,
+        {"forced_promotes": 2, "acked_stale_writes": 1},
+        id="seed10513-promoted-back-onto-its-own-fence"),
+        # Found by the 1,000-seed run: eastus, deposed at epoch 1 with an outage commit and the fence on top,
+        # was force-promoted back (seasia cut off) at the fence's version: the new primary was fenced, so
+        # every writer, and the final replay of seasia's quarantined writes, was refused (property a).
+        # Fixed: a forced promote lifts the target's own fence first and flips at the version below it.
 ]
 
 
