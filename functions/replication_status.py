@@ -17,7 +17,12 @@ def replication_status(req: func.HttpRequest) -> func.HttpResponse:
     if table is not None and table not in {t.name for t in runtime.config.tables}:
         body = {"error": f"table {table!r} is not configured", "tables": [t.name for t in runtime.config.tables]}
         return func.HttpResponse(json.dumps(body), status_code=404, mimetype="application/json")
-    rows = [row.as_json() for row in runtime.status_store().list_rows(table=table)]
-    consolidations = runtime.consolidation_status().list_rows() if runtime.config.consolidations else []
+    # Configured tables and consolidations only: the function app's storage may hold rows of a table
+    # no longer configured (or of another app sharing it), which this app neither heals nor alerts on.
+    tables = {t.name for t in runtime.config.tables}
+    rows = [row.as_json() for row in runtime.status_store().list_rows(table=table) if row.table in tables]
+    names = {c.name for c in runtime.config.consolidations}
+    consolidations = [row for row in runtime.consolidation_status().list_rows() if row.consolidation in names] \
+        if names else []
     body = {"replicas": rows, "consolidations": [row.as_json() for row in consolidations]}
     return func.HttpResponse(json.dumps(body), status_code=200, mimetype="application/json")

@@ -49,3 +49,25 @@ def test_status_for_an_unknown_table_is_404_naming_the_tables(app_settings):
     response = get_status({"table": "nope"})
     assert response.status_code == 404
     assert json.loads(response.get_body())["tables"] == ["sales"]
+
+
+def test_the_status_endpoint_reports_configured_tables_only(app_settings):
+    """A row of a table this app does not configure (removed from the configuration, or another
+    app's in shared storage) is not reported: the app neither heals nor alerts on it."""
+    from datetime import datetime, timezone
+
+    from shared.health.lag import ReplicaHealth, ReplicaLag
+
+    lake = app_settings
+    lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+    check_replication_lag(TimerRequest(past_due=False))
+    runtime = runtime_module.get_runtime()
+    stray = ReplicaLag(table="removed-table", replica="westeu", source_version=3, replica_version=3,
+                       version_lag=0, lag_seconds=0.0, status=ReplicaHealth.HEALTHY,
+                       checked_at=datetime.now(timezone.utc), detail="")
+    runtime.status_store().put_row(stray, alert_state="ok")
+    try:
+        rows = json.loads(get_status({}).get_body())["replicas"]
+        assert {r["table"] for r in rows} == {"sales"}
+    finally:
+        runtime.status_store()._table.delete_entity("removed-table", "westeu")
