@@ -132,32 +132,32 @@ class TopologyStore(HostTable):
             ReplicaUnreachable: the table service did not answer.
             TopologyUnavailable: see `get`.
         """
-        return self.history_of(table, self.get(table))
-
-    def history_of(self, table: TableConfig, current: Topology) -> list[Topology]:
-        """`history` for the current row already read (one query; none when never promoted)."""
-        return self.lineage_of(table, current)[0]
+        return self.lineage_of(table, self.get(table))[0]
 
     def lineage_of(self, table: TableConfig, current: Topology) -> tuple[list[Topology], dict[str, int]]:
-        """(history, rejoins): every promotion by epoch, and the epoch at which each location last
-        rejoined (`record_rejoin`), in one query of the table's partition."""
-        rows: dict[int, Topology] = {}
-        rejoins: dict[str, int] = {}
-        if current.etag is not None:
-            with self._errors(f"reading the topology history of table {table.name}"):
-                for entity in self._table.query_entities("PartitionKey eq @pk", parameters={"pk": table.name}):
-                    key = str(entity["RowKey"])
-                    if key.startswith(HISTORY_PREFIX):
-                        row = _from_entity(table.name, entity)
-                        rows[row.epoch] = row
-                    elif key.startswith(REJOIN_PREFIX):
-                        rejoins[key[len(REJOIN_PREFIX):]] = int(entity.get("Epoch", 0))
-            rows.setdefault(current.epoch, current)
-        return [rows[e] for e in sorted(rows) if e >= 1], rejoins
+        """(history, rejoins) for the current row already read: every promotion by epoch, and the
+        epoch at which each location last rejoined (`record_rejoin`); one query, none when never promoted."""
+        if current.etag is None:
+            return [], {}
+        with self._errors(f"reading the topology history of table {table.name}"):
+            entities = list(self._table.query_entities("PartitionKey eq @pk", parameters={"pk": table.name}))
+        return _lineage(table, current, entities)
 
-    def rejoins(self, table: TableConfig) -> dict[str, int]:
-        """Location -> the epoch at which it last rejoined (see `lineage_of`)."""
-        return self.lineage_of(table, self.get(table))[1]
+    def read_all(self, table: TableConfig) -> tuple[Topology, list[Topology], dict[str, int]]:
+        """(current, history, rejoins) in one query of the table's partition: what a reader needs on
+        every resolution, in the one request a point read of the current row would have cost."""
+        try:
+            with self._errors(f"reading the topology of table {table.name}"):
+                entities = list(self._table.query_entities("PartitionKey eq @pk", parameters={"pk": table.name}))
+        except ResourceNotFoundError as err:
+            if err.error_code == "TableNotFound" and self._markers is not None:
+                return self._missing_table(table), [], {}
+            return default_topology(table), [], {}
+        row = next((e for e in entities if e["RowKey"] == ROW_KEY), None)
+        if row is None:
+            return default_topology(table), [], {}
+        current = _from_entity(table.name, row)
+        return (current, *_lineage(table, current, entities))
 
     def record_rejoin(self, table: TableConfig, location: str, epoch: int) -> None:
         """Record that `location` follows the primary's lineage since `epoch` (a finished rejoin).
@@ -236,6 +236,21 @@ class TopologyStore(HostTable):
                 f"was read at epoch {current.epoch} (primary {current.primary}); another promote won. Nothing "
                 "was changed by this one. Check `python -m cli promote --help` and the current primary "
                 "(`python -m cli status`), then promote again only if still needed.")
+
+
+def _lineage(table: TableConfig, current: Topology, entities) -> tuple[list[Topology], dict[str, int]]:
+    """History rows (`epoch-<E>`, plus the current row's own epoch) and rejoin rows of a partition."""
+    rows: dict[int, Topology] = {}
+    rejoins: dict[str, int] = {}
+    for entity in entities:
+        key = str(entity["RowKey"])
+        if key.startswith(HISTORY_PREFIX):
+            row = _from_entity(table.name, entity)
+            rows[row.epoch] = row
+        elif key.startswith(REJOIN_PREFIX):
+            rejoins[key[len(REJOIN_PREFIX):]] = int(entity.get("Epoch", 0))
+    rows.setdefault(current.epoch, current)
+    return [rows[e] for e in sorted(rows) if e >= 1], rejoins
 
 
 def _columns(t: Topology) -> dict:

@@ -84,8 +84,7 @@ class ReaderTopology:
         except ConfigError:
             return KnownTopology(default_topology(table), None)  # no host storage: no promote can exist
         try:
-            topology = self._store.get(table)
-            history, rejoins = self._store.lineage_of(table, topology)
+            topology, history, rejoins = self._store.read_all(table)
         except (ReplicationError, AzureError) as err:
             reason = (f"the ReplicationTopology table in the function app's storage did not answer "
                       f"({type(err).__name__})")

@@ -118,20 +118,23 @@ class BlobTableStore:
         whole = downloader.properties.content_range
         return data, int(whole.rsplit("/", 1)[1]) if whole and "/" in whole else downloader.properties.size
 
+    def _upload(self, blob, data: bytes, what: str, **options) -> bool:
+        """Upload (the container created first if it is missing); False when a condition refused it
+        (the blob exists and may not be overwritten, or changed since read): nothing written."""
+        with self._storage(what):
+            try:
+                try:
+                    blob.upload_blob(data, **options)
+                except ResourceNotFoundError:
+                    self.ensure_container()
+                    blob.upload_blob(data, **options)
+            except (ResourceExistsError, ResourceModifiedError):
+                return False
+        return True
+
     def create_log_file(self, name: str, data: bytes) -> bool:
         blob = self._container.get_blob_client(self._log_blob(name))
-        with self._storage(f"writing _delta_log/{name}"):
-            try:
-                blob.upload_blob(data, overwrite=False)
-            except ResourceExistsError:
-                return False
-            except ResourceNotFoundError:
-                self.ensure_container()
-                try:
-                    blob.upload_blob(data, overwrite=False)
-                except ResourceExistsError:
-                    return False
-        return True
+        return self._upload(blob, data, f"writing _delta_log/{name}", overwrite=False)
 
     def get_last_checkpoint(self) -> LastCheckpoint | None:
         blob = self._container.get_blob_client(self._log_blob(LAST_CHECKPOINT))
@@ -144,22 +147,12 @@ class BlobTableStore:
 
     def put_last_checkpoint(self, data: bytes, *, replace_etag: str | None) -> bool:
         blob = self._container.get_blob_client(self._log_blob(LAST_CHECKPOINT))
-        with self._storage("writing _last_checkpoint"):
-            try:
-                if replace_etag is None:
-                    try:
-                        blob.upload_blob(data, overwrite=False)
-                    except ResourceNotFoundError:
-                        self.ensure_container()
-                        blob.upload_blob(data, overwrite=False)
-                else:
-                    # The one overwrite replication does: only moving _last_checkpoint forward,
-                    # and only if nobody changed it since we read it.
-                    blob.upload_blob(data, overwrite=True, etag=replace_etag,
-                                     match_condition=MatchConditions.IfNotModified)
-            except (ResourceExistsError, ResourceModifiedError):
-                return False
-        return True
+        if replace_etag is None:
+            return self._upload(blob, data, "writing _last_checkpoint", overwrite=False)
+        # The one overwrite replication does: only moving _last_checkpoint forward, and only if
+        # nobody changed it since we read it.
+        return self._upload(blob, data, "writing _last_checkpoint", overwrite=True, etag=replace_etag,
+                            match_condition=MatchConditions.IfNotModified)
 
     # -- whole-table operations (maintenance: snapshots, retention) ------------------
     def list_files(self, prefix: str = "") -> list[LogEntry]:
@@ -248,18 +241,7 @@ class BlobTableStore:
 
         Returns False when it exists and `overwrite` is False (nothing written)."""
         blob = self._container.get_blob_client(self._file_blob(path))
-        with self._storage(f"writing {path}"):
-            try:
-                blob.upload_blob(data, overwrite=overwrite)
-            except ResourceExistsError:
-                return False
-            except ResourceNotFoundError:
-                self.ensure_container()
-                try:
-                    blob.upload_blob(data, overwrite=overwrite)
-                except ResourceExistsError:
-                    return False
-        return True
+        return self._upload(blob, data, f"writing {path}", overwrite=overwrite)
 
     def first_file(self, prefix: str = "") -> LogEntry | None:
         """The first blob under `<root>/<prefix>` in name order (one single-result listing), or None."""
