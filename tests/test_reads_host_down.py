@@ -132,3 +132,59 @@ def test_with_no_topology_ever_read_the_answer_is_503_with_the_reason(
             assert "AccountKey" not in response.get_body().decode()
     finally:
         lake.close()
+
+
+def unseen_promote(azurite, request, app_settings, host_fault):
+    """The app reads the topology (epoch 0, eastus), then another process promotes westeu (a
+    planned promote: eastus is fenced) and the host's table endpoint goes down: the app never
+    read the promote."""
+    lake = failover_lake(azurite, request.node.name)
+    lake.write(batch(0, 5), mode="overwrite")
+    lake.write(batch(5, 5))
+    lake.deliver_all(lake.events())
+    through(lake, host_fault)
+    app_settings(lake)
+    response, _ = timed_get(lake.table_name, {})
+    body = json.loads(response.get_body())
+    assert (response.status_code, body["location"], body["epoch"], body["topology_stale"]) == (200, "eastus", 0, False)
+    result = promote(lake.runtime, lake.table_name, "westeu", timeout=60)
+    assert (result.topology.epoch, result.fence_version) == (1, 2)
+    host_fault.refuse()
+    return lake
+
+
+def test_a_stale_topology_gives_way_to_a_newer_promotion_marker(azurite, request, app_settings, host_fault):
+    """Checker seed 10980: the remembered topology names the deposed primary; the marker the
+    promote left beside the data names the new one, and the answer follows the marker."""
+    lake = unseen_promote(azurite, request, app_settings, host_fault)
+    try:
+        for params in ({}, {"purpose": "write"}, {"region": "eastus"}):
+            response, elapsed = timed_get(lake.table_name, params)
+            body = json.loads(response.get_body())
+            assert response.status_code == 200, body
+            assert elapsed < ANSWER_BOUND_SECONDS, (params, elapsed)
+            assert (body["location"], body["epoch"], body["version"], body["topology_stale"]) == \
+                ("westeu", 1, 1, True), (params, body)
+            assert "older than the promotion marker for epoch 1 found in " in body["topology_stale_reason"]
+    finally:
+        lake.close()
+
+
+def test_a_stale_topology_naming_a_fenced_primary_is_503(azurite, request, app_settings, host_fault):
+    """No marker survived (every marker write failed, or they were removed) but the primary the
+    remembered topology names is fenced: it was deposed, so no location is named."""
+    lake = unseen_promote(azurite, request, app_settings, host_fault)
+    try:
+        for account in ("eastus", "westeu", "seasia"):
+            container = lake.clients[account].get_container_client(lake.container)
+            markers = [b.name for b in container.list_blobs(name_starts_with="_quarantine/")]
+            for name in markers:
+                container.delete_blob(name)
+            assert all("/topology/" in n for n in markers)
+        for params in ({}, {"purpose": "write"}):
+            response, elapsed = timed_get(lake.table_name, params)
+            body = json.loads(response.get_body())
+            assert (response.status_code, body["reason"]) == (503, "TopologyUnavailable"), body
+            assert "eastus, the primary it names, is fenced at version 2" in body["error"]
+    finally:
+        lake.close()

@@ -53,14 +53,17 @@ class PromotionMarkers:
 
     Args:
         runtime: the ReplicationRuntime (its blob clients).
+        stores: the stores to read and write through (default `runtime.stores`); readers pass
+            their short-timeout ones.
     """
 
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime, *, stores=None) -> None:
         self._runtime = runtime
+        self._stores = stores
 
     def _quarantines(self, loc):
         """`_quarantine/<table path>/` of a location: the markers and every rejoin's quarantine."""
-        return self._runtime.stores.folder(loc, f"{QUARANTINE_DIR}/{loc.path}", label=f"{loc.name}-quarantine")
+        return (self._stores or self._runtime.stores).folder(loc, f"{QUARANTINE_DIR}/{loc.path}", label=f"{loc.name}-quarantine")
 
     def write(self, table, history: list[Topology]) -> list[str]:
         """Write the newest epoch's marker (with the whole history) to every location that answers;

@@ -19,7 +19,9 @@ from azure.core.exceptions import AzureError
 
 from shared.config.model import LocationConfig, TableConfig
 from shared.delta.compare import same_commit
-from shared.errors import NoReadableLocation, ReplicationError, ReplicaUnreachable
+from shared.delta.log import parse_commit
+from shared.errors import NoReadableLocation, ReplicationError, ReplicaUnreachable, TopologyUnavailable
+from shared.failover.fence import is_fence
 from shared.health.status import StatusStore
 from shared.storage.locations import abfss_uri, deltalake_options, deltalake_uri
 from shared.reads.probe import LocationProbe, probe_stores
@@ -195,9 +197,33 @@ class _Resolver:
             storage_options=deltalake_options(settings), epoch=self.known.topology.epoch,
             topology_stale_reason=self.known.stale_reason)
 
+    def primary_head(self) -> int | None:
+        """The primary's head. With a stale topology, a head that is a fence means the named primary
+        was deposed by a promote this process has not seen (and no marker of it was found): its
+        versions and every replica's compared with them may be the ended lineage's.
+
+        Raises:
+            ReplicaUnreachable: the primary does not answer.
+            TopologyUnavailable: the topology is stale and the primary it names is fenced.
+        """
+        probe = self.probe(self.primary)
+        head = probe.head(None)
+        if head is not None and self.known.stale:
+            data = probe.commit_bytes(head)
+            try:
+                fenced = data is not None and is_fence(parse_commit(data, where=f"{self.primary.name} version {head}"))
+            except ReplicationError:  # not a commit we can read: not a fence either
+                fenced = False
+            if fenced:
+                raise TopologyUnavailable(
+                    f"table {self.table.name}: {self.known.stale_reason}; but {self.primary.name}, the primary it "
+                    f"names, is fenced at version {head}: a promotion this process has not seen deposed it, so no "
+                    "location is named. Retry when the function app's storage answers.")
+        return head
+
     def primary_for_write(self) -> Resolution:
         try:
-            head, ok = self.probe(self.primary).head(None), True
+            head, ok = self.primary_head(), True
         except ReplicaUnreachable:
             head, ok = None, False
         log.info("read.resolved table=%s purpose=write location=%s version=%s primary_reachable=%s",
@@ -219,7 +245,7 @@ class _Resolver:
 
     def resolve(self, region, *, max_staleness_seconds, min_version, version, timestamp_ms) -> Resolution:
         try:
-            primary_head, primary_error = self.probe(self.primary).head(None), None
+            primary_head, primary_error = self.primary_head(), None
         except ReplicaUnreachable as err:
             primary_head, primary_error = None, err
         primary_ok = primary_error is None

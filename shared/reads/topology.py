@@ -4,7 +4,12 @@ Readers must not hang or fail because the function app's own table storage does 
 every data location does. So the resolver reads the ReplicationTopology row through a client with
 short timeouts (connect 2 s, read 3 s, one retry of a refused connection only), remembers the last
 answer this process read, and when a read fails answers from that, flagged stale with the reason.
-When this process never read the topology there is nothing safe to answer from: a promotion may
+A stale answer is checked against the evidence a promote leaves beside the data (markers.py): a
+promotion marker newer than the remembered epoch replaces it (the marker holds that epoch's row
+and the whole history), and a quarantine without a marker means a promotion this process cannot
+name, so nothing is named (503). The resolver also refuses a stale primary whose head is a fence.
+That costs one listing per location per stale resolution, paid only while the host storage is
+down. When this process never read the topology there is nothing safe to answer from: a promotion may
 have happened, so neither a write endpoint nor a read location is taken from configuration alone;
 `TopologyUnavailable` says why (HTTP 503).
 
@@ -22,7 +27,9 @@ from azure.core.exceptions import AzureError
 
 from shared.config.model import TableConfig
 from shared.errors import ConfigError, ReplicationError, TopologyUnavailable
+from shared.failover.markers import PromotionMarkers
 from shared.failover.topology import Topology, TopologyStore, default_topology
+from shared.reads.probe import probe_stores
 
 TOPOLOGY_CONNECT_TIMEOUT_SECONDS = 2
 TOPOLOGY_READ_TIMEOUT_SECONDS = 3
@@ -96,12 +103,42 @@ class ReaderTopology:
                     "is the primary is unknown (a promotion may have happened), so no location is named. "
                     "Retry later; check the function app's storage (STATUS_CONNECTION / AzureWebJobsStorage)."
                 ) from err
-            return KnownTopology(last.topology, last.read_at, f"{reason}; the topology last read at "
-                                 f"{last.read_at.isoformat()} is used", last.history, last.rejoins)
+            return self._checked_against_markers(table, last, reason)
         known = KnownTopology(topology, datetime.now(timezone.utc), history=tuple(history), rejoins=rejoins)
         with self._lock:
             self._last[table.name] = known
         return known
+
+    def _checked_against_markers(self, table: TableConfig, last: KnownTopology, reason: str) -> KnownTopology:
+        """The remembered topology, unless a promotion marker in a data location is newer.
+
+        A promote this process never saw (its host storage went down right after) would otherwise
+        name the deposed primary and serve the ended lineage's versions. Every promote writes its
+        marker to the new primary before fencing the old one, and to every other location that
+        answers, so the evidence is where the reads go.
+        """
+        found = PromotionMarkers(self._runtime, stores=probe_stores(self._runtime)).latest(table)
+        epoch = last.topology.epoch
+        if found.marker is None or int(found.marker["epoch"]) <= epoch:
+            return KnownTopology(last.topology, last.read_at, f"{reason}; the topology last read at "
+                                 f"{last.read_at.isoformat()} is used", last.history, last.rejoins)
+        newer = int(found.marker["epoch"])
+        history = [_row(table, h) for h in found.marker.get("history") or []]
+        if not history or history[-1].epoch != newer or history[-1].primary not in {loc.name for loc in table.locations}:
+            raise TopologyUnavailable(
+                f"table {table.name}: {reason}; the last topology this process read is epoch {epoch}, but "
+                f"{found.location} holds evidence of a promotion to epoch {newer} that does not name its primary "
+                "(a quarantine without a marker), so no location is named. Retry when the function app's storage "
+                "answers, or restore its topology with `python -m cli topology restore`.")
+        return KnownTopology(history[-1], last.read_at,
+                             f"{reason}; the topology last read here (epoch {epoch}) is older than the promotion "
+                             f"marker for epoch {newer} found in {found.location}, which is used",
+                             tuple(history), last.rejoins)
+
+
+def _row(table: TableConfig, doc: dict) -> Topology:
+    return Topology(table.name, doc["primary"], int(doc["epoch"]), doc.get("promotedAtVersion"),
+                    doc.get("promotedAt"), doc.get("previousPrimary"))
 
 
 _readers: "weakref.WeakKeyDictionary[object, ReaderTopology]" = weakref.WeakKeyDictionary()

@@ -169,19 +169,18 @@ PINNED = [
         # was force-promoted back (seasia cut off) at the fence's version: the new primary was fenced, so
         # every writer, and the final replay of seasia's quarantined writes, was refused (property a).
         # Fixed: a forced promote lifts the target's own fence first and flips at the version below it.
+        # Found by the 1,000-seed run: eastus v2 reached westeu, seasia was force-promoted at v1, then the
+        # function app's table storage was cut off; the resolver answered from the topology it last read
+        # (epoch 0, eastus primary, topology_stale), saw westeu's v2 equal to eastus's and routed a read
+        # there: rows of the ended lineage (property e). Fixed: a stale topology gives way to a newer
+        # promotion marker in the data locations, and a stale primary whose head is a fence is refused.
     pytest.param(
         10980, [("write", "w1", 2), ("deliver", 0.0, False), ("checkpoint", "w1"), ("deliver", 0.399, False),
                 ("resolve", "w1"), ("write", "w1", 2), ("hold", 0.833, 0.204), ("promote", True, "held"),
                 ("cut", "host"), ("write", "w1", 1), ("release",), ("retention",), ("write", "w2", 3),
                 ("read", "westeu", None), ("heal", "host"), ("read", "eastus", None)], True,
         {"held": 1, "forced_promotes": 1, "reads": 2},
-        id="seed10980-a-stale-topology-routes-a-read-to-the-old-lineage",
-        marks=[pytest.mark.slow, pytest.mark.xfail(strict=True, raises=Violations, reason=(
-            "found by the 1,000-seed run, not fixed yet: eastus v2 reaches westeu, seasia is force-promoted at v1, "
-            "then the function app's table storage is cut off; the resolver answers from the topology it last "
-            "read (epoch 0, eastus primary, flagged topology_stale), sees westeu's v2 equal to eastus's and routes "
-            "a read there: rows of the ended lineage (property e). The fix: with a stale topology, check the "
-            "promotion markers and the fence in the data locations before naming a primary."))]),
+        id="seed10980-a-stale-topology-routes-a-read-to-the-old-lineage"),
 ]
 
 
