@@ -11,9 +11,10 @@ import weakref
 from dataclasses import dataclass
 
 from shared.config.model import LocationConfig
-from shared.delta.log import LogFileKind, commit_name, parse_log_name, version_prefix
+from shared.delta.log import LogFileKind, commit_name, parse_commit, parse_log_name, version_prefix
 from shared.delta.source_log import complete_checkpoints
-from shared.errors import AccessDenied, ReplicaUnreachable
+from shared.errors import AccessDenied, ReplicationError, ReplicaUnreachable
+from shared.failover.fence import is_fence
 from shared.reads.timestamps import (
     COMMIT_TIME_READ_BYTES,
     TimestampUnavailable,
@@ -85,6 +86,14 @@ class LocationProbe:
 
     def commit_bytes(self, version: int) -> bytes | None:
         return self._call(f"reading commit {version}", lambda: self._store.get_log_file(commit_name(version)))
+
+    def fenced_at(self, version: int) -> bool:
+        """Whether commit `version` is a fence (failover/fence.py): one GET. Unreadable: not a fence."""
+        data = self.commit_bytes(version)
+        try:
+            return data is not None and is_fence(parse_commit(data, where=f"{self.location.name} version {version}"))
+        except ReplicationError:
+            return False
 
     def last_checkpoint_version(self) -> int | None:
         """The version `_last_checkpoint` names (one small GET), or None."""

@@ -19,9 +19,7 @@ from azure.core.exceptions import AzureError
 
 from shared.config.model import LocationConfig, TableConfig
 from shared.delta.compare import same_commit
-from shared.delta.log import parse_commit
 from shared.errors import NoReadableLocation, ReplicationError, ReplicaUnreachable, TopologyUnavailable
-from shared.failover.fence import is_fence
 from shared.health.status import StatusStore
 from shared.storage.locations import abfss_uri, deltalake_options, deltalake_uri
 from shared.reads.probe import LocationProbe, probe_stores
@@ -198,27 +196,16 @@ class _Resolver:
             topology_stale_reason=self.known.stale_reason)
 
     def primary_head(self) -> int | None:
-        """The primary's head. With a stale topology, a head that is a fence means the named primary
-        was deposed by a promote this process has not seen (and no marker of it was found): its
-        versions and every replica's compared with them may be the ended lineage's.
-
-        Raises:
-            ReplicaUnreachable: the primary does not answer.
-            TopologyUnavailable: the topology is stale and the primary it names is fenced.
-        """
+        """The primary's head. With a stale topology, a fence there means a promote this process has
+        not seen (and no marker of it was found) deposed it: TopologyUnavailable, not the ended lineage.
+        ReplicaUnreachable when the primary does not answer."""
         probe = self.probe(self.primary)
         head = probe.head(None)
-        if head is not None and self.known.stale:
-            data = probe.commit_bytes(head)
-            try:
-                fenced = data is not None and is_fence(parse_commit(data, where=f"{self.primary.name} version {head}"))
-            except ReplicationError:  # not a commit we can read: not a fence either
-                fenced = False
-            if fenced:
-                raise TopologyUnavailable(
-                    f"table {self.table.name}: {self.known.stale_reason}; but {self.primary.name}, the primary it "
-                    f"names, is fenced at version {head}: a promotion this process has not seen deposed it, so no "
-                    "location is named. Retry when the function app's storage answers.")
+        if head is not None and self.known.stale and probe.fenced_at(head):
+            raise TopologyUnavailable(
+                f"table {self.table.name}: {self.known.stale_reason}; but {self.primary.name}, the primary it "
+                f"names, is fenced at version {head}: a promotion this process has not seen deposed it, so no "
+                "location is named. Retry when the function app's storage answers.")
         return head
 
     def primary_for_write(self) -> Resolution:

@@ -5,7 +5,7 @@ cannot supply the versions, and backfilling history below a readable run.
 Memory per catching-up replica is at most two batches (this one and the one read ahead),
 whatever the lag. At the head commits are written in order; below a readable run (history)
 a batch's commits are written at once, since a reader of a version whose chain has a hole
-gets an error, never other rows.
+gets an error, never other rows. The two orders are two batch writers handed to one pipeline.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from shared.delta.log import LogFileKind, commit_name, crc_name, parse_log_name
 from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
 from shared.errors import CommitNotFound, DataFileMissing, ReplicationError
 from shared.replication.history import MissingHistory, missing_history, primary_bottom
-from shared.replication.outcome import ReplicaOutcome, unexpected
-from shared.replication.steps import ReplicaSteps, log
+from shared.replication.outcome import unexpected
+from shared.replication.writer import ReplicaWriter
 from shared.storage.table_store import LogEntry, TableStore
 
 # Versions whose files are copied together before their commits are written in order;
@@ -64,12 +64,22 @@ class _Ahead:
         return self._value
 
 
-class CatchUp(ReplicaSteps):
-    """Many versions at a time: catch-up, seeding, backfill."""
+class CatchUp:
+    """Many versions for one replica: catch-up, seeding, backfill, through its writer.
 
-    def _catch_up(self, name: str, store: TableStore, source: SourceLog, head: int | None,
-                  target: int, outcome: ReplicaOutcome) -> int:
+    Args:
+        writer: the replica's writer for this invocation (store, source, outcome, pools).
+    """
+
+    def __init__(self, writer: ReplicaWriter) -> None:
+        self.w = writer
+        self.table = writer.table
+        self.source = writer.source
+        self.outcome = writer.outcome
+
+    def run(self, head: int | None, target: int) -> int:
         """Copy versions head+1..target; seed from a checkpoint when the log cannot supply them."""
+        w, source = self.w, self.source
         start = 0 if head is None else head + 1
         # Listing from the head itself shares one request with the divergence check.
         entries = source.entries_for(start if head is None else head, target)
@@ -77,7 +87,7 @@ class CatchUp(ReplicaSteps):
         if target not in present and target not in complete_checkpoints(entries):
             raise CommitNotFound(
                 f"table {self.table.name}: version {target} has no commit on the primary "
-                f"({self.source_store.description}); it was never written, or was deleted."
+                f"({source.store.description}); it was never written, or was deleted."
             )
         # Readable first: an empty replica of a table with a checkpoint starts at the primary's
         # newest checkpoint; older versions are backfilled by later catch-ups (history "full").
@@ -90,38 +100,35 @@ class CatchUp(ReplicaSteps):
             found = found or source.latest_checkpoint(at_least=start)
             if found is None:
                 raise CommitNotFound(
-                    f"table {self.table.name}: replica {name} needs version {start}, which the primary "
+                    f"table {self.table.name}: replica {w.name} needs version {start}, which the primary "
                     f"no longer has, and the primary has no checkpoint at or after it; re-create the replica."
                 )
-            head = self._seed(name, store, source, found[0], found[1], outcome)
-            outcome.seeded = head
+            head = w.seed(found[0], found[1])
+            self.outcome.seeded = head
             if head >= target:
                 return head
             start = head + 1
             entries = source.entries_for(start, target)
-        return self._write_versions(name, store, source, start, target, entries, outcome)
+        return self._pipeline(start, target, entries, self._write_in_order, known=None)
 
-    def _write_versions(self, name: str, store: TableStore, source: SourceLog, start: int, target: int,
-                        entries: list[LogEntry], outcome: ReplicaOutcome, *, in_order: bool = True) -> int:
+    def _pipeline(self, start: int, target: int, entries: list[LogEntry], write_batch, *,
+                  known: set | None) -> int:
         """Write versions start..target (version start-1 is on the replica), each commit after
-        its files, with the `.crc` and checkpoint files of each version after its commit.
-
-        `in_order=False` (history below a readable run only) writes each batch's commits at
-        once: a reader of a version whose chain still has a hole gets an error (delta-rs:
-        "Expected contiguous commit files"; Spark: versions not contiguous), never other rows.
+        its files, with the `.crc` and checkpoint files of each version after its commit, a batch
+        at a time by `write_batch` (in order at the head, at once below a readable run). Files in
+        `known` are on the replica already (this invocation's seed copied them): not requested.
         Returns the last version written."""
         head = start - 1
         checkpoints = complete_checkpoints(entries)
         crcs = {lf.version for e in entries if (lf := parse_log_name(e.name)) and lf.kind == LogFileKind.CRC}
         # Pipelined: the next batch's commits are read and its files copied while this batch's
-        # commits are written, in order. Files landing early are harmless: nothing references
-        # them until their own commit exists.
+        # commits are written. Files landing early are harmless: nothing references them until
+        # their own commit exists.
         # Whether to ask before copying: when most of the last finished batch's files were on
         # the replica already (history whose files a seed copied), a HEAD beats a failed copy.
         probe = False
-        # Below a readable run, files this invocation's seed copied are there: no request for them.
-        known = None if in_order else outcome.seeded_paths
-        upcoming = self._start_batch(store, source, start, target, known=known)
+        outcome = self.outcome
+        upcoming = self._start_batch(start, target, known=known)
         try:
             while upcoming is not None:
                 current, upcoming = upcoming, None
@@ -130,27 +137,12 @@ class CatchUp(ReplicaSteps):
                 following = current.commits[-1].version + 1 if current.commits else None
                 if following is not None and following <= target and current.error is None:
                     # Read on a thread of its own while this batch is finished and written.
-                    upcoming = _Ahead(self._start_batch, store, source, following, target, probe=probe,
-                                      known=known)
+                    upcoming = _Ahead(self._start_batch, following, target, probe=probe, known=known)
                 outcome.files_present += current.known_present
                 present = outcome.files_present
-                failed = self._finish_copies(current.copies, outcome)
+                failed = self.w.finish_copies(current.copies)
                 probe = 2 * (outcome.files_present - present) > len(current.copies)
-                if not in_order:
-                    head = self._write_batch_at_once(name, store, source, current, failed, crcs, checkpoints,
-                                                     outcome, head)
-                for commit in current.commits if in_order else []:
-                    missing = next((f.path for f in commit.files if f.path in failed), None)
-                    if missing is not None:
-                        raise failed[missing]
-                    failpoints.hit(failpoints.COMMIT_BEFORE, replica=name, version=commit.version)
-                    self._write_commit(name, store, source, commit, outcome)
-                    failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
-                    head = commit.version
-                    if head in crcs:
-                        self._copy_log_files(store, source, [crc_name(head)], outcome)
-                    if head in checkpoints:
-                        self._copy_checkpoint(store, source, checkpoints[head], outcome)
+                head = write_batch(current, failed, crcs, checkpoints, head)
                 current.commits.clear()  # this batch's commit bytes are no longer needed
                 if current.error is not None:
                     raise current.error
@@ -158,11 +150,34 @@ class CatchUp(ReplicaSteps):
             self._abandon(upcoming)  # no copy outlives the invocation that started it
         return head
 
-    def _write_batch_at_once(self, name: str, store: TableStore, source: SourceLog, batch: _Batch,
-                             failed: dict, crcs: set[int], checkpoints: dict[int, list[str]],
-                             outcome: ReplicaOutcome, head: int) -> int:
-        """Write a batch's commits concurrently (those before the first with a failed file), then
-        their `.crc` and checkpoint files; raise the first error after all writes settled."""
+    def _log_files_of(self, version: int, crcs: set[int], checkpoints: dict[int, list[str]]) -> None:
+        """A version's `.crc` and checkpoint files, once its commit exists (checkpoints need it)."""
+        if version in crcs:
+            self.w.copy_log_files([crc_name(version)])
+        if version in checkpoints:
+            self.w.copy_checkpoint(checkpoints[version])
+
+    def _write_in_order(self, batch: _Batch, failed: dict, crcs: set[int], checkpoints: dict[int, list[str]],
+                        head: int) -> int:
+        """At the head: each commit after the previous one, stopping at the first with a failed file."""
+        for commit in batch.commits:
+            missing = next((f.path for f in commit.files if f.path in failed), None)
+            if missing is not None:
+                raise failed[missing]
+            failpoints.hit(failpoints.COMMIT_BEFORE, replica=self.w.name, version=commit.version)
+            self.w.write_commit(commit)
+            failpoints.hit(failpoints.COMMIT_AFTER, replica=self.w.name)
+            head = commit.version
+            self._log_files_of(head, crcs, checkpoints)
+        return head
+
+    def _write_at_once(self, batch: _Batch, failed: dict, crcs: set[int], checkpoints: dict[int, list[str]],
+                       head: int) -> int:
+        """Below a readable run: a batch's commits concurrently (those before the first with a
+        failed file), then their `.crc` and checkpoint files; the first error raised after all
+        writes settled. A reader of a version whose chain still has a hole gets an error
+        (delta-rs: "Expected contiguous commit files"; Spark: versions not contiguous), never
+        other rows."""
         ready, error = [], None
         for commit in batch.commits:
             missing = next((f.path for f in commit.files if f.path in failed), None)
@@ -172,11 +187,11 @@ class CatchUp(ReplicaSteps):
             ready.append(commit)
 
         def write(commit: SourceCommit) -> None:
-            failpoints.hit(failpoints.COMMIT_BEFORE, replica=name, version=commit.version)
-            self._write_commit(name, store, source, commit, outcome)
-            failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
+            failpoints.hit(failpoints.COMMIT_BEFORE, replica=self.w.name, version=commit.version)
+            self.w.write_commit(commit)
+            failpoints.hit(failpoints.COMMIT_AFTER, replica=self.w.name)
 
-        writes = {self._files.submit(write, commit): commit.version for commit in ready}
+        writes = {self.w.files.submit(write, commit): commit.version for commit in ready}
         written = []
         for future in as_completed(writes):
             try:
@@ -184,22 +199,21 @@ class CatchUp(ReplicaSteps):
                 written.append(writes[future])
             except Exception as err:  # noqa: BLE001 - the others still settle first
                 error = error or unexpected(err, f"table {self.table.name} writing version {writes[future]}")
-        # Log files of a version only once its commit exists (checkpoints also need the commit).
-        self._copy_log_files(store, source, [crc_name(v) for v in sorted(written) if v in crcs], outcome)
+        self.w.copy_log_files([crc_name(v) for v in sorted(written) if v in crcs])
         for v in sorted(written):
             if v in checkpoints:
-                self._copy_checkpoint(store, source, checkpoints[v], outcome)
+                self.w.copy_checkpoint(checkpoints[v])
         if error is not None:
             raise error
         return max(written, default=head)
 
-    def _backfill(self, name: str, store: TableStore, source: SourceLog, head: int,
-                  outcome: ReplicaOutcome) -> MissingHistory | None:
+    def backfill(self, head: int) -> MissingHistory | None:
         """One step of backfilling history below the replica's readable run: ascending, batch
         by batch, up to BACKFILL_STEP_VERSIONS versions (holes an interrupted step left included).
 
         Returns what is still missing afterwards (None when the history is complete).
         """
+        w, source, store = self.w, self.source, self.w.store
         budget, previous = BACKFILL_STEP_VERSIONS, None
         while (missing := missing_history(store, source, head)) is not None and budget > 0:
             if previous is not None and missing.low <= previous:
@@ -210,29 +224,30 @@ class CatchUp(ReplicaSteps):
             try:
                 if bottom is not None and low == bottom[0] and bottom[1] is not None:
                     # The primary's log starts at a checkpoint (older versions cleaned up): start there.
-                    self._seed(name, store, source, low, bottom[1], outcome)
-                    outcome.backfilled += 1
+                    w.seed(low, bottom[1])
+                    self.outcome.backfilled += 1
                     low += 1
                 if low <= high:
                     entries = source.entries_for(low, high)
-                    written = self._write_versions(name, store, source, low, high, entries, outcome, in_order=False)
-                    outcome.backfilled += written - low + 1
+                    # Below a readable run, files this invocation's seed copied are there: no request for them.
+                    written = self._pipeline(low, high, entries, self._write_at_once, known=self.outcome.seeded_paths)
+                    self.outcome.backfilled += written - low + 1
             except DataFileMissing as err:
                 # The primary vacuumed files these old versions need: they cannot be read on the
                 # primary either. The replica is current at its head, so this is no replica error;
                 # the history stays reported as missing and the next catch-up tries again.
-                log.warning("history.backfill_blocked table=%s replica=%s versions=%d..%d error=%s", self.table.name,
-                            name, missing.low, high, err, extra={"table": self.table.name, "replica": name})
+                w.log.warning("history.backfill_blocked table=%s replica=%s versions=%d..%d error=%s",
+                              self.table.name, w.name, missing.low, high, err)
                 return missing_history(store, source, head)
-            log.info("history.backfilled table=%s replica=%s versions=%d..%d", self.table.name, name, missing.low,
-                     high, extra={"table": self.table.name, "replica": name})
+            w.log.info("history.backfilled table=%s replica=%s versions=%d..%d", self.table.name, w.name,
+                       missing.low, high)
             budget -= high - missing.low + 1
         return missing
 
-    def _start_batch(self, store: TableStore, source: SourceLog, first: int, target: int, *,
-                     probe: bool = False, known: set | None = None) -> _Batch:
+    def _start_batch(self, first: int, target: int, *, probe: bool = False, known: set | None = None) -> _Batch:
         """Read the commits from `first` (at most BATCH_VERSIONS, about BATCH_COMMIT_BYTES) in
         parallel, then start copying their files."""
+        source, files = self.source, self.w.files
         versions = list(range(first, min(first + BATCH_VERSIONS, target + 1)))
         batch = _Batch()
         held = 0
@@ -240,7 +255,7 @@ class CatchUp(ReplicaSteps):
         # sizes; 16 when the listing says the whole batch fits under the limit anyway.
         sizes = [source.sizes.get(commit_name(v)) for v in versions]
         window = 16 if None not in sizes and sum(sizes) <= BATCH_COMMIT_BYTES else 4
-        pending = [(v, self._files.submit(source.commit, v)) for v in versions[:window]]
+        pending = [(v, files.submit(source.commit, v)) for v in versions[:window]]
         position = len(pending)
         try:
             while pending:
@@ -255,7 +270,7 @@ class CatchUp(ReplicaSteps):
                 if held >= BATCH_COMMIT_BYTES:
                     break
                 if position < len(versions):
-                    pending.append((versions[position], self._files.submit(source.commit, versions[position])))
+                    pending.append((versions[position], files.submit(source.commit, versions[position])))
                     position += 1
         finally:
             for _, future in pending:
@@ -266,14 +281,8 @@ class CatchUp(ReplicaSteps):
             for path in present:
                 del unique[path]
             batch.known_present = len(present)
-        batch.copies = {self._files.submit(self._copy_file, store, source, f, probe): f.path for f in unique.values()}
+        batch.copies = {files.submit(_copy_file, self.w.store, source, f, probe): f.path for f in unique.values()}
         return batch
-
-    @staticmethod
-    def _copy_file(store: TableStore, source: SourceLog, f, probe: bool) -> int:
-        # The failpoint lets a test hold one copy and see that no commit waits for less.
-        failpoints.hit(failpoints.FILE_COPYING, location=store.location_key, path=f.path)
-        return store.copy_file_from(source.store, f.path, expected_size=f.size, bulk=True, probe=probe)
 
     @staticmethod
     def _abandon(batch) -> None:
@@ -287,3 +296,9 @@ class CatchUp(ReplicaSteps):
             for future in batch.copies:
                 if not future.cancel():
                     future.exception()
+
+
+def _copy_file(store: TableStore, source: SourceLog, f, probe: bool) -> int:
+    # The failpoint lets a test hold one copy and see that no commit waits for less.
+    failpoints.hit(failpoints.FILE_COPYING, location=store.location_key, path=f.path)
+    return store.copy_file_from(source.store, f.path, expected_size=f.size, bulk=True, probe=probe)

@@ -10,17 +10,18 @@ Invariants protected here:
   `_last_checkpoint` only moves forward, written last;
 - one replica's failure never stops the others; the caller sees every outcome.
 
-This module decides, per event and replica, which path to take (one version, catch-up,
-seed, backfill); catch_up.py runs the many-version paths, steps.py the copies and writes.
+This module decides, once per event, what the event asks for (an `EventPlan`), then per
+replica which path to take (one version, catch-up, seed, backfill); catch_up.py runs the
+many-version paths and writer.py the copies and writes of one replica, each held, not inherited.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 from shared import failpoints
@@ -47,6 +48,7 @@ from shared.errors import (
 from shared.telemetry import metrics
 from shared.replication.catch_up import CatchUp
 from shared.replication.fence import WriteFence
+from shared.replication.writer import ReplicaWriter, log
 from shared.replication.outcome import (
     ReplicaOutcome,
     ReplicaState,
@@ -56,9 +58,31 @@ from shared.replication.sequencer import Sequencer
 from shared.storage.lease import LeaseStore, location_lease_name
 from shared.storage.table_store import LogEntry, TableStore
 
-log = logging.getLogger(__name__)
+CHECKPOINT_KINDS = (LogFileKind.CHECKPOINT, LogFileKind.CHECKPOINT_PART, LogFileKind.CHECKPOINT_V2,
+                    LogFileKind.LAST_CHECKPOINT)
 
-class TableReplicator(CatchUp):
+
+@dataclass(frozen=True)
+class EventPlan:
+    """What one invocation asks of every replica, decided once from the event."""
+
+    target: int
+    # The hot path: an event for a new commit; the replica one version behind is the usual case.
+    one_version: bool = False
+    # Bring the latest checkpoint and `_last_checkpoint` forward (checkpoint events, catch-up).
+    sync_checkpoint: bool = False
+    copy_crc: bool = False  # a `.crc` event
+    backfill: bool = False  # a catch-up of a table with history "full"
+    progress: Callable | None = None
+
+    @classmethod
+    def of(cls, version: int | None, kind: LogFileKind | None, target: int, progress, history: str) -> "EventPlan":
+        return cls(target, one_version=version is not None and kind == LogFileKind.COMMIT and target > 0,
+                   sync_checkpoint=version is None or kind in CHECKPOINT_KINDS, copy_crc=kind == LogFileKind.CRC,
+                   backfill=version is None and history == "full", progress=progress)
+
+
+class TableReplicator:
     """Replicates one table from its source to its replicas.
 
     Args:
@@ -124,36 +148,29 @@ class TableReplicator(CatchUp):
                 target = hint[0]
         if target is None:
             return [ReplicaOutcome(name, ReplicaState.UP_TO_DATE) for name in self.replicas]
-        checkpoint_kinds = (LogFileKind.CHECKPOINT, LogFileKind.CHECKPOINT_PART, LogFileKind.CHECKPOINT_V2,
-                            LogFileKind.LAST_CHECKPOINT)
-        always_sync = version is None or log_file_kind in checkpoint_kinds
+        plan = EventPlan.of(version, log_file_kind, target, progress, self.table.history)
         pool = self._tasks
         # Read ahead what the usual next step (the replica one version behind) needs, while
         # the replicas' heads are being looked up: it takes those round trips off the path.
         # SourceLog computes each read once, in whichever thread asks first, so a queued
         # read-ahead never blocks a replica task.
-        fast = version is not None and log_file_kind == LogFileKind.COMMIT and target > 0
-        if fast:
+        if plan.one_version:
             prefetch = [pool.submit(source.commit_bytes, target), pool.submit(source.commit_entry, target - 1)]
         else:
             prefetch = [pool.submit(source.entries_for, max(target - 1, 0), target)]
-        crc = log_file_kind == LogFileKind.CRC
         if version is not None and log_file_kind == LogFileKind.COMMIT:
             rejected = self._reject_unusable_commit(source, target)
             if rejected is not None:
                 for f in prefetch:
                     f.exception()
                 return rejected
-        if version is not None and log_file_kind in checkpoint_kinds:
+        if version is not None and log_file_kind in CHECKPOINT_KINDS:
             rejected = self._reject_unsafe_checkpoint(source, target)
             if rejected is not None:
                 for f in prefetch:
                     f.exception()
                 return rejected
-        backfill = version is None and self.table.history == "full"
-        futures = [pool.submit(self._replicate_one, name, store, source, target, always_sync, progress, fast, crc,
-                               backfill=backfill)
-                   for name, store in self.replicas.items()]
+        futures = [pool.submit(self._replicate_one, name, store, source, plan) for name, store in self.replicas.items()]
         outcomes = [f.result() for f in futures]
         for f in prefetch:
             f.exception()  # errors were (or will be) raised where the result is used
@@ -197,24 +214,23 @@ class TableReplicator(CatchUp):
         return None
 
     # -- one replica ------------------------------------------------------------------
-    def _replicate_one(self, name: str, store: TableStore, source: SourceLog, target: int,
-                       always_sync: bool, progress=None, fast: bool = False, crc: bool = False, *,
-                       backfill: bool = False) -> ReplicaOutcome:
+    def _replicate_one(self, name: str, store: TableStore, source: SourceLog, plan: EventPlan) -> ReplicaOutcome:
         started = time.monotonic()
-        outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE, progress=progress)
-        fields = {"table": self.table.name, "replica": name}
+        target = plan.target
+        outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE, progress=plan.progress)
+        w = ReplicaWriter(self.table, name, store, source, outcome, self._files, self.fence)
         # The hot path: the commit's files start copying now, while the replica's head is looked
         # up and checked. They are invisible until their commit exists, which waits for the checks;
         # a replica that turns out diverged or already there costs at most this commit's files.
-        early = self._start_early_copies(store, source, target) if fast else None
+        early = self._start_early_copies(store, source, target) if plan.one_version else None
         ordered = contextlib.ExitStack()
         try:
-            if fast:  # after the lower versions in flight here: then this one is the next
+            if plan.one_version:  # after the lower versions in flight here: then this one is the next
                 ordered.enter_context(self._sequencer.turn(store.location_key, target))
-            head, entries = self._locate_head(store, target, expect_next=fast)
+            head, entries = self._locate_head(store, target, expect_next=plan.one_version)
             outcome.head_before = head
             if early is not None and not (head is not None and head == target - 1):
-                self._finish_copies(early, outcome)  # settled before anything else; catch-up redoes failures
+                w.finish_copies(early)  # settled before anything else; catch-up redoes failures
                 early = None
             there = next((e for e in entries if e.name == commit_name(target)), None)
             if head is not None and head >= target and there is not None:
@@ -222,16 +238,16 @@ class TableReplicator(CatchUp):
                 # Whatever the path (version 0 has no predecessor, a listing may hold lower
                 # versions first): a foreign commit at the target is never "up to date".
                 self._check_commit_matches(name, store, source, target, there)
-            if head is not None and head == target - 1 and fast:
+            if head is not None and head == target - 1 and plan.one_version:
                 # One version to go, the steady state: no lease and no listing. Concurrent
                 # duplicates can at worst copy this one commit's files twice; the conditional
                 # commit decides. Checkpoints and .crc files come with their own events.
                 self.check_head_matches(name, store, source, head, target, entries, by_listing=False)
                 commit = source.commit(target)
                 if early is None:
-                    failed = self._copy_files(store, source, commit.files, outcome)
+                    failed = w.copy_files(commit.files)
                 else:
-                    failed, early = self._finish_copies(early, outcome), None
+                    failed, early = w.finish_copies(early), None
                 if failed:
                     # Only N-1 was asked about: a late duplicate of a commit whose files the
                     # primary has since vacuumed lands here. If N is there, it is up to date.
@@ -242,7 +258,7 @@ class TableReplicator(CatchUp):
                     created = False
                 else:
                     failpoints.hit(failpoints.COMMIT_BEFORE, replica=name)
-                    created = self._write_commit(name, store, source, commit, outcome)
+                    created = w.write_commit(commit)
                     failpoints.hit(failpoints.COMMIT_AFTER, replica=name)
                 head = target
                 # Not created: it was there with the primary's bytes (a duplicate event).
@@ -258,39 +274,39 @@ class TableReplicator(CatchUp):
                             self.check_head_matches(name, store, source, head, target, entries)
                         outcome.lease = waited
                         try:
-                            head = self._catch_up(name, store, source, head, target, outcome)
+                            head = CatchUp(w).run(head, target)
                         finally:
                             outcome.lease = None
                         outcome.state = ReplicaState.REPLICATED
-            if crc and head is not None and head >= target:
-                self._copy_crc(store, source, target, outcome)
-            if always_sync or outcome.checkpoints:
-                self._sync_checkpoint(name, store, source, head, outcome)
+            if plan.copy_crc and head is not None and head >= target:
+                w.copy_crc(target)
+            if plan.sync_checkpoint or outcome.checkpoints:
+                w.sync_checkpoint(head)
             outcome.head_after = head
             if outcome.seeded is not None:
                 outcome.readable_seconds = time.monotonic() - started  # readable at head from here on
-            if head is not None and self.table.history == "full" and (backfill or outcome.seeded is not None):
+            if head is not None and self.table.history == "full" and (plan.backfill or outcome.seeded is not None):
                 # History behind: catch-ups, and the invocation that seeded once the replica is
                 # readable, backfill up to BACKFILL_STEP_VERSIONS older versions, ascending.
                 with self.lease(store):
-                    outcome.history = self._backfill(name, store, source, head, outcome)
+                    outcome.history = CatchUp(w).backfill(head)
         except ReplicaDiverged as err:
             outcome.state, outcome.error = ReplicaState.DIVERGED, err
-            log.warning("replica.diverged table=%s replica=%s error=%s", self.table.name, name, err, extra=fields)
+            w.log.warning("replica.diverged table=%s replica=%s error=%s", self.table.name, name, err)
         except ReplicationError as err:
             outcome.state, outcome.error = ReplicaState.ERROR, err
-            log.warning("replica.failed table=%s replica=%s retryable=%s error=%s",
-                        self.table.name, name, err.retryable, err, extra=fields)
+            w.log.warning("replica.failed table=%s replica=%s retryable=%s error=%s",
+                          self.table.name, name, err.retryable, err)
         except Exception as err:  # noqa: BLE001 - one replica's surprise must not hide the others' outcomes
             outcome.state = ReplicaState.ERROR
             outcome.error = unexpected(err, f"table {self.table.name} replica {name}")
-            log.exception("replica.failed table=%s replica=%s retryable=%s error=%s", self.table.name, name,
-                          outcome.error.retryable, outcome.error, extra=fields)
+            w.log.exception("replica.failed table=%s replica=%s retryable=%s error=%s", self.table.name, name,
+                            outcome.error.retryable, outcome.error)
         finally:
             outcome.seeded_paths = None  # only for this invocation's backfill
             ordered.close()
             if early is not None:
-                self._finish_copies(early, outcome)  # no copy outlives the invocation that started it
+                w.finish_copies(early)  # no copy outlives the invocation that started it
         outcome.seconds = time.monotonic() - started
         metrics.record_outcome(self.table.name, outcome)
         return outcome
