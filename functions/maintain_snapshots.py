@@ -15,10 +15,11 @@ log = logging.getLogger(__name__)
 @bp.timer_trigger(arg_name="timer", schedule="%SNAPSHOT_SCHEDULE%", run_on_startup=False)
 def maintain_snapshots(timer: func.TimerRequest) -> None:
     runtime = get_runtime()
-    for table in runtime.config.tables:
-        if table.snapshots is None:
-            continue
-        result = maintain_table_snapshots(runtime, table)
-        log.info("maintain_snapshots.done table=%s created=%s version=%s kept=%d deleted=%d incomplete_removed=%d",
-                 table.name, result.created, result.version, len(result.kept), len(result.deleted),
-                 len(result.removed_incomplete))
+    with runtime.invocation("maintain_snapshots"):  # its deadline reaches every storage request
+        for table in runtime.config.tables:
+            if table.snapshots is None:
+                continue
+            result = maintain_table_snapshots(runtime, table)
+            log.info("maintain_snapshots.done table=%s created=%s version=%s kept=%d deleted=%d incomplete_removed=%d",
+                     table.name, result.created, result.version, len(result.kept), len(result.deleted),
+                     len(result.removed_incomplete))

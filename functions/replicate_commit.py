@@ -27,7 +27,9 @@ def event_envelope(event: func.EventGridEvent) -> dict:
 @bp.function_name("replicate_commit")
 @bp.event_grid_trigger(arg_name="event")
 def replicate_commit(event: func.EventGridEvent) -> None:
-    result = handle_storage_event(get_runtime(), event_envelope(event))
+    runtime = get_runtime()
+    with runtime.invocation("replicate_commit"):  # its deadline reaches every storage request
+        result = handle_storage_event(runtime, event_envelope(event))
     failures = result.retryable_failures
     if failures:
         # Raising fails the invocation so Event Grid redelivers; replicas already done are no-ops then.

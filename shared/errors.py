@@ -117,3 +117,10 @@ class TopologyUnavailable(ReplicationError):
 class LeaseLost(ReplicaBusy):
     """Raised when a lease holder could not renew its lease (or it may have expired): it stops
     before its next write, because another holder may be writing; the work is retried."""
+
+
+class DeadlineExceeded(ReplicationError):
+    """Raised when an invocation's deadline passed before a storage request: the work stops where
+    it is (every write is conditional and ordered, so stopping anywhere is safe); retry resumes."""
+
+    retryable = True

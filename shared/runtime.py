@@ -9,12 +9,13 @@ from __future__ import annotations
 import atexit
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 
+from shared import deadline
 from shared.config.model import ReplicationConfig, TableConfig
 from shared.config.overlap import location_conflicts
 from shared.config.settings import (
     load_config,
+    load_tuning,
     resolve_alerts,
     resolve_connection,
     resolve_host_storage,
@@ -22,17 +23,17 @@ from shared.config.settings import (
     transport_options,
 )
 from shared.delta.log import TableRoot
+from shared.config.tuning import Tuning
 from shared.errors import ConfigError
+from shared.executors import Executors
 from shared.replication.fence import WriteFence
 from shared.replication.replicator import TableReplicator
 from shared.replication.sequencer import Sequencer
 from shared.storage.factory import Stores
-from shared.storage.clients import RequestCounter, build_blob_service_client
+from shared.storage.clients import RequestCounter, build_blob_service_client, with_deadline
 from shared.storage.lease import LeaseStore
 
 _runtime_lock = threading.Lock()
-FILE_COPY_WORKERS = 32
-TASK_WORKERS = 32  # replica updates and read-aheads of concurrent invocations
 
 
 class ReplicationRuntime:
@@ -42,14 +43,18 @@ class ReplicationRuntime:
         config: the replication configuration.
         environ: app settings for connection resolution (default: the process environment).
         counter: optional request counter attached to every client (tests, benchmarks).
+        tuning: batch and pool sizes and the invocation deadline (default: REPLICATION_TUNING, else
+            the defaults in shared/config/tuning.py).
 
     Raises:
         ConfigError: a connection is not defined or malformed; names the field path.
     """
 
     def __init__(self, config: ReplicationConfig, environ: Mapping[str, str] | None = None, *,
-                 counter: RequestCounter | None = None, transfer_flush_seconds: float | None = None) -> None:
+                 counter: RequestCounter | None = None, transfer_flush_seconds: float | None = None,
+                 tuning: Tuning | None = None) -> None:
         self.config = config
+        self.tuning = tuning or load_tuning(environ)
         self.transfer_flush_seconds = transfer_flush_seconds
         self.counter = counter
         self._environ = environ
@@ -90,16 +95,11 @@ class ReplicationRuntime:
         self.clients = {name: build_blob_service_client(s, counter=counter) for name, s in self.settings.items()}
         self.stores = Stores(self.clients)
         self.source_accounts = {name: s.account_name for name, s in self.settings.items()}
-        self._file_pool = ThreadPoolExecutor(max_workers=FILE_COPY_WORKERS, thread_name_prefix="copy")
-        self._task_pool = ThreadPoolExecutor(max_workers=TASK_WORKERS, thread_name_prefix="replica")
+        # The one owner of the host's thread pools (their tasks carry the invocation's deadline).
+        self.executors = Executors(file_workers=self.tuning.file_copy_workers,
+                                   task_workers=self.tuning.task_workers)
         self._sequencer = Sequencer()
-        self._topology_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="topology")
         self.replicators = {t.name: self._build_replicator(t) for t in config.tables}
-
-    @property
-    def file_pool(self):
-        """The host's file-copy executor (its one owner is the runtime; rejoin copies with it too)."""
-        return self._file_pool
 
     def _build_replicator(self, table: TableConfig, primary: str | None = None) -> TableReplicator:
         """A replicator from `primary` (default: the configured source) to every other location."""
@@ -107,9 +107,14 @@ class ReplicationRuntime:
         source = self.stores.table(source_loc)
         replicas = {r.name: self.stores.table(r) for r in table.locations if r.name != source_loc.name}
         root = TableRoot(self.settings[source_loc.connection].account_name, source_loc.container, source_loc.path)
-        return TableReplicator(table, source, replicas, root, self._file_pool, self._task_pool,
+        return TableReplicator(table, source, replicas, root, self.executors, tuning=self.tuning,
                                leases=self.lease_store, sequencer=self._sequencer,
                                fence=WriteFence(self.topology, table.name, source_loc.name))
+
+    def invocation(self, what: str):
+        """The context an invocation runs in: its deadline, `tuning.invocation_seconds` from now,
+        reaching every storage request of the work it starts (shared/deadline.py)."""
+        return deadline.within(self.tuning.invocation_seconds, what)
 
     def topology_store(self):
         """The ReplicationTopology table (STATUS_CONNECTION), built on first use."""
@@ -162,7 +167,7 @@ class ReplicationRuntime:
     def topology_async(self, table_name: str):
         """The topology read on a small pool of its own (a future): beside the commit read, and
         never queued behind replica tasks waiting for their turn."""
-        return self._topology_pool.submit(self.topology, table_name)
+        return self.executors.topology.submit(self.topology, table_name)
 
     def lease_store(self) -> LeaseStore:
         """Leases in the function app's storage (STATUS_CONNECTION / AzureWebJobsStorage), built on first use.
@@ -182,7 +187,7 @@ class ReplicationRuntime:
         from azure.data.tables import TableServiceClient
 
         settings = resolve_status_connection(self._environ)
-        options = {**transport_options(self._environ), **options}
+        options = with_deadline({**transport_options(self._environ), **options})
         if settings.connection_string:
             return TableServiceClient.from_connection_string(settings.connection_string, **options)
         from azure.identity import DefaultAzureCredential
@@ -270,9 +275,7 @@ class ReplicationRuntime:
         return self._alerts
 
     def close(self) -> None:
-        self._file_pool.shutdown(wait=True)
-        self._task_pool.shutdown(wait=True)
-        self._topology_pool.shutdown(wait=True)
+        self.executors.close()
         if self._transfer_recorder is not None:
             self._transfer_recorder.close()
         for client in self.clients.values():

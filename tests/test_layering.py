@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["errors", "failpoints", "config", "telemetry", "storage", "delta", "replication", "health", "cost",
+LAYERS = ["errors", "failpoints", "deadline", "executors", "config", "telemetry", "storage", "delta", "replication",
+          "health", "cost",
           "maintenance", "failover", "reads", "consolidation", "runtime", "app"]
-# errors and failpoints are one layer (neither imports the other).
-RANK = {name: (0 if name in ("errors", "failpoints") else i) for i, name in enumerate(LAYERS)}
+# errors, failpoints, deadline and executors are one layer (the deadline raises an error).
+BOTTOM = ("errors", "failpoints", "deadline", "executors")
+RANK = {name: (0 if name in BOTTOM else i) for i, name in enumerate(LAYERS)}
 FACES = ("functions", "cli", "function_app", "devtools", "bench", "tests")
 
 

@@ -14,11 +14,17 @@ import pytest
 from shared.config.parse import parse_config
 from shared.errors import ConfigError
 from shared.health.lag import ReplicaHealth, measure_table
-from shared.replication import catch_up as replicator_module
 from shared.replication.history import MissingHistory
 from tests.support.lake import Lake, batch, rows
 
 COMMIT = re.compile(r"(\d{20})\.json")
+
+
+def tuned(lake: Lake, backfill_step_versions: int) -> Lake:
+    """The lake, its runtime backfilling at most this many versions per catch-up (REPLICATION_TUNING)."""
+    lake.close_runtime()
+    lake.environ["REPLICATION_TUNING"] = json.dumps({"backfill_step_versions": backfill_step_versions})
+    return lake
 
 
 def commits(lake: Lake, account: str) -> list[int]:
@@ -50,10 +56,9 @@ def details(lake: Lake) -> dict[str, tuple[ReplicaHealth, int | None, str]]:
             for lag in measure_table(lake.runtime.replicators["sales"])}
 
 
-def test_readable_at_the_checkpoint_first_then_history_backfilled_ascending(azurite, request, monkeypatch):
+def test_readable_at_the_checkpoint_first_then_history_backfilled_ascending(azurite, request):
     # Step 1 with no room for history: readable at the head from the newest checkpoint.
-    monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 0)
-    lake = Lake(azurite, request.node.name)
+    lake = tuned(Lake(azurite, request.node.name), 0)
     try:
         build(lake)
         replicator = lake.runtime.replicators["sales"]
@@ -70,7 +75,7 @@ def test_readable_at_the_checkpoint_first_then_history_backfilled_ascending(azur
             assert_not_readable(lake, account, 0)
         assert details(lake) == {r: (ReplicaHealth.HEALTHY, 12, "history backfilling: versions 0..8")
                                  for r in ("westeu", "seasia")}
-        monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 4)
+        replicator = tuned(lake, 4).runtime.replicators["sales"]
         # Step 2: versions 0..3, in ascending order; 4..8 still missing and not readable.
         outcomes = replicator.replicate(None)
         assert [(o.error, o.history, o.backfilled) for o in outcomes] == [(None, MissingHistory(4, 8, 9), 4)] * 2
@@ -98,9 +103,8 @@ def test_readable_at_the_checkpoint_first_then_history_backfilled_ascending(azur
         lake.close()
 
 
-def test_commit_events_keep_the_head_current_while_history_is_missing(azurite, request, monkeypatch):
-    monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 0)
-    lake = Lake(azurite, request.node.name)
+def test_commit_events_keep_the_head_current_while_history_is_missing(azurite, request):
+    lake = tuned(Lake(azurite, request.node.name), 0)
     try:
         build(lake)
         lake.runtime.replicators["sales"].replicate(None)
@@ -173,19 +177,17 @@ def test_history_the_primary_vacuumed_blocks_the_backfill_without_failing_the_re
         lake.close()
 
 
-def test_backfill_writes_a_batch_at_once_and_a_hole_it_leaves_reads_as_an_error(azurite, request, monkeypatch):
+def test_backfill_writes_a_batch_at_once_and_a_hole_it_leaves_reads_as_an_error(azurite, request):
     """History below the readable run is written a batch of commits at once: a version whose
     chain has a hole (a write that failed) is an error for readers, never other rows, and the
     next step fills the hole."""
     from shared import failpoints
 
-    monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 0)
-    lake = Lake(azurite, request.node.name)
+    lake = tuned(Lake(azurite, request.node.name), 0)
     try:
         build(lake)
-        replicator = lake.runtime.replicators["sales"]
-        replicator.replicate(None)  # readable at 9..12, history 0..8 missing
-        monkeypatch.setattr(replicator_module, "BACKFILL_STEP_VERSIONS", 5000)
+        lake.runtime.replicators["sales"].replicate(None)  # readable at 9..12, history 0..8 missing
+        replicator = tuned(lake, 5000).runtime.replicators["sales"]
 
         def fail() -> None:
             raise OSError("injected: the commit write failed")

@@ -14,6 +14,7 @@ from shared.config.model import (
     TableServiceSettings,
 )
 from shared.config.parse import parse_config
+from shared.config.tuning import TUNING_SETTING, Tuning, parse_tuning
 from shared.errors import ConfigError
 
 CONFIG_SETTING = "REPLICATION_CONFIG"
@@ -85,6 +86,16 @@ def load_config(environ: Mapping[str, str] | None = None) -> ReplicationConfig:
             f"{source} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
         ) from err
     return parse_config(raw)
+
+
+def load_tuning(environ: Mapping[str, str] | None = None) -> Tuning:
+    """Batch and pool sizes and the invocation deadline: REPLICATION_TUNING, else the defaults.
+
+    Raises:
+        ConfigError: the setting is not a JSON object of known names with valid values.
+    """
+    env = os.environ if environ is None else environ
+    return parse_tuning(env.get(TUNING_SETTING))
 
 
 def resolve_connection(name: str, environ: Mapping[str, str] | None = None) -> ConnectionSettings:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -90,14 +91,15 @@ def maintain_table_snapshots(runtime, table, *, now: datetime | None = None) -> 
         state = table_state(replica_store, head)
         target = root.child(stamp)
         files = snapshot_files(state, store_root(replica_store))
-        from concurrent.futures import ThreadPoolExecutor
-
         def copy(f: ReferencedFile) -> None:
             target.copy_file_from(replica_store, f.path, expected_size=f.size)
             failpoints.hit(failpoints.SNAPSHOT_FILE)
 
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(copy, files))
+        # The runtime's copy pool (its one owner): bounded with every other copy of the host.
+        futures = [runtime.executors.files.submit(copy, f) for f in files]
+        wait(futures)  # every copy settled before the first error is raised: none outlives the run
+        for future in futures:
+            future.result()
         commit = state_commit(state, timestamp_ms=int(time.time() * 1000), operation="SNAPSHOT",
                               parameters={"table": table.name, "replica": config.replica, "version": str(head)})
         target.create_log_file(commit_name(0), commit)

@@ -10,11 +10,13 @@ gets an error, never other rows. The two orders are two batch writers handed to 
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 
 from shared import failpoints
+from shared.config.tuning import Tuning
 from shared.delta.log import LogFileKind, commit_name, crc_name, parse_log_name
 from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
 from shared.errors import CommitNotFound, DataFileMissing, ReplicationError
@@ -23,15 +25,6 @@ from shared.replication.outcome import unexpected
 from shared.replication.writer import ReplicaWriter
 from shared.storage.table_store import LogEntry, TableStore
 
-# Versions whose files are copied together before their commits are written in order;
-# keeps the replica advancing steadily while it catches up. A batch also ends once its
-# commits hold BATCH_COMMIT_BYTES (it always takes at least one commit), so memory per
-# catching-up replica is at most two batches (this one and the read-ahead), whatever the lag.
-BATCH_VERSIONS = 64
-# Versions of history backfilled per catch-up invocation (the lag check's timer or the CLI);
-# each step resumes where the previous one stopped, found by listing the replica.
-BACKFILL_STEP_VERSIONS = 5000
-BATCH_COMMIT_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -48,7 +41,9 @@ class _Ahead:
 
     def __init__(self, fn, *args, **kwargs) -> None:
         self._value = self._error = None
-        self._thread = threading.Thread(target=self._run, args=(fn, args, kwargs), name="batch-ahead", daemon=True)
+        # In the caller's context: the invocation's deadline (shared/deadline.py) reaches its requests.
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run, fn, args, kwargs),
+                                        name="batch-ahead", daemon=True)
         self._thread.start()
 
     def _run(self, fn, args, kwargs) -> None:
@@ -67,12 +62,21 @@ class _Ahead:
 class CatchUp:
     """Many versions for one replica: catch-up, seeding, backfill, through its writer.
 
+    A batch is `tuning.batch_versions` versions whose files are copied together before their
+    commits are written; it also ends once its commits hold `tuning.batch_commit_bytes` (it
+    always takes at least one commit), so memory per catching-up replica is at most two batches
+    (this one and the read-ahead), whatever the lag. A backfill step (the lag check's timer or
+    the CLI) writes at most `tuning.backfill_step_versions`; the next resumes where it stopped,
+    found by listing the replica.
+
     Args:
         writer: the replica's writer for this invocation (store, source, outcome, pools).
+        tuning: the batch sizes.
     """
 
-    def __init__(self, writer: ReplicaWriter) -> None:
+    def __init__(self, writer: ReplicaWriter, tuning: Tuning) -> None:
         self.w = writer
+        self.tuning = tuning
         self.table = writer.table
         self.source = writer.source
         self.outcome = writer.outcome
@@ -209,12 +213,12 @@ class CatchUp:
 
     def backfill(self, head: int) -> MissingHistory | None:
         """One step of backfilling history below the replica's readable run: ascending, batch
-        by batch, up to BACKFILL_STEP_VERSIONS versions (holes an interrupted step left included).
+        by batch, up to `tuning.backfill_step_versions` versions (holes an interrupted step left included).
 
         Returns what is still missing afterwards (None when the history is complete).
         """
         w, source, store = self.w, self.source, self.w.store
-        budget, previous = BACKFILL_STEP_VERSIONS, None
+        budget, previous = self.tuning.backfill_step_versions, None
         while (missing := missing_history(store, source, head)) is not None and budget > 0:
             if previous is not None and missing.low <= previous:
                 return missing  # no progress (cannot happen without an error); the next step retries
@@ -245,16 +249,17 @@ class CatchUp:
         return missing
 
     def _start_batch(self, first: int, target: int, *, probe: bool = False, known: set | None = None) -> _Batch:
-        """Read the commits from `first` (at most BATCH_VERSIONS, about BATCH_COMMIT_BYTES) in
-        parallel, then start copying their files."""
+        """Read the commits from `first` (at most a batch of versions, about its bytes) in parallel,
+        then start copying their files."""
         source, files = self.source, self.w.files
-        versions = list(range(first, min(first + BATCH_VERSIONS, target + 1)))
+        limit = self.tuning.batch_commit_bytes
+        versions = list(range(first, min(first + self.tuning.batch_versions, target + 1)))
         batch = _Batch()
         held = 0
         # Reads in flight: 4 hide latency and stop near the byte limit whatever the commits'
         # sizes; 16 when the listing says the whole batch fits under the limit anyway.
         sizes = [source.sizes.get(commit_name(v)) for v in versions]
-        window = 16 if None not in sizes and sum(sizes) <= BATCH_COMMIT_BYTES else 4
+        window = 16 if None not in sizes and sum(sizes) <= limit else 4
         pending = [(v, files.submit(source.commit, v)) for v in versions[:window]]
         position = len(pending)
         try:
@@ -267,7 +272,7 @@ class CatchUp:
                     break
                 batch.commits.append(commit)
                 held += len(commit.data)
-                if held >= BATCH_COMMIT_BYTES:
+                if held >= limit:
                     break
                 if position < len(versions):
                     pending.append((versions[position], files.submit(source.commit, versions[position])))

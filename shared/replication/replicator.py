@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 from shared import failpoints
 from shared.config.model import TableConfig
+from shared.config.tuning import Tuning
 from shared.delta.compare import diverged, same_commit
 from shared.delta.head import find_head, find_source_head
 from shared.delta.log import (
@@ -39,6 +39,7 @@ from shared.delta.source_log import (
     SourceLog,
     complete_checkpoints,
 )
+from shared.executors import Executors
 from shared.errors import (
     CommitNotFound,
     InvalidCommit,
@@ -90,15 +91,16 @@ class TableReplicator:
         source: the primary's store.
         replicas: replica name -> store, in configuration order.
         root: the primary's table root, to recognise absolute URIs inside the table.
-        file_pool: a shared, bounded pool for file copies.
+        executors: the runtime's pools (file copies and commit reads; replica tasks), long-lived:
+            starting threads per invocation costs milliseconds per commit.
+        tuning: batch sizes (catch-up, backfill).
         sequencer: orders this process's concurrent events per replica location (shared by
             the replicators of one runtime).
         fence: reads the topology before every commit and `_last_checkpoint` write (fence.py).
     """
 
     def __init__(self, table: TableConfig, source: TableStore, replicas: dict[str, TableStore],
-                 root: TableRoot, file_pool: ThreadPoolExecutor, task_pool: ThreadPoolExecutor | None = None, *,
-                 leases: "Callable[[], LeaseStore]",
+                 root: TableRoot, executors: Executors, *, tuning: Tuning, leases: "Callable[[], LeaseStore]",
                  sequencer: Sequencer | None = None, fence: WriteFence | None = None) -> None:
         self.table = table
         self.fence = fence  # None: no topology to check (a replicator outside a runtime)
@@ -108,9 +110,9 @@ class TableReplicator:
         self.source_store = source
         self.replicas = replicas
         self.root = root
-        self._files = file_pool
-        # Long-lived: starting threads per invocation costs milliseconds per commit.
-        self._tasks = task_pool or ThreadPoolExecutor(max_workers=16, thread_name_prefix="replica")
+        self.tuning = tuning
+        self._files = executors.files
+        self._tasks = executors.tasks
 
     def lease(self, store: TableStore, **kwargs):
         """The lease serialising replication and retention into one replica location, held in
@@ -274,7 +276,7 @@ class TableReplicator:
                             self.check_head_matches(name, store, source, head, target, entries)
                         outcome.lease = waited
                         try:
-                            head = CatchUp(w).run(head, target)
+                            head = CatchUp(w, self.tuning).run(head, target)
                         finally:
                             outcome.lease = None
                         outcome.state = ReplicaState.REPLICATED
@@ -287,9 +289,9 @@ class TableReplicator:
                 outcome.readable_seconds = time.monotonic() - started  # readable at head from here on
             if head is not None and self.table.history == "full" and (plan.backfill or outcome.seeded is not None):
                 # History behind: catch-ups, and the invocation that seeded once the replica is
-                # readable, backfill up to BACKFILL_STEP_VERSIONS older versions, ascending.
+                # readable, backfill up to tuning.backfill_step_versions older versions, ascending.
                 with self.lease(store):
-                    outcome.history = CatchUp(w).backfill(head)
+                    outcome.history = CatchUp(w, self.tuning).backfill(head)
         except ReplicaDiverged as err:
             outcome.state, outcome.error = ReplicaState.DIVERGED, err
             w.log.warning("replica.diverged table=%s replica=%s error=%s", self.table.name, name, err)

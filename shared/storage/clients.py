@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import threading
 import uuid
+from urllib.parse import urlparse
 
 from azure.storage.blob import BlobServiceClient, LinearRetry
 
+from shared import deadline
 from shared.config.model import ConnectionSettings
 from shared.config.settings import transport_options
 
@@ -52,13 +54,40 @@ CLIENT_REQUEST_ID_PREFIX = "delta-replication-"
 CLIENT_REQUEST_ID_HEADER = "x-ms-client-request-id"
 
 
-class _TagRequests:
-    """raw_request_hook: tag the request as the replicator's, then count it (if counting)."""
+class _DeadlineHook:
+    """raw_request_hook, run before every attempt (after the retry policy): check the invocation's
+    deadline and cap the attempt's timeouts at what is left of it (shared/deadline.py)."""
 
-    def __init__(self, counter: RequestCounter | None) -> None:
+    def __init__(self, options: dict, *, grace: float = 0.0) -> None:
+        # The client's own timeouts (300 s each: azure-core's defaults when a client sets none).
+        self._timeouts = {name: options.get(name, 300) for name in ("connection_timeout", "read_timeout")}
+        self._grace = grace
+
+    def __call__(self, request) -> None:
+        left = deadline.check(f"{request.http_request.method} {urlparse(request.http_request.url).path}",
+                              grace=self._grace)
+        if left is not None:
+            options = request.context.options
+            for name, configured in self._timeouts.items():
+                options[name] = min(options.get(name) or configured, left)
+
+
+def with_deadline(options: dict) -> dict:
+    """`options` for an azure-core client of the function app's tables, plus the deadline hook
+    (with the grace for recording an invocation's outcome)."""
+    return {**options, "raw_request_hook": _DeadlineHook(options, grace=deadline.RECORD_GRACE_SECONDS)}
+
+
+class _TagRequests(_DeadlineHook):
+    """The data clients' raw_request_hook: the deadline, then tag the request as the replicator's,
+    then count it (if counting)."""
+
+    def __init__(self, counter: RequestCounter | None, options: dict) -> None:
+        super().__init__(options)
         self._counter = counter
 
     def __call__(self, request) -> None:
+        super().__call__(request)
         request.http_request.headers[CLIENT_REQUEST_ID_HEADER] = CLIENT_REQUEST_ID_PREFIX + uuid.uuid4().hex
         if self._counter is not None:
             self._counter(request)
@@ -91,7 +120,7 @@ def build_probe_client(settings: ConnectionSettings, *, counter: RequestCounter 
 
 def _build(settings: ConnectionSettings, options: dict, counter: RequestCounter | None) -> BlobServiceClient:
     # The storage SDK runs this hook after setting its own request id and before signing.
-    options["raw_request_hook"] = _TagRequests(counter)
+    options["raw_request_hook"] = _TagRequests(counter, options)
     options.update(transport_options())
     if settings.connection_string:
         return BlobServiceClient.from_connection_string(settings.connection_string, **options)

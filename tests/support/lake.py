@@ -124,9 +124,14 @@ class Lake:
                 assert rows(self.table(account, v).to_pyarrow_table()) == rows(self.table("eastus", v).to_pyarrow_table()), \
                     f"{account} differs from the primary at version {v}"
 
-    def close(self) -> None:
+    def close_runtime(self) -> None:
+        """Close the runtime; the next use of `runtime` builds one from the settings as they are then."""
         if self._runtime is not None:
             self._runtime.close()
+            self._runtime = None
+
+    def close(self) -> None:
+        self.close_runtime()
         for account, client in self.clients.items():
             if not self.processes[account].running:
                 continue
