@@ -64,12 +64,13 @@ class _DeadlineHook:
         self._grace = grace
 
     def __call__(self, request) -> None:
+        if deadline.remaining() is None:
+            return  # no invocation deadline (the CLI, tests, benchmarks)
         left = deadline.check(f"{request.http_request.method} {urlparse(request.http_request.url).path}",
                               grace=self._grace)
-        if left is not None:
-            options = request.context.options
-            for name, configured in self._timeouts.items():
-                options[name] = min(options.get(name) or configured, left)
+        options = request.context.options
+        for name, configured in self._timeouts.items():
+            options[name] = min(options.get(name) or configured, left)
 
 
 def with_deadline(options: dict) -> dict:
