@@ -11,6 +11,9 @@ import contextvars
 from concurrent.futures import Future, ThreadPoolExecutor
 
 
+MAINTENANCE_WORKERS = 16
+
+
 class ContextPool(ThreadPoolExecutor):
     """A ThreadPoolExecutor whose tasks run in a copy of the submitter's context."""
 
@@ -31,7 +34,10 @@ class Executors:
         self.tasks = ContextPool(max_workers=task_workers, thread_name_prefix="replica")
         # The topology read beside a commit read, never queued behind replica tasks waiting their turn.
         self.topology = ContextPool(max_workers=4, thread_name_prefix="topology")
+        # Snapshots and rejoin quarantines copy whole tables: on a pool of their own, so a
+        # replicate_commit's copies never queue behind thousands of theirs.
+        self.maintenance = ContextPool(max_workers=MAINTENANCE_WORKERS, thread_name_prefix="maintenance")
 
     def close(self) -> None:
-        for pool in (self.files, self.tasks, self.topology):
+        for pool in (self.files, self.tasks, self.topology, self.maintenance):
             pool.shutdown(wait=True)

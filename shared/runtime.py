@@ -178,7 +178,7 @@ class ReplicationRuntime:
         with self._lock:
             if self._leases is None:
                 settings = resolve_host_storage(self._environ)
-                self._host_client = build_blob_service_client(settings, counter=self.counter)
+                self._host_client = build_blob_service_client(settings, counter=self.counter, host=True)
                 self._leases = LeaseStore(self._host_client, connection_name=settings.name)
             return self._leases
 

@@ -37,6 +37,8 @@ def test_tuning_defaults_and_overrides():
     ('{"file_copy_workers": true}', r"REPLICATION_TUNING\.file_copy_workers: expected a whole number, got True"),
     ('{"invocation_seconds": "60"}', r"REPLICATION_TUNING\.invocation_seconds: expected a number, got '60'"),
     ('{"task_workers": 0}', r"REPLICATION_TUNING\.task_workers: must be at least 1, got 0"),
+    ('{"invocation_seconds": NaN}', r"REPLICATION_TUNING\.invocation_seconds: must be a finite number, got nan"),
+    ('{"invocation_seconds": Infinity}', r"REPLICATION_TUNING\.invocation_seconds: must be a finite number, got inf"),
 ])
 def test_bad_tuning_is_refused_with_the_field(text, message):
     with pytest.raises(ConfigError, match=message):

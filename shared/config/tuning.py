@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 from shared.errors import ConfigError
@@ -62,6 +63,8 @@ def parse_tuning(text: str | None) -> Tuning:
         if isinstance(value, bool) or not isinstance(value, int if integral else (int, float)):
             raise ConfigError(f"{TUNING_SETTING}.{name}: expected {'a whole number' if integral else 'a number'}, "
                               f"got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{TUNING_SETTING}.{name}: must be a finite number, got {value!r}")
         if value < _MINIMUM[name]:
             raise ConfigError(f"{TUNING_SETTING}.{name}: must be at least {_MINIMUM[name]}, got {value!r}")
         values[name] = value

@@ -82,18 +82,23 @@ class PromotionMarkers:
             written.append(loc.name)
         return written
 
-    def latest(self, table) -> MarkerSearch:
-        """The newest marker (or quarantine) of the table in any of its locations."""
+    def latest(self, table, *, pool=None) -> MarkerSearch:
+        """The newest marker (or quarantine) of the table in any of its locations; with `pool`, the
+        locations are searched at once (a reader's wait is one location's, not their sum)."""
         found = MarkerSearch()
-        for loc in table.locations:
+        if pool is None:
+            searches = [_Done(self._evidence, self._quarantines(loc)) for loc in table.locations]
+        else:
+            searches = [pool.submit(self._evidence, self._quarantines(loc)) for loc in table.locations]
+        for loc, search in zip(table.locations, searches):
             try:
-                evidence = self._evidence(self._quarantines(loc))
+                evidence = search.result()
             except ReplicationError as err:  # cannot tell what it holds
                 log.warning("topology.marker_unreadable table=%s location=%s error=%s", table.name, loc.name,
                             type(err).__name__, extra={"table": table.name, "location": loc.name})
                 found.unreachable.append(loc.name)
                 continue
-            if evidence is not None and (found.marker is None or evidence["epoch"] > found.marker["epoch"]):
+            if evidence is not None and (found.marker is None or _better(evidence, found.marker)):
                 found.marker, found.location = evidence, loc.name
         return found
 
@@ -111,6 +116,28 @@ class PromotionMarkers:
             return None
         m = _QUARANTINE_RE.search("/" + first.name)
         return {"epoch": int(m.group(1)) if m else 1, "primary": "unknown (a quarantine, no marker)", "history": []}
+
+
+class _Done:
+    """A call made now, with a future's `result()` (its error raised there)."""
+
+    def __init__(self, fn, *args) -> None:
+        try:
+            self._value, self._error = fn(*args), None
+        except ReplicationError as err:
+            self._value, self._error = None, err
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _better(evidence: dict, found: dict) -> bool:
+    """A newer epoch; at the same epoch, a marker naming its primary over a bare quarantine."""
+    if evidence["epoch"] != found["epoch"]:
+        return evidence["epoch"] > found["epoch"]
+    return bool(evidence.get("history")) and not found.get("history")
 
 
 def restore_topology(runtime, table_name: str) -> Topology:

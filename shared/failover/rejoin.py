@@ -247,7 +247,7 @@ def _quarantine(runtime, table, loc, topology, plan, old, qstore, versions, entr
     """Copy, verify (size and MD5), then write the manifest (the union with an earlier run's)."""
     names = _log_files(entries, set(versions))
     data, fences = _data_files(table, old, versions)
-    pool = runtime.executors.files
+    pool = runtime.executors.maintenance  # whole lineages: never in the way of replication's copies
     check()
     copies = [pool.submit(qstore.copy_log_file_from, old, n) for n in names]
     copies += [pool.submit(qstore.copy_file_from, old, f.path, expected_size=f.size) for f in data.values()]

@@ -95,8 +95,8 @@ def maintain_table_snapshots(runtime, table, *, now: datetime | None = None) -> 
             target.copy_file_from(replica_store, f.path, expected_size=f.size)
             failpoints.hit(failpoints.SNAPSHOT_FILE)
 
-        # The runtime's copy pool (its one owner): bounded with every other copy of the host.
-        futures = [runtime.executors.files.submit(copy, f) for f in files]
+        # The runtime's maintenance pool: bounded, and never in the way of replication's copies.
+        futures = [runtime.executors.maintenance.submit(copy, f) for f in files]
         wait(futures)  # every copy settled before the first error is raised: none outlives the run
         for future in futures:
             future.result()

@@ -117,7 +117,8 @@ class ReaderTopology:
         marker to the new primary before fencing the old one, and to every other location that
         answers, so the evidence is where the reads go.
         """
-        found = PromotionMarkers(self._runtime, stores=probe_stores(self._runtime)).latest(table)
+        found = PromotionMarkers(self._runtime, stores=probe_stores(self._runtime)).latest(
+            table, pool=self._runtime.executors.topology)
         epoch = last.topology.epoch
         if found.marker is None or int(found.marker["epoch"]) <= epoch:
             return KnownTopology(last.topology, last.read_at, f"{reason}; the topology last read at "

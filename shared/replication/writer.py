@@ -26,7 +26,7 @@ from shared.replication.fence import WriteFence
 from shared.replication.outcome import ReplicaOutcome, is_vacuum_end, unexpected
 from shared.storage.table_store import TableStore
 
-log = logging.getLogger("shared.replication")
+log = logging.getLogger("shared.replication.replicator")  # the replicator's lines, one name (as before)
 
 
 class ReplicaLog(logging.LoggerAdapter):

@@ -83,8 +83,8 @@ class _TagRequests(_DeadlineHook):
     """The data clients' raw_request_hook: the deadline, then tag the request as the replicator's,
     then count it (if counting)."""
 
-    def __init__(self, counter: RequestCounter | None, options: dict) -> None:
-        super().__init__(options)
+    def __init__(self, counter: RequestCounter | None, options: dict, *, grace: float = 0.0) -> None:
+        super().__init__(options, grace=grace)
         self._counter = counter
 
     def __call__(self, request) -> None:
@@ -94,15 +94,19 @@ class _TagRequests(_DeadlineHook):
             self._counter(request)
 
 
-def build_blob_service_client(settings: ConnectionSettings, *, counter: RequestCounter | None = None) -> BlobServiceClient:
+def build_blob_service_client(settings: ConnectionSettings, *, counter: RequestCounter | None = None,
+                              host: bool = False) -> BlobServiceClient:
     """A BlobServiceClient for one connection: connection string, or Entra ID identity.
+
+    `host`: the function app's own storage (leases): its requests get the deadline's grace, so a
+    lease held by work stopped at the deadline is still released.
 
     Example:
         >>> build_blob_service_client(resolve_connection("WESTEU_STORAGE"))
     """
     options = dict(_TRANSFER)
     options["retry_policy"] = LinearRetry(**_RETRY)
-    return _build(settings, options, counter)
+    return _build(settings, options, counter, grace=deadline.RECORD_GRACE_SECONDS if host else 0.0)
 
 
 # Readers choosing a location want a dead region to fail fast, not after the copy path's
@@ -119,9 +123,10 @@ def build_probe_client(settings: ConnectionSettings, *, counter: RequestCounter 
     return _build(settings, options, counter)
 
 
-def _build(settings: ConnectionSettings, options: dict, counter: RequestCounter | None) -> BlobServiceClient:
+def _build(settings: ConnectionSettings, options: dict, counter: RequestCounter | None, *,
+           grace: float = 0.0) -> BlobServiceClient:
     # The storage SDK runs this hook after setting its own request id and before signing.
-    options["raw_request_hook"] = _TagRequests(counter, options)
+    options["raw_request_hook"] = _TagRequests(counter, options, grace=grace)
     options.update(transport_options())
     if settings.connection_string:
         return BlobServiceClient.from_connection_string(settings.connection_string, **options)

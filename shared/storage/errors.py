@@ -21,7 +21,8 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from shared.errors import AccessDenied, ReplicationError, ReplicaUnreachable
+from shared import deadline
+from shared.errors import AccessDenied, DeadlineExceeded, ReplicationError, ReplicaUnreachable
 
 READ_ROLE = "Storage Blob Data Reader"
 WRITE_ROLE = "Storage Blob Data Contributor"
@@ -48,6 +49,10 @@ def classify(err: Exception, *, connection: str, subject: str, what: str, role: 
         role: the role the operation needs; default from `what` (reads: Reader, writes: Contributor).
     """
     if isinstance(err, (ServiceRequestError, ServiceResponseError)):
+        left = deadline.remaining()
+        if left is not None and left < 1.0:  # the hook capped this attempt's timeouts at what was left
+            return DeadlineExceeded(f"{subject}: the invocation's deadline passed while {what} (the storage "
+                                    f"request was cut at it, {type(err).__name__}); the next attempt resumes the work")
         return ReplicaUnreachable(f"{subject}: storage did not answer while {what} ({type(err).__name__}); "
                                   "it will be retried. Check the account is reachable.")
     status = getattr(err, "status_code", None)
