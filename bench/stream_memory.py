@@ -41,7 +41,7 @@ def main() -> int:
     seconds = time.monotonic() - started
     peak = peak_rss_mib()
     print(json.dumps({"baseline_mib": baseline, "peak_mib": peak, "bytes": copied, "seconds": seconds,
-                      "streamed": bool(replica._streaming_from)}))
+                      "streamed": replica.streams_from(source)}))
     return 0
 
 

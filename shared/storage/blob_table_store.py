@@ -311,6 +311,11 @@ class BlobTableStore:
     def copy_log_file_from(self, source: "BlobTableStore", name: str, *, expected_size: int | None = None) -> int:
         return self._copier.copy_log_file(source, name, expected_size=expected_size)
 
+    def streams_from(self, source: "BlobTableStore") -> bool:
+        """Whether this store's copies from `source` stream through this process (Copy Blob was
+        refused between them); the benchmarks report it."""
+        return not self._copier._may_copy_server_side(source)
+
     def ensure_container(self) -> None:
         """Create the store's container if it does not exist (a consolidation target's first run)."""
         with self._storage("creating the container"):
