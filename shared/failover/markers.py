@@ -63,7 +63,8 @@ class PromotionMarkers:
 
     def _quarantines(self, loc):
         """`_quarantine/<table path>/` of a location: the markers and every rejoin's quarantine."""
-        return (self._stores or self._runtime.stores).folder(loc, f"{QUARANTINE_DIR}/{loc.path}", label=f"{loc.name}-quarantine")
+        stores = self._stores or self._runtime.stores
+        return stores.folder(loc, f"{QUARANTINE_DIR}/{loc.path}", label=f"{loc.name}-quarantine")
 
     def write(self, table, history: list[Topology]) -> list[str]:
         """Write the newest epoch's marker (with the whole history) to every location that answers;
@@ -86,13 +87,10 @@ class PromotionMarkers:
         """The newest marker (or quarantine) of the table in any of its locations; with `pool`, the
         locations are searched at once (a reader's wait is one location's, not their sum)."""
         found = MarkerSearch()
-        if pool is None:
-            searches = [_Done(self._evidence, self._quarantines(loc)) for loc in table.locations]
-        else:
-            searches = [pool.submit(self._evidence, self._quarantines(loc)) for loc in table.locations]
-        for loc, search in zip(table.locations, searches):
+        searches = [pool.submit(self._evidence, self._quarantines(loc)) for loc in table.locations] if pool else None
+        for i, loc in enumerate(table.locations):
             try:
-                evidence = search.result()
+                evidence = searches[i].result() if searches else self._evidence(self._quarantines(loc))
             except ReplicationError as err:  # cannot tell what it holds
                 log.warning("topology.marker_unreadable table=%s location=%s error=%s", table.name, loc.name,
                             type(err).__name__, extra={"table": table.name, "location": loc.name})
@@ -118,19 +116,10 @@ class PromotionMarkers:
         return {"epoch": int(m.group(1)) if m else 1, "primary": "unknown (a quarantine, no marker)", "history": []}
 
 
-class _Done:
-    """A call made now, with a future's `result()` (its error raised there)."""
-
-    def __init__(self, fn, *args) -> None:
-        try:
-            self._value, self._error = fn(*args), None
-        except ReplicationError as err:
-            self._value, self._error = None, err
-
-    def result(self):
-        if self._error is not None:
-            raise self._error
-        return self._value
+def marker_history(table, marker: dict) -> list[Topology]:
+    """The topology rows a marker holds (every epoch up to its own), oldest first."""
+    return [Topology(table.name, h["primary"], int(h["epoch"]), h.get("promotedAtVersion"), h.get("promotedAt"),
+                     h.get("previousPrimary")) for h in marker.get("history") or []]
 
 
 def _better(evidence: dict, found: dict) -> bool:
@@ -157,8 +146,7 @@ def restore_topology(runtime, table_name: str) -> Topology:
     if found.marker is None or not found.marker.get("history"):
         raise ReplicationError(f"no promotion marker with a history was found for table {table_name}; recreate the "
                                "ReplicationTopology rows by hand (see the README's runbook). Nothing was changed.")
-    rows = [Topology(table.name, h["primary"], int(h["epoch"]), h.get("promotedAtVersion"), h.get("promotedAt"),
-                     h.get("previousPrimary")) for h in found.marker["history"]]
+    rows = marker_history(table, found.marker)
     restored = runtime.topology_store().restore(table, rows)
     log.warning("topology.restored table=%s primary=%s epoch=%d from=%s", table.name, restored.primary, restored.epoch,
                 found.location, extra={"table": table.name, "epoch": restored.epoch})

@@ -27,7 +27,7 @@ from azure.core.exceptions import AzureError
 
 from shared.config.model import TableConfig
 from shared.errors import ConfigError, ReplicationError, TopologyUnavailable
-from shared.failover.markers import PromotionMarkers
+from shared.failover.markers import PromotionMarkers, marker_history
 from shared.failover.topology import Topology, TopologyStore, default_topology
 from shared.reads.probe import probe_stores
 
@@ -124,8 +124,9 @@ class ReaderTopology:
             return KnownTopology(last.topology, last.read_at, f"{reason}; the topology last read at "
                                  f"{last.read_at.isoformat()} is used", last.history, last.rejoins)
         newer = int(found.marker["epoch"])
-        history = [_row(table, h) for h in found.marker.get("history") or []]
-        if not history or history[-1].epoch != newer or history[-1].primary not in {loc.name for loc in table.locations}:
+        history = marker_history(table, found.marker)
+        names = {loc.name for loc in table.locations}
+        if not history or history[-1].epoch != newer or history[-1].primary not in names:
             raise TopologyUnavailable(
                 f"table {table.name}: {reason}; the last topology this process read is epoch {epoch}, but "
                 f"{found.location} holds evidence of a promotion to epoch {newer} that does not name its primary "
@@ -135,11 +136,6 @@ class ReaderTopology:
                              f"{reason}; the topology last read here (epoch {epoch}) is older than the promotion "
                              f"marker for epoch {newer} found in {found.location}, which is used",
                              tuple(history), last.rejoins)
-
-
-def _row(table: TableConfig, doc: dict) -> Topology:
-    return Topology(table.name, doc["primary"], int(doc["epoch"]), doc.get("promotedAtVersion"),
-                    doc.get("promotedAt"), doc.get("previousPrimary"))
 
 
 _readers: "weakref.WeakKeyDictionary[object, ReaderTopology]" = weakref.WeakKeyDictionary()
