@@ -9,6 +9,6 @@ if [ "$#" -eq 0 ]; then
   if [ "${SKIP_DEPLOY_CHECK:-}" != "1" ]; then
     bash scripts/deploy_check.sh
   fi
-  set -- -n 2
+  set -- -n 2 --durations=25  # the slowest tests listed: the suite must stay under 20 minutes on 2 cores
 fi
 exec .venv/bin/python -m pytest "$@"

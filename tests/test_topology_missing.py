@@ -12,6 +12,7 @@ from azure.data.tables import TableServiceClient
 from devtools.azurite import AzuriteProcess
 from shared.config.parse import parse_config
 from shared.errors import TopologyUnavailable
+from shared.failover.markers import PromotionMarkers
 from shared.failover.promote import promote
 from shared.failover.topology import TOPOLOGY_TABLE
 from shared.runtime import ReplicationRuntime
@@ -68,4 +69,29 @@ def test_replaced_host_storage_after_a_promote_is_topology_unavailable_not_epoch
     finally:
         tables.close()
         replaced.close()
+        lake.close()
+
+
+@pytest.mark.parametrize("bare_at", ["eastus", "westeu"])
+def test_at_one_epoch_a_marker_with_its_history_wins_over_a_bare_quarantine_wherever_each_is(azurite, request,
+                                                                                           bare_at):
+    """At equal epochs the marker naming its primary and history is the evidence, never a quarantine
+    folder of the same epoch (which names no primary), whichever location is searched first."""
+    lake = failover_lake(azurite, request.node.name)
+    name = lake.table_name
+    try:
+        lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+        deliver_new(lake, "eastus", set())
+        promote(lake.runtime, name, "westeu", force=True)
+        table = lake.runtime.config.table(name)
+        loc = next(loc for loc in table.locations if loc.name == bare_at)
+        folder = lake.runtime.stores.folder(loc, f"_quarantine/{loc.path}", label=loc.name)
+        # That location holds only a quarantine of epoch 1 (as before markers existed), the other the marker.
+        assert folder.delete_files(["topology/epoch-1.json"]) == 1
+        assert folder.put_file("epoch-1/_delta_log/00000000000000000001.json", b"{}")
+        found = PromotionMarkers(lake.runtime).latest(table)
+        assert (found.location, found.marker["epoch"], found.marker["primary"],
+                [h["primary"] for h in found.marker["history"]]) == \
+            ({"eastus": "westeu", "westeu": "eastus"}[bare_at], 1, "westeu", ["westeu"])
+    finally:
         lake.close()
