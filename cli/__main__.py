@@ -70,13 +70,14 @@ def name_endpoints(runtime) -> None:
 
 
 def _tables(runtime, name: str | None):
-    tables = list(runtime.config.tables)
-    if name is not None:
-        tables = [t for t in tables if t.name == name]
-        if not tables:
-            raise SystemExit(f"error: table {name!r} is not configured (configured: "
-                             f"{', '.join(t.name for t in runtime.config.tables)})")
-    return tables
+    if name is None:
+        for group in runtime.config.groups:  # a CLI process knows no group table before a sweep
+            runtime.groups.sweep(group.name)
+        return runtime.tables()
+    try:
+        return [runtime.table(name)]
+    except KeyError:
+        raise SystemExit(f"error: table {name!r} is not configured (configured: {runtime.table_names()})") from None
 
 
 def cmd_sync(args) -> int:
@@ -295,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="per table and replica: versions, lag, state and the reason")
     p.add_argument("--table", help="only this table")
+    p.add_argument("--group", help="every table of this group, and the group's recovery point per location")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C (a terminal beside the writer)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes with --watch (default 2)")

@@ -7,7 +7,10 @@ import json
 
 def add_parser(sub) -> None:
     p = sub.add_parser("endpoint", help="the nearest location that qualifies for a read (URI, version, staleness)")
-    p.add_argument("--table", required=True, help="the table")
+    p.add_argument("--table", help="the table (required unless --group)")
+    p.add_argument("--group", help="a group: with --consistent, every table of it at one location's recovery point")
+    p.add_argument("--consistent", action="store_true",
+                   help="with --group: one location for the whole group, each table at its recovery point")
     p.add_argument("--region", help="the reader's Azure region")
     p.add_argument("--max-staleness", help="the most seconds the data may lag the primary")
     p.add_argument("--min-version", help="skip locations older than this version (read-your-writes)")
@@ -29,19 +32,23 @@ def cmd_endpoint(args) -> int:
     from shared.reads.resolver import resolve_location
     from shared.runtime import ReplicationRuntime
 
+    if args.group is not None or args.consistent:
+        return _group_endpoint(args)
+    if args.table is None:
+        raise SystemExit("error: --table is required (or --group G --consistent for a whole group)")
     params = {"region": args.region, "max_staleness_seconds": args.max_staleness, "min_version": args.min_version,
               "timestamp": args.timestamp, "purpose": args.purpose}
     try:
         query = parse_read_query({k: v for k, v in params.items() if v is not None})
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    config = load_config()
+    runtime = ReplicationRuntime(load_config())
     try:
-        table = config.table(args.table)
+        table = runtime.table(args.table)
     except KeyError:
+        runtime.close()
         raise SystemExit(f"error: table {args.table!r} is not configured (configured: "
-                         f"{', '.join(t.name for t in config.tables)})") from None
-    runtime = ReplicationRuntime(config)
+                         f"{runtime.table_names()})") from None
     name_endpoints(runtime)
     try:
         if args.purpose == "write":
@@ -77,4 +84,45 @@ def cmd_endpoint(args) -> int:
             print(f"  topology stale: {found.topology_stale_reason}")
         for t in found.tried:
             print(f"  skipped {t.location}: {t.reason.value} ({t.detail})")
+    return 0
+
+
+def _group_endpoint(args) -> int:
+    """endpoint --group G --consistent: exit 0 with the location and each table's version; 1 when no
+    location can serve the group; 2 on bad input."""
+    from cli.__main__ import name_endpoints
+    from shared.config.settings import load_config
+    from shared.errors import NoReadableLocation
+    from shared.reads.group import resolve_group
+    from shared.runtime import ReplicationRuntime
+
+    other = [flag for flag, value in (("--table", args.table), ("--max-staleness", args.max_staleness),
+                                      ("--min-version", args.min_version), ("--timestamp", args.timestamp))
+             if value is not None]
+    if args.group is None or not args.consistent or other or args.purpose != "read":
+        raise SystemExit("error: a group read is `endpoint --group G --consistent [--region R] [--json]`"
+                         + (f"; {', '.join(other)} does not apply to it" if other else ""))
+    runtime = ReplicationRuntime(load_config())
+    name_endpoints(runtime)
+    try:
+        found = resolve_group(runtime, args.group, region=args.region)
+    except KeyError:
+        raise SystemExit(f"error: group {args.group!r} is not configured (configured: "
+                         f"{', '.join(g.name for g in runtime.config.groups) or 'none'})") from None
+    except NoReadableLocation as err:
+        if args.json:
+            print(json.dumps({"error": str(err), "group": args.group, "tried": [t.as_json() for t in err.tried]},
+                             indent=2))
+        else:
+            print(f"no location can serve group {args.group}: {err}")
+        return 1
+    finally:
+        runtime.close()
+    if args.json:
+        print(json.dumps(found.as_json(), indent=2))
+    else:
+        print(f"group {found.group}: {found.location} at {found.as_json()['recoveryPoint']}")
+        for t in found.tables:
+            print(f"  {t.table:<32} version {t.version if t.version is not None else '-':<8} {t.uri}"
+                  + (f"  ({t.reason})" if t.reason else ""))
     return 0

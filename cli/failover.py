@@ -14,10 +14,10 @@ def _runtime():
 
 def _table(runtime, name: str):
     try:
-        return runtime.config.table(name)
+        return runtime.table(name)
     except KeyError:
         raise SystemExit(f"error: table {name!r} is not configured (configured: "
-                         f"{', '.join(t.name for t in runtime.config.tables)})") from None
+                         f"{runtime.table_names()})") from None
 
 
 def _location(table, name: str, option: str) -> None:

@@ -50,14 +50,16 @@ def no_log_detail(location) -> str:
             "check the source's container and path in the configuration (or write the table's first commit)")
 
 
-def table_rows(runtime, table) -> list[dict]:
-    """One row per non-primary location, measured now."""
+def table_rows(runtime, table, *, lags: list | None = None) -> list[dict]:
+    """One row per non-primary location, measured now (each measurement also appended to `lags`)."""
     from shared.health.lag import measure_table
 
     topology = require_topology(runtime, table, "status")
     replicator = runtime.replicator(table.name, topology)
     rows = []
     for lag in measure_table(replicator):
+        if lags is not None:
+            lags.append(lag)
         state, detail = lag.status.value, lag.detail
         if lag.source_version is None and state in HEALTHY_STATES:
             # Nothing to compare with is not "up to date": a typo in the path looks exactly like this.
@@ -90,19 +92,50 @@ def cmd_status(args) -> int:
 
         return watch(args, lambda a: cmd_status(argparse.Namespace(**{**vars(a), "watch": False})))
     runtime = _runtime()
+    groups: list[dict] = []
     try:
         rows = []
-        for table in _tables(runtime, args.table):
-            rows += table_rows(runtime, table)
+        if getattr(args, "group", None):
+            rows, groups = group_status(runtime, args.group)
+        else:
+            for table in _tables(runtime, args.table):
+                rows += table_rows(runtime, table)
         from cli.consolidate import print_status, status_rows
 
-        consolidations = status_rows(runtime)
+        consolidations = status_rows(runtime) if not getattr(args, "group", None) else []
     finally:
         runtime.close()
     if args.json:
-        print(json.dumps({"checkedAt": datetime.now(timezone.utc).isoformat(), "replicas": rows,
-                          "consolidations": consolidations}, indent=2))
+        doc = {"checkedAt": datetime.now(timezone.utc).isoformat(), "replicas": rows, "consolidations": consolidations}
+        if getattr(args, "group", None):
+            doc["groups"] = groups
+        print(json.dumps(doc, indent=2))
     else:
         print("\n".join(render(rows)))
+        for g in groups:
+            print(f"group {g['group']} at {g['replica']}: recovery point {g['recoveryPoint'] or 'unknown'} "
+                  f"({g['recoveryPointAgeSeconds']} s ago), {g['tablesBehind']} of {g['tables']} tables behind")
         print_status(consolidations)
     return 0 if all(r["state"] in HEALTHY_STATES for r in rows) else 1
+
+
+def group_status(runtime, name: str) -> tuple[list[dict], list[dict]]:
+    """Every table of group `name` measured now, and the group's recovery point at each location."""
+    from shared.errors import ReplicationError
+    from shared.health.recovery_point import group_points
+
+    try:
+        group = runtime.config.group(name)
+    except KeyError:
+        raise SystemExit(f"error: group {name!r} is not configured (configured: "
+                         f"{', '.join(g.name for g in runtime.config.groups) or 'none'})") from None
+    runtime.groups.sweep(name)
+    rows, lags, previous = [], [], {}
+    for table in runtime.groups.members(name):
+        rows += table_rows(runtime, table, lags=lags)
+        try:  # what was known of an unreachable location (its CaughtUpAt); none when the host storage is down
+            previous.update({(table.name, r.replica): r for r in runtime.status_store().list_rows(table=table.name)})
+        except ReplicationError:
+            pass
+    now = max((lag.checked_at for lag in lags), default=datetime.now(timezone.utc))
+    return rows, [p.as_json() for p in group_points(group, lags, previous, now)]

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 def maintain_snapshots(timer: func.TimerRequest) -> None:
     runtime = get_runtime()
     with runtime.invocation("maintain_snapshots"):  # its deadline reaches every storage request
-        for table in runtime.config.tables:
+        for table in runtime.tables():
             if table.snapshots is None:
                 continue
             result = maintain_table_snapshots(runtime, table)

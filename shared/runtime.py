@@ -26,6 +26,8 @@ from shared.delta.log import TableRoot
 from shared.config.tuning import Tuning
 from shared.errors import ConfigError
 from shared.executors import Executors
+from shared.groups.catalog import GroupCatalog
+from shared.groups.members import split_name
 from shared.replication.fence import WriteFence
 from shared.replication.replicator import TableReplicator
 from shared.replication.sequencer import Sequencer
@@ -59,6 +61,7 @@ class ReplicationRuntime:
         self.counter = counter
         self._environ = environ
         self._status = None
+        self._group_status = None
         self._transfer = None
         self._transfer_recorder = None
         self._shared_table_service = None
@@ -71,14 +74,17 @@ class ReplicationRuntime:
         self._lock = threading.Lock()
         self.settings = {}
         problems = []
-        for i, table in enumerate(config.tables):
-            for where, loc in [("source", table.source)] + [(f"replicas[{j}]", r) for j, r in enumerate(table.replicas)]:
+        placed = [(f"tables[{i}]", t) for i, t in enumerate(config.tables)]
+        placed += [(f"groups[{i}]", g) for i, g in enumerate(config.groups)]
+        for field_path, places in placed:
+            for where, loc in [("source", places.source)] + [(f"replicas[{j}]", r)
+                                                             for j, r in enumerate(places.replicas)]:
                 if loc.connection in self.settings:
                     continue
                 try:
                     self.settings[loc.connection] = resolve_connection(loc.connection, environ)
                 except ConfigError as err:
-                    problems.append(f"tables[{i}].{where}.connection: {err}")
+                    problems.append(f"{field_path}.{where}.connection: {err}")
         for i, consolidation in enumerate(config.consolidations):
             located = [(f"sources[{j}]", s.location) for j, s in enumerate(consolidation.sources) if s.table is None]
             for where, loc in located + [("target", consolidation.target)]:
@@ -100,6 +106,33 @@ class ReplicationRuntime:
                                    task_workers=self.tuning.task_workers)
         self._sequencer = Sequencer()
         self.replicators = {t.name: self._build_replicator(t) for t in config.tables}
+        self.groups = GroupCatalog(config, self.stores)  # the tables found under each group's prefix
+
+    def table(self, name: str) -> TableConfig:
+        """A configured table, or a group's table (`<group>:<path, '/' as '.'>`) by name.
+
+        Raises:
+            KeyError: neither a configured table nor a table of a configured group.
+        """
+        try:
+            return self.config.table(name)
+        except KeyError:
+            return self.groups.table(name)
+
+    def tables(self) -> list[TableConfig]:
+        """The configured tables, then every group table this host knows (events, sweeps)."""
+        return [*self.config.tables, *self.groups.tables()]
+
+    def is_configured(self, name: str) -> bool:
+        """A configured table's name, or a name in a configured group (its status rows are this app's),
+        without a lookup in storage."""
+        parts = split_name(name)
+        return any(t.name == name for t in self.config.tables) or (
+            parts is not None and any(g.name == parts[0] for g in self.config.groups))
+
+    def table_names(self) -> str:
+        """The known table names, for an error that says which exist."""
+        return ", ".join(t.name for t in self.tables())
 
     def _build_replicator(self, table: TableConfig, primary: str | None = None) -> TableReplicator:
         """A replicator from `primary` (default: the configured source) to every other location."""
@@ -139,7 +172,7 @@ class ReplicationRuntime:
         """
         from shared.failover.topology import default_topology
 
-        table = self.config.table(table_name)
+        table = self.table(table_name)
         try:
             store = self.topology_store()
         except ConfigError:
@@ -155,8 +188,8 @@ class ReplicationRuntime:
     def replicator_from(self, table_name: str, primary: str) -> TableReplicator:
         """The replicator that treats location `primary` as the primary (built once, reused).
         Only what the topology names may write; others serve reads made before it is known."""
-        table = self.config.table(table_name)
-        if primary == table.source.name:
+        table = self.table(table_name)
+        if primary == table.source.name and table_name in self.replicators:
             return self.replicators[table_name]
         key = (table_name, primary)
         with self._lock:
@@ -217,6 +250,14 @@ class ReplicationRuntime:
 
             self._status = StatusStore(self.table_service())
         return self._status
+
+    def group_status(self):
+        """The ReplicationGroupStatus table (group recovery points), built on first use."""
+        if self._group_status is None:
+            from shared.health.recovery_point import GroupStatusStore
+
+            self._group_status = GroupStatusStore(self.table_service())
+        return self._group_status
 
     def transfer_store(self):
         """The ReplicationTransfer table (daily replicated bytes), next to the status table.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["errors", "failpoints", "deadline", "executors", "config", "telemetry", "storage", "delta", "replication",
+LAYERS = ["errors", "failpoints", "deadline", "executors", "config", "telemetry", "storage", "delta", "groups", "replication",
           "health", "cost",
           "maintenance", "failover", "reads", "consolidation", "runtime", "app"]
 # errors, failpoints, deadline and executors are one layer (the deadline raises an error).

@@ -69,6 +69,16 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
         # Sidecars are copied with the checkpoint that references them.
         return EventResult(EventDisposition.IGNORED, table=ref.table.name, log_file=ref.log_file.name,
                            reason="sidecars are copied with their checkpoint")
+    if ref.relative is not None:
+        claimed = runtime.groups.claim(ref.table, ref.relative)
+        if claimed is None:
+            reason = (f"folder {ref.relative!r} of group {ref.table.group} has the name {ref.table.name} another "
+                      "folder of the group holds; exclude one of them (the group's exclude globs)")
+            log.warning("event.rejected reason=%s", reason, extra={"reason": reason})
+            return EventResult(EventDisposition.REJECTED, table=ref.table.name, reason=reason)
+        if claimed:  # a group's table not seen before: this event starts it (readable-first)
+            log.info("group.table_found group=%s table=%s", ref.table.group, ref.table.name,
+                     extra={"group": ref.table.group, "table": ref.table.name})
     started = time.monotonic()
     # The commit is read from where the event says while the topology is read: a read of a
     # location that turns out not to be the primary is discarded, and nothing is written

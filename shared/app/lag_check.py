@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 
 from shared.cost.transfer import record_replicated_bytes
 from shared.errors import ReplicationError
 from shared.failover.fence import fence_deposed
 from shared.telemetry import metrics
-from shared.health.alerts import AlertPublisher, alert_state, settle_alert, transition_event
+from shared.health.alerts import (
+    GROUP_RPO_EXCEEDED,
+    RECOVERED,
+    AlertPublisher,
+    alert_state,
+    settle_alert,
+    transition_event,
+)
 from shared.health.lag import ReplicaHealth, ReplicaLag, measure_table
+from shared.health.recovery_point import ALERT_RPO, group_points, iso_ms
 from shared.health.status import ALERT_OK, StatusStore
 from shared.maintenance.retention import purge_after_vacuum
 
@@ -30,10 +38,19 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
         The measurements, one per replica.
     """
     measured: list[ReplicaLag] = []
-    for table in runtime.config.tables:
+    # The discovery sweep: tables of a group whose events were lost are found here (and healed below).
+    sweeps = {g.name: runtime.groups.sweep(g.name) for g in runtime.config.groups}
+    group_lags: dict[str, list[ReplicaLag]] = {g.name: [] for g in runtime.config.groups}
+    group_previous: dict[tuple[str, str], object] = {}
+    for table in runtime.tables():
         topology = runtime.topology(table.name)
         replicator = runtime.replicator(table.name, topology)
         previous = {row.replica: row for row in status.list_rows(table=table.name)}
+        if _dropped(table, topology, sweeps):
+            measured += _record_dropped(replicator, topology, status, previous, now)
+            continue
+        if table.group:
+            group_previous.update({(table.name, replica): row for replica, row in previous.items()})
         if heal and topology.epoch > 0:
             # A forced promote's old primary is fenced as soon as it answers (writers refuse it),
             # before anything else meets it.
@@ -66,8 +83,56 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
                     extra={"table": lag.table, "replica": lag.replica, "status": lag.status.value,
                            "version_lag": lag.version_lag, "lag_seconds": lag.lag_seconds})
             measured.append(lag)
+            if table.group:
+                group_lags[table.group].append(lag)
+    for group in runtime.config.groups:
+        record_group_points(runtime, group, group_points(group, group_lags[group.name], group_previous,
+                                                         now or datetime.now(timezone.utc)), alerts)
     runtime.flush_transfers()  # a timer's run: the cost report gets its bytes now, not at the next flush
     return measured
+
+
+def record_group_points(runtime, group, points, alerts: AlertPublisher | None) -> None:
+    """Store each location's group recovery point; alert once per crossing of rpo_threshold_seconds."""
+    store = runtime.group_status()
+    before = {point.replica: state for point, state in store.rows(group.name)}
+    for point in points:
+        previous = before.get(point.replica, ALERT_OK)
+        state = ALERT_RPO if point.exceeds(group.rpo_threshold_seconds) else ALERT_OK
+        if state != previous and alerts is not None:
+            event_type = GROUP_RPO_EXCEEDED if state == ALERT_RPO else RECOVERED
+            data = {**point.as_json(), "rpoThresholdSeconds": group.rpo_threshold_seconds}
+            state = settle_alert(previous, state, lambda: alerts.publish_event(
+                event_type, f"groups/{group.name}/replicas/{point.replica}", data),
+                describe=f"type={event_type} group={group.name} replica={point.replica}")
+        store.put(point, alert_state=state)
+        log.info("group.recovery_point group=%s replica=%s recovery_point=%s age_seconds=%s tables=%d behind=%d",
+                 group.name, point.replica, iso_ms(point.recovery_point), point.age_seconds, point.tables,
+                 point.tables_behind, extra={"group": group.name, "replica": point.replica})
+
+
+def _dropped(table, topology, sweeps) -> bool:
+    """A group's table the sweep did not find at its current primary (a sweep of a replica, taken
+    while the primary did not answer, proves nothing: the replica may not have it yet)."""
+    sweep = sweeps.get(table.group) if table.group else None
+    return sweep is not None and sweep.location == topology.primary and table.name not in sweep.names
+
+
+def _record_dropped(replicator, topology, status, previous, now) -> list[ReplicaLag]:
+    """Status `dropped` for every replica of a table gone from its primary: nothing is healed or
+    deleted (retention decides about the replicas' files), and no lag alert fires for it."""
+    now = now or datetime.now(timezone.utc)
+    lags = []
+    for name in replicator.replicas:
+        before = previous.get(name)
+        lag = ReplicaLag(replicator.table.name, name, None, before.replica_version if before else None, 0, 0.0,
+                         ReplicaHealth.DROPPED, now,
+                         f"the table's _delta_log is gone from its primary {topology.primary}; the replica is kept")
+        status.put_row(lag, alert_state=before.alert_state if before else ALERT_OK, previous=before)
+        log.warning("lag.checked table=%s replica=%s status=dropped", lag.table, name,
+                    extra={"table": lag.table, "replica": name, "status": "dropped"})
+        lags.append(lag)
+    return lags
 
 
 def ever_primary(table, topology) -> set[str]:

@@ -68,6 +68,7 @@ class TableConfig:
     # backfilled; "from_checkpoint": history before the seeding checkpoint is never copied.
     history: str = "full"
     auto_rejoin: bool = False  # the lag check rejoins a diverged former primary (quarantining its extra commits)
+    group: str | None = None  # the group it was discovered in (None: a table of its own entry)
 
     def replica(self, name: str) -> LocationConfig:
         for replica in self.replicas:
@@ -86,6 +87,60 @@ class TableConfig:
             if loc.name == name:
                 return loc
         raise KeyError(name)
+
+
+GROUP_SEPARATOR = ":"  # <group>:<path relative to the group's prefix, '/' written '.'>
+
+
+def join_path(prefix: str, relative: str) -> str:
+    return f"{prefix}/{relative}" if prefix else relative
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """Every Delta table under one prefix, replicated to the same relative path under each replica's prefix.
+
+    `source` and `replicas` are LocationConfigs whose `path` is the prefix ("" for a whole
+    container); a member's locations are those with the member's relative path appended.
+    """
+
+    name: str
+    source: LocationConfig
+    replicas: tuple[LocationConfig, ...]
+    include: tuple[str, ...] = ("*",)  # globs over the path relative to the prefix ('*' spans '/')
+    exclude: tuple[str, ...] = ()
+    lag_threshold_seconds: int = 600
+    rpo_threshold_seconds: int | None = None
+    routing: RoutingConfig | None = None
+    snapshots: SnapshotConfig | None = None  # `path` is the prefix under which each member's snapshots go
+    allow_external_files: bool = False
+    max_commit_bytes: int = DEFAULT_MAX_COMMIT_BYTES
+    history: str = "full"
+    auto_rejoin: bool = False
+
+    @property
+    def locations(self) -> tuple[LocationConfig, ...]:
+        return (self.source, *self.replicas)
+
+    def table_name(self, relative: str) -> str:
+        """`sales/orders` under group `lake` is `lake:sales.orders` (the contract's name)."""
+        return f"{self.name}{GROUP_SEPARATOR}{relative.replace('/', '.')}"
+
+    def member(self, relative: str) -> TableConfig:
+        """The TableConfig of the table at `relative` (its locations: each prefix + that path)."""
+        def at(loc: LocationConfig) -> LocationConfig:
+            return LocationConfig(loc.name, loc.connection, loc.container, join_path(loc.path, relative),
+                                  retention=loc.retention, region=loc.region)
+
+        snapshots = None
+        if self.snapshots is not None:
+            snapshots = SnapshotConfig(self.snapshots.replica, self.snapshots.container,
+                                       join_path(self.snapshots.path, relative), self.snapshots.keep_last)
+        return TableConfig(name=self.table_name(relative), source=at(self.source),
+                           replicas=tuple(at(r) for r in self.replicas),
+                           lag_threshold_seconds=self.lag_threshold_seconds, snapshots=snapshots,
+                           allow_external_files=self.allow_external_files, max_commit_bytes=self.max_commit_bytes,
+                           routing=self.routing, history=self.history, auto_rejoin=self.auto_rejoin, group=self.name)
 
 
 DEFAULT_REGION_COLUMN = "source_region"
@@ -139,6 +194,13 @@ class ConsolidationConfig:
 class ReplicationConfig:
     tables: tuple[TableConfig, ...]
     consolidations: tuple[ConsolidationConfig, ...] = ()
+    groups: tuple["GroupConfig", ...] = ()
+
+    def group(self, name: str) -> "GroupConfig":
+        for group in self.groups:
+            if group.name == name:
+                return group
+        raise KeyError(name)
 
     def consolidation(self, name: str) -> ConsolidationConfig:
         for consolidation in self.consolidations:
@@ -154,8 +216,8 @@ class ReplicationConfig:
 
     def connection_names(self) -> list[str]:
         names: list[str] = []
-        for table in self.tables:
-            for loc in (table.source, *table.replicas):
+        for places in (*self.tables, *self.groups):
+            for loc in places.locations:
                 if loc.connection not in names:
                     names.append(loc.connection)
         return names

@@ -46,12 +46,21 @@ def _places(config: ReplicationConfig, settings: Mapping[str, ConnectionSettings
         add(f"tables[{i}].source", "source", table.source, i)
         for j, replica in enumerate(table.replicas):
             add(f"tables[{i}].replicas[{j}]", "replica", replica, i)
+    for g, group in enumerate(config.groups):  # a group's prefix holds every table under it
+        add(f"groups[{g}].source", "source", group.source, None)
+        for j, replica in enumerate(group.replicas):
+            add(f"groups[{g}].replicas[{j}]", "replica", replica, None)
     for k, consolidation in enumerate(config.consolidations):
         for j, source in enumerate(consolidation.sources):
             if source.table is None:  # a configured table's source is checked as that table's
                 add(f"consolidations[{k}].sources[{j}]", "consolidation source", source.location, None)
         add(f"consolidations[{k}].target", "consolidation target", consolidation.target, None)
     return places
+
+
+def _under(path: str, folder: str) -> bool:
+    """`path` is `folder` or inside it ("" is the whole container)."""
+    return not folder or (path + "/").startswith(folder + "/")
 
 
 def location_conflicts(config: ReplicationConfig, settings: Mapping[str, ConnectionSettings]) -> list[str]:
@@ -69,7 +78,7 @@ def location_conflicts(config: ReplicationConfig, settings: Mapping[str, Connect
             if (a.endpoint, a.container) != (b.endpoint, b.container):
                 continue
             equal = a.path == b.path
-            inside = (a.path + "/").startswith(b.path + "/") or (b.path + "/").startswith(a.path + "/")
+            inside = _under(a.path, b.path) or _under(b.path, a.path)
             if not inside:
                 continue
             both_read = a.role in _READ_ONLY and b.role in _READ_ONLY

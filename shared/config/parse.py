@@ -41,17 +41,19 @@ def parse_config(raw: Any) -> ReplicationConfig:
     """Validate a decoded configuration document; see `load_config`."""
     # The consolidations section builds on this module's field checks (imported here: no cycle).
     from shared.config.parse_consolidation import parse_consolidation
+    from shared.config.parse_group import parse_group
 
     errors = _Errors()
     if not isinstance(raw, dict):
         errors.add("(root)", 'expected a JSON object like {"tables": [...]}')
         errors.raise_if_any()
-    _unknown_keys(raw, {"tables", "consolidations"}, "(root)", errors)
-    tables_raw = raw.get("tables", [] if raw.get("consolidations") else None)
+    _unknown_keys(raw, {"tables", "consolidations", "groups"}, "(root)", errors)
+    tables_raw = raw.get("tables", [] if raw.get("consolidations") or raw.get("groups") else None)
     consolidations_raw = raw.get("consolidations", [])
-    # A configuration may hold only consolidations; without them it needs a table.
-    if not isinstance(tables_raw, list) or (not tables_raw and not consolidations_raw):
-        errors.add("tables", "expected a non-empty list of tables")
+    groups_raw = raw.get("groups", [])
+    # A configuration may hold only groups or only consolidations; with neither it needs a table.
+    if not isinstance(tables_raw, list) or (not tables_raw and not consolidations_raw and not groups_raw):
+        errors.add("tables", "expected a non-empty list of tables (or a groups or consolidations section)")
         errors.raise_if_any()
     tables = []
     for i, t in enumerate(tables_raw):
@@ -70,8 +72,18 @@ def parse_config(raw: Any) -> ReplicationConfig:
                 if any(other.name == consolidation.name for other in consolidations):
                     errors.add(f"consolidations[{i}].name", f"duplicate consolidation name {consolidation.name!r}")
                 consolidations.append(consolidation)
+    groups = []
+    if not isinstance(groups_raw, list):
+        errors.add("groups", "expected a list of groups")
+    else:
+        for i, g in enumerate(groups_raw):
+            group = parse_group(g, f"groups[{i}]", errors)
+            if group is not None:
+                if any(other.name == group.name for other in groups):
+                    errors.add(f"groups[{i}].name", f"duplicate group name {group.name!r}")
+                groups.append(group)
     errors.raise_if_any()
-    return ReplicationConfig(tables=tuple(tables), consolidations=tuple(consolidations))
+    return ReplicationConfig(tables=tuple(tables), consolidations=tuple(consolidations), groups=tuple(groups))
 
 
 _TABLE_KEYS = {

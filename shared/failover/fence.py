@@ -187,7 +187,7 @@ def fence_deposed(runtime, table_name: str, topology=None) -> list[Fence]:
     topology = topology or runtime.topology(table_name)
     if topology.epoch == 0:
         return []
-    table = runtime.config.table(table_name)
+    table = runtime.table(table_name)
     history, rejoins = runtime.topology_store().lineage_of(table, topology)
     replicator = runtime.replicator(table_name, topology)
     fences = []

@@ -137,7 +137,7 @@ def restore_topology(runtime, table_name: str) -> Topology:
             may hold a newer one); nothing was written.
         TopologyConflict: the table has a current row already; nothing was written.
     """
-    table = runtime.config.table(table_name)
+    table = runtime.table(table_name)
     found = PromotionMarkers(runtime).latest(table)
     if found.unreachable:
         raise ReplicationError(f"location(s) {', '.join(found.unreachable)} of table {table_name} did not answer and "

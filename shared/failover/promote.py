@@ -54,10 +54,10 @@ class PromoteResult:
 
 def _check_target(runtime, table_name: str, to: str) -> tuple[object, Topology]:
     try:
-        table = runtime.config.table(table_name)
+        table = runtime.table(table_name)
     except KeyError:
         raise PromotionRefused(f"table {table_name!r} is not configured (configured: "
-                               f"{', '.join(t.name for t in runtime.config.tables)}); nothing was changed.") from None
+                               f"{runtime.table_names()}); nothing was changed.") from None
     names = [loc.name for loc in table.locations]
     if to not in names:
         raise PromotionRefused(f"table {table_name} has no location {to!r} (locations: {', '.join(names)}); "

@@ -145,7 +145,7 @@ def rejoin(runtime, table_name: str, location: str, *, dry_run: bool = False) ->
             history up to the promotion differs from the primary's.
         ReplicationError: storage failures (retryable ones: run it again).
     """
-    table = runtime.config.table(table_name)
+    table = runtime.table(table_name)
     topology = runtime.topology(table_name)
     if location == topology.primary:
         raise RejoinRefused(f"{location} is the primary of table {table_name} (epoch {topology.epoch}); only "

@@ -98,7 +98,7 @@ def _manifests(runtime, table) -> list[tuple[object, dict, MaintenanceStore]]:
 
 def list_quarantine(runtime, table_name: str) -> list[QuarantinedCommit]:
     """Every quarantined commit of the table, by epoch and version (empty when none)."""
-    table = runtime.config.table(table_name)
+    table = runtime.table(table_name)
     commits = []
     for loc, manifest, store in _manifests(runtime, table):
         for v in manifest["versions"]:
@@ -157,7 +157,7 @@ def replay(runtime, table_name: str, epoch: int, *, dry_run: bool = False) -> Re
     from deltalake import DeltaTable
     from deltalake.transaction import AddAction, CommitProperties, Transaction
 
-    table = runtime.config.table(table_name)
+    table = runtime.table(table_name)
     matches = [(loc, m, store) for loc, m, store in _manifests(runtime, table) if m["epoch"] == epoch]
     if not matches:
         raise ReplicationError(f"table {table_name} has no quarantine for epoch {epoch}; list them with "

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 LAG_THRESHOLD_EXCEEDED = "DeltaReplication.LagThresholdExceeded"
 DIVERGED = "DeltaReplication.Diverged"
 RECOVERED = "DeltaReplication.Recovered"
+GROUP_RPO_EXCEEDED = "DeltaReplication.GroupRpoExceeded"  # a group's recovery point older than rpo_threshold_seconds
 CONSOLIDATION_SOURCE_UNREACHABLE = "DeltaReplication.ConsolidationSourceUnreachable"
 CONSOLIDATION_SOURCE_RECOVERED = "DeltaReplication.ConsolidationSourceRecovered"
 WRITES_QUARANTINED = "DeltaReplication.WritesQuarantined"  # rejoin kept a former primary's outage commits aside

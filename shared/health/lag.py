@@ -11,7 +11,7 @@ import enum
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from shared.delta.head import find_head, find_latest_version, find_source_head
 from shared.delta.log import commit_name
@@ -30,6 +30,7 @@ class ReplicaHealth(enum.Enum):
     DIVERGED = "diverged"
     UNREACHABLE = "unreachable"
     ERROR = "error"
+    DROPPED = "dropped"  # a group's table whose log is gone from its primary; replicas kept
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class ReplicaLag:
     status: ReplicaHealth
     checked_at: datetime
     detail: str = ""
+    missing_since: datetime | None = None  # commit time of the oldest commit it lacks (None: none, or unknown)
 
 
 def commit_time(source: SourceLog, version: int) -> datetime | None:
@@ -61,8 +63,8 @@ def commit_time(source: SourceLog, version: int) -> datetime | None:
         info = action.get("commitInfo") if isinstance(action, dict) else None
         if isinstance(info, dict):
             ms = info.get("inCommitTimestamp", info.get("timestamp"))
-            if isinstance(ms, (int, float)):
-                return datetime.fromtimestamp(ms / 1000, timezone.utc)
+            if isinstance(ms, (int, float)):  # exact to the millisecond (ms / 1000 as a float is not)
+                return datetime.fromtimestamp(int(ms) // 1000, timezone.utc) + timedelta(milliseconds=int(ms) % 1000)
     entry = next((e for e in source.entries_for(version, version) if e.name == commit_name(version)), None)
     return entry.last_modified if entry else None
 
@@ -144,6 +146,7 @@ def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, i
         else:
             version_lag = source_head - head if head is not None else source_head + 1
         lag_seconds = 0.0
+        committed = None
         if version_lag > 0:
             missing = 0 if head is None else head + 1
             committed = commit_time(source, missing)
@@ -152,5 +155,5 @@ def measure_table(replicator: TableReplicator, *, previous_versions: dict[str, i
         if status is None:
             status = ReplicaHealth.LAGGING if version_lag > 0 else ReplicaHealth.HEALTHY
         results.append(ReplicaLag(table.name, name, source_head, head, version_lag, round(lag_seconds, 3),
-                                  status, now, detail[:1000]))
+                                  status, now, detail[:1000], committed))
     return results

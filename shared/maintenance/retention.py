@@ -255,7 +255,7 @@ def apply_retention(runtime, *, now: datetime | None = None, status=None) -> lis
     treated as a replica (its files are the ones every replica mirrors).
     """
     results = []
-    for t in runtime.config.tables:
+    for t in runtime.tables():
         replicator = runtime.replicator(t.name)
         for name in replicator.replicas:
             result = apply_replica_retention(replicator, name, now=now)

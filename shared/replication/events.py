@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 from shared.config.model import ReplicationConfig, TableConfig
 from shared.delta.log import LOG_DIR, LogFile, parse_log_name
 from shared.errors import InvalidEvent
+from shared.groups.members import member_of_blob
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 BLOB_RENAMED = "Microsoft.Storage.BlobRenamed"
@@ -47,6 +48,7 @@ class CommitRef:
     table: TableConfig
     log_file: LogFile
     location: str | None = None  # which location of the table the event came from
+    relative: str | None = None  # a group's table: its path under the group's prefix
 
     @property
     def version(self) -> int | None:
@@ -178,6 +180,27 @@ def route_event(event: BlobEvent, config: ReplicationConfig, source_accounts: Ma
                 return None
             log_file = parse_log_name(name)
             return CommitRef(table=table, log_file=log_file, location=loc.name) if log_file else None
+    # A group's table: the part between the group's prefix and `/_delta_log/` names it (O(groups),
+    # whatever the number of tables).
+    for group in config.groups:
+        for loc in group.locations:
+            if source_accounts.get(loc.connection, "").lower() != event.account.lower():
+                continue
+            account_matched = True
+            if loc.container != event.container:
+                continue
+            container_matched = True
+            if loc.path and not event.path.startswith(loc.path + "/"):
+                continue
+            found = member_of_blob(group, loc.path, event.path)
+            if found is None:
+                return None  # under the prefix, not a member's log file: data files, excluded tables
+            relative, name = found
+            if name.startswith(".") or "/." in name:
+                return None
+            log_file = parse_log_name(name)
+            return CommitRef(table=group.member(relative), log_file=log_file, location=loc.name,
+                             relative=relative) if log_file else None
     if not account_matched:
         raise InvalidEvent(f"event for account {event.account!r}, which holds no configured table location")
     if not container_matched:

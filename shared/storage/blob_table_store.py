@@ -38,6 +38,7 @@ class BlobTableStore:
         self._container = service.get_container_client(container)
         self.container = container
         self.root = root.strip("/")
+        self._base = f"{self.root}/" if self.root else ""  # "" : the whole container (a group without a prefix)
         self.label = label
         self.account_name = service.account_name
         self.connection_name = connection_name
@@ -47,10 +48,10 @@ class BlobTableStore:
 
     # -- names ------------------------------------------------------------------
     def _log_blob(self, name: str) -> str:
-        return f"{self.root}/{LOG_DIR}/{name}"
+        return f"{self._base}{LOG_DIR}/{name}"
 
     def _file_blob(self, path: str) -> str:
-        return f"{self.root}/{path}"
+        return f"{self._base}{path}"
 
     @contextlib.contextmanager
     def _storage(self, what: str):
@@ -61,7 +62,7 @@ class BlobTableStore:
 
     # -- log ----------------------------------------------------------------------
     def list_log(self, prefix: str = "", *, limit: int | None = None) -> list[LogEntry]:
-        base = f"{self.root}/{LOG_DIR}/"
+        base = f"{self._base}{LOG_DIR}/"
         with self._storage("listing _delta_log"):
             try:
                 if limit is None:
@@ -91,7 +92,7 @@ class BlobTableStore:
 
     def log_exists(self) -> bool:
         """Whether `_delta_log/` holds any blob (one single-result listing)."""
-        base = f"{self.root}/{LOG_DIR}/"
+        base = f"{self._base}{LOG_DIR}/"
         with self._storage("listing _delta_log"):
             try:
                 for _ in self._container.list_blobs(name_starts_with=base, results_per_page=1).by_page():
@@ -157,7 +158,7 @@ class BlobTableStore:
     # -- whole-table operations (maintenance: snapshots, retention) ------------------
     def list_files(self, prefix: str = "") -> list[LogEntry]:
         """Every blob under the table root (paths relative to it), in name order."""
-        base = f"{self.root}/"
+        base = self._base
         with self._storage("listing the table"):
             try:
                 blobs = list(self._container.list_blobs(name_starts_with=base + prefix))
@@ -167,7 +168,7 @@ class BlobTableStore:
 
     def list_subfolders(self) -> list[str]:
         """Names of the folders directly under the table root."""
-        base = f"{self.root}/"
+        base = self._base
         with self._storage("listing folders"):
             try:
                 items = list(self._container.walk_blobs(name_starts_with=base, delimiter="/"))
@@ -193,7 +194,7 @@ class BlobTableStore:
 
     def child(self, folder: str, *, label: str | None = None) -> "BlobTableStore":
         """A store rooted at `<root>/<folder>` in the same container."""
-        return BlobTableStore(self._service, self.container, f"{self.root}/{folder}", label=label or self.label,
+        return BlobTableStore(self._service, self.container, f"{self._base}{folder}", label=label or self.label,
                               connection_name=self.connection_name)
 
     # -- files --------------------------------------------------------------------
@@ -245,7 +246,7 @@ class BlobTableStore:
 
     def first_file(self, prefix: str = "") -> LogEntry | None:
         """The first blob under `<root>/<prefix>` in name order (one single-result listing), or None."""
-        base = f"{self.root}/"
+        base = self._base
         with self._storage("listing the table"):
             try:
                 for page in self._container.list_blobs(name_starts_with=base + prefix, results_per_page=1).by_page():

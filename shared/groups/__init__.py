@@ -1,0 +1,1 @@
+"""Groups: every Delta table under a prefix, found by events and sweeps, replicated as one."""
