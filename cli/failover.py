@@ -70,12 +70,22 @@ def catch_up_seconds(timeout: float) -> float:
     return max(0.0, timeout - min(10.0, timeout / 4))
 
 
+def _one_of(args, command: str) -> None:
+    if (args.table is None) == (args.group is None):
+        raise SystemExit(f"error: {command} takes --table T or --group G (one of them); nothing was changed")
+    if getattr(args, "consistent", False) and args.group is None:
+        raise SystemExit("error: --consistent applies to --group; nothing was changed")
+
+
 def cmd_promote(args) -> int:
     from shared.errors import PromotionRefused, ReplicationError
     from shared.failover.promote import promote
 
     from cli.status import require_topology
 
+    _one_of(args, "promote")
+    if args.group is not None:
+        return _promote_group(args)
     runtime = _runtime()
     table = _table(runtime, args.table)
     _location(table, args.to, "--to")
@@ -119,11 +129,65 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def _promote_group(args) -> int:
+    from shared.errors import ReplicationError
+    from shared.failover.group_promote import promote_group
+
+    runtime = _runtime()
+    try:
+        result = promote_group(runtime, args.group, args.to, force=args.force, consistent=args.consistent,
+                               timeout=catch_up_seconds(args.timeout))
+    except ReplicationError as err:
+        return _fail(err)
+    finally:
+        runtime.close()
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+        return 0
+    print(f"promoted group {result.group} to {result.to} (group epoch {result.epoch}): {len(result.tables)} table(s) "
+          f"flipped, {len(result.already)} already there" + (" (forced)" if result.forced else ""))
+    if result.consistent:
+        print(f"  every new primary stands at the group's recovery point {result.as_json()['recoveryPoint']}")
+    for t in result.tables:
+        extra = f", quarantined {t['quarantinedVersions']}" if t["quarantinedVersions"] else ""
+        print(f"  {t['table']}: epoch {t['epoch']} at version {t['promotedAtVersion']}{extra}")
+    print(f"when {', '.join(sorted({t['previousPrimary'] for t in result.tables})) or '-'} is back: python -m cli "
+          f"rejoin --group {result.group} --location <it>")
+    return 0
+
+
+def _rejoin_group(args) -> int:
+    from shared.errors import ReplicationError
+    from shared.failover.group_promote import rejoin_group
+
+    runtime = _runtime()
+    try:
+        result = rejoin_group(runtime, args.group, args.location)
+    except ReplicationError as err:
+        return _fail(err)
+    finally:
+        runtime.close()
+    if args.json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        for t in result.tables:
+            print(f"{t['table']}/{t['location']}: quarantined {t['quarantinedVersions'] or 'nothing'}; caught up to "
+                  f"version {t['headAfter']}")
+        for f in result.failed:
+            print(f"{f['table']}: not rejoined: {f['error']}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def cmd_rejoin(args) -> int:
     from cli.status import require_topology
     from shared.errors import ReplicationError
     from shared.failover.rejoin import rejoin
 
+    _one_of(args, "rejoin")
+    if args.group is not None:
+        if args.dry_run:
+            raise SystemExit("error: rejoin --group has no --dry-run; run it per table with --table to preview")
+        return _rejoin_group(args)
     runtime = _runtime()
     table = _table(runtime, args.table)
     _location(table, args.location, "--location")
@@ -230,7 +294,11 @@ def add_parsers(sub) -> None:
                        description="Planned (writers stopped, the primary answers): catch the location up, then "
                                    "flip. Unplanned (--force, the primary's region is down): flip at the location's "
                                    "own head; rejoin the old primary when it returns.")
-    p.add_argument("--table", required=True, help="the table")
+    p.add_argument("--table", help="the table (or --group)")
+    p.add_argument("--group", help="every table of this group, in one step (a planned one flips none unless all can)")
+    p.add_argument("--consistent", action="store_true",
+                   help="with --group: first quarantine on --to each table's versions above the group's recovery "
+                        "point there, so the new primaries are one moment (replayable: quarantine replay)")
     p.add_argument("--to", required=True, metavar="LOCATION", help="the location to promote (a name from the "
                                                                   "configuration, e.g. westeu)")
     p.add_argument("--force", action="store_true",
@@ -242,7 +310,8 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("rejoin", help="make a former primary a replica again, quarantining its outage commits")
-    p.add_argument("--table", required=True, help="the table")
+    p.add_argument("--table", help="the table (or --group)")
+    p.add_argument("--group", help="rejoin the location in every table of this group that was promoted away from it")
     p.add_argument("--location", required=True, help="the former primary (a location name, e.g. eastus)")
     p.add_argument("--dry-run", action="store_true", help="say what would be quarantined; change nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")
