@@ -3,7 +3,7 @@
     python -m cli [--settings local.settings.json] <command> [options]
 
 Commands: status, sync, verify, events, relay, cost, endpoint, dev, consolidate, promote, rejoin,
-quarantine. Each has --help.
+quarantine, topology, drill. Each has --help.
 Settings come from the environment (REPLICATION_CONFIG or REPLICATION_CONFIG_FILE and the
 connection settings), or from the Values of a Functions local.settings.json via --settings.
 """
@@ -250,7 +250,7 @@ def cmd_relay(args) -> int:
 # region that does not answer fail in about a minute and a half.
 TIMEOUTS = {"status": 60, "sync": 1800, "verify": 1800, "events": 30, "relay": 60, "cost": 300, "endpoint": 30,
             "dev": 120, "consolidate": 1800, "promote": 300, "rejoin": 1800, "quarantine": 600,
-            "topology": 120}
+            "topology": 120, "drill": 600}
 _TIMEOUT_HELP = {
     "relay": "seconds each poll may take before it is abandoned and retried (default {d:g})",
     "dev": "seconds to wait for Azurite to listen at startup (default {d:g})",
@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import failover
 
     failover.add_parsers(sub)
+    from cli import drill
+
+    drill.add_parser(sub)
     _bound_every_command(sub)
     return parser
 

@@ -37,7 +37,7 @@ def test_every_command_has_timeout_exit_codes_and_help_on_every_option():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {"status", "sync", "verify", "events", "relay", "cost", "endpoint", "dev",
-                                "consolidate", "promote", "rejoin", "quarantine", "topology"}
+                                "consolidate", "promote", "rejoin", "quarantine", "topology", "drill"}
     for name, command in [("python -m cli", parser), *sub.choices.items()]:
         undocumented = [a.dest for a in command._actions
                         if a.help in (None, "") and not isinstance(a, argparse._SubParsersAction)]

@@ -94,3 +94,40 @@ def test_a_planned_group_promote_flips_no_table_unless_every_one_can(azurite, re
             ([], sorted([lake.name("sales/customers"), lake.name("sales/orders")]))
     finally:
         lake.close()
+
+
+def test_a_drill_changes_nothing_and_writes_evidence_of_what_a_failover_would_lose(azurite, request, tmp_path):
+    lake = GroupLake(azurite, request.node.name)
+    try:
+        for relative in ("sales/orders", "sales/customers"):
+            lake.write(relative, batch(0, 4))
+        heal(lake)
+        lake.write("sales/orders", batch(4, 5))  # orders v1 (5 rows) not at westeu yet
+        o1 = commit_time(lake, "sales/orders", 1)
+        before = {a: lake.blob_names(a) for a in ("eastus", "westeu", "seasia")}
+        report = tmp_path / "drill.md"
+        drilled = run_cli(lake, "drill", "--group", lake.group, "--to", "westeu", "--json", "--report", str(report))
+        assert drilled.returncode == 0, drilled.stderr
+        doc = json.loads(drilled.stdout)
+        point = (o1 - timedelta(milliseconds=1)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        assert (doc["usable"], doc["recoveryPoint"], doc["versionsLost"], doc["rowsLost"]) == (True, point, 1, 5)
+        assert sorted((t["table"], t["targetHead"], t["primaryHead"], t["readsAtHead"], t["versionsLost"],
+                       t["rowsLost"]) for t in doc["tables"]) == [
+            (lake.name("sales/customers"), 0, 0, True, 0, 0), (lake.name("sales/orders"), 0, 1, True, 1, 5)]
+        assert json.loads(report.with_suffix(".json").read_text()) == doc
+        assert f"# Failover drill: group {lake.group} to westeu" in report.read_text()
+        assert "lose 1 version(s), 5 row(s)" in report.read_text()
+        # Nothing changed anywhere: no blob, no topology.
+        assert {a: lake.blob_names(a) for a in ("eastus", "westeu", "seasia")} == before
+        assert {t.name: lake.runtime.topology(t.name).epoch for t in lake.runtime.tables()} == \
+            {lake.name("sales/orders"): 0, lake.name("sales/customers"): 0}
+        # A target that holds no table's log is not usable: exit 1.
+        lake.clients["westeu"].get_container_client(lake.container).delete_blobs(
+            *[n for n in lake.blob_names("westeu") if "sales/customers/_delta_log/" in n])
+        unusable = run_cli(lake, "drill", "--group", lake.group, "--to", "westeu", "--json")
+        assert unusable.returncode == 1, unusable.stderr
+        rows = {t["table"]: t for t in json.loads(unusable.stdout)["tables"]}
+        assert (rows[lake.name("sales/customers")]["readsAtHead"], rows[lake.name("sales/customers")]["problem"]) == \
+            (False, "the target holds no version of the table")
+    finally:
+        lake.close()

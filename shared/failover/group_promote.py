@@ -93,7 +93,10 @@ def promote_group(runtime, group_name: str, to: str, *, force: bool = False, con
     if to not in [loc.name for loc in group.locations]:
         raise PromotionRefused(f"group {group_name} has no location {to!r} (locations: "
                                f"{', '.join(loc.name for loc in group.locations)}); nothing was changed.")
-    runtime.groups.sweep(group_name, order=[to])  # the target answers in a failover; its tables are the ones
+    # The source's tables (a table the target lacks entirely is a finding) and the target's (the source
+    # may not answer in a failover): each sweep adds to what the catalog knows.
+    runtime.groups.sweep(group_name)
+    runtime.groups.sweep(group_name, order=[to])
     members = runtime.groups.members(group_name)
     if not members:
         raise PromotionRefused(f"group {group_name} has no tables at any location that answered; nothing was changed.")
