@@ -49,3 +49,26 @@ def test_replication_records_files_bytes_and_duration(azurite, request):
 
 def test_no_exporter_without_application_insights():
     assert configure_telemetry({}) is False
+
+
+def test_the_lag_check_records_each_group_recovery_point_age(azurite, request):
+    from datetime import timedelta
+
+    from shared.app.lag_check import check_replication
+    from shared.health.status import StatusStore
+    from tests.test_groups import GroupLake, commit_time
+    from tests.test_groups import batch as group_batch
+
+    lake = GroupLake(azurite, request.node.name)
+    try:
+        lake.write("sales/orders", group_batch(0, 4))
+        status = StatusStore(lake.runtime.table_service(), table_name="S" + uuid.uuid4().hex[:12])
+        check_replication(lake.runtime, status, None)
+        lake.write("sales/orders", group_batch(4, 4))
+        later = commit_time(lake, "sales/orders", 1) + timedelta(seconds=90)
+        check_replication(lake.runtime, status, None, heal=False, now=later)
+        ages = {a["replica"]: p.value for a, p in points()["replication.group_recovery_point_age_seconds"]
+                if a["group"] == lake.group}
+        assert ages == {"westeu": 90.001, "seasia": 90.001}
+    finally:
+        lake.close()

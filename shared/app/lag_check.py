@@ -106,6 +106,7 @@ def record_group_points(runtime, group, points, alerts: AlertPublisher | None) -
                 event_type, f"groups/{group.name}/replicas/{point.replica}", data),
                 describe=f"type={event_type} group={group.name} replica={point.replica}")
         store.put(point, alert_state=state)
+        metrics.record_group_point(point)
         log.info("group.recovery_point group=%s replica=%s recovery_point=%s age_seconds=%s tables=%d behind=%d",
                  group.name, point.replica, iso_ms(point.recovery_point), point.age_seconds, point.tables,
                  point.tables_behind, extra={"group": group.name, "replica": point.replica})
