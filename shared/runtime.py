@@ -220,7 +220,7 @@ class ReplicationRuntime:
         from azure.data.tables import TableServiceClient
 
         settings = resolve_status_connection(self._environ)
-        options = with_deadline({**transport_options(self._environ), **options})
+        options = with_deadline({**transport_options(self._environ), **options}, self.counter)
         if settings.connection_string:
             return TableServiceClient.from_connection_string(settings.connection_string, **options)
         from azure.identity import DefaultAzureCredential

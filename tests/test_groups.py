@@ -369,3 +369,35 @@ def test_the_timer_and_the_http_routes_serve_a_group(azurite, request, monkeypat
     finally:
         runtime_module.reset_runtime()
         lake.close()
+
+
+def test_an_idle_group_table_costs_the_lag_check_a_few_requests_and_a_new_commit_is_still_measured(azurite, request):
+    from shared.storage.clients import RequestCounter
+
+    lake = GroupLake(azurite, request.node.name)
+    counter = RequestCounter()
+    runtime = ReplicationRuntime(parse_config(lake.config_doc), lake.environ, counter=counter)
+    relatives = [f"db{i % 3}/t{i}" for i in range(10)]
+    try:
+        for relative in relatives:
+            lake.write(relative, batch(0, 2))
+        status = StatusStore(runtime.table_service(), table_name="S" + uuid.uuid4().hex[:12])
+        first = check_replication(runtime, status, None)
+        assert sorted((m.status.value, m.replica_version) for m in first) == [("healthy", 0)] * 20
+        counter.reset()
+        idle = check_replication(runtime, status, None)
+        assert sorted((m.status.value, m.replica_version) for m in idle) == [("healthy", 0)] * 20
+        # Per table: one HEAD of the primary's next commit, one listing by the sweep, one status row per
+        # replica; per group: the sweep's folders above the tables, one topology query, its points.
+        assert counter.by_method.get("HEAD") == 10
+        assert counter.count <= 3 * 10 * 2, counter.by_method
+        # A commit nobody delivered an event for: that table alone is measured and healed again.
+        lake.write("db1/t4", batch(2, 2))
+        counter.reset()
+        healed = check_replication(runtime, status, None)
+        assert sorted((m.table, m.replica, m.replica_version) for m in healed if m.replica_version != 0) == \
+            [(lake.name("db1/t4"), "seasia", 1), (lake.name("db1/t4"), "westeu", 1)]
+        assert lake.read("westeu", "db1/t4") == lake.read("eastus", "db1/t4")
+    finally:
+        runtime.close()
+        lake.close()

@@ -76,6 +76,7 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
                       "folder of the group holds; exclude one of them (the group's exclude globs)")
             log.warning("event.rejected reason=%s", reason, extra={"reason": reason})
             return EventResult(EventDisposition.REJECTED, table=ref.table.name, reason=reason)
+        runtime.groups.mark_idle(ref.table.name, None)  # the lag check measures it fully next time
         if claimed:  # a group's table not seen before: this event starts it (readable-first)
             log.info("group.table_found group=%s table=%s", ref.table.group, ref.table.name,
                      extra={"group": ref.table.group, "table": ref.table.name})

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 
 from shared.cost.transfer import record_replicated_bytes
+from shared.delta.log import commit_name
 from shared.errors import ReplicationError
+from shared.failover.topology import default_topology
+from shared.groups.catalog import IdleMark
 from shared.failover.fence import fence_deposed
 from shared.telemetry import metrics
 from shared.health.alerts import (
@@ -23,6 +27,10 @@ from shared.health.status import ALERT_OK, StatusStore
 from shared.maintenance.retention import purge_after_vacuum
 
 log = logging.getLogger(__name__)
+
+# A group table found idle is measured fully again at least this often (a backstop for what one HEAD
+# of the primary's next version cannot see, such as a replica's files removed by hand).
+FULL_CHECK_SECONDS = 3600
 
 
 def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | None, *, heal: bool = True,
@@ -42,9 +50,16 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
     sweeps = {g.name: runtime.groups.sweep(g.name) for g in runtime.config.groups}
     group_lags: dict[str, list[ReplicaLag]] = {g.name: [] for g in runtime.config.groups}
     group_previous: dict[tuple[str, str], object] = {}
+    group_topologies = {g.name: runtime.topology_store().current_of_group(g.name) for g in runtime.config.groups}
     for table in runtime.tables():
-        topology = runtime.topology(table.name)
+        topology = _topology(runtime, table, group_topologies)
         replicator = runtime.replicator(table.name, topology)
+        mark = _still_idle(runtime, table, topology, replicator, sweeps) if table.group else None
+        if mark is not None:
+            lags = _record_idle(replicator, status, now, mark.version)  # O(1) requests: nothing happened to it
+            measured += lags
+            group_lags[table.group] += lags
+            continue
         previous = {row.replica: row for row in status.list_rows(table=table.name)}
         if _dropped(table, topology, sweeps):
             measured += _record_dropped(replicator, topology, status, previous, now)
@@ -66,6 +81,7 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
             purge_after_vacuum(replicator, outcomes, status=status)  # a VACUUM whose event was lost
         lags = measure_table(replicator, outcomes=outcomes, now=now,
                              previous_versions={k: v.replica_version for k, v in previous.items()})
+        settled = []
         for lag in lags:
             before = previous[lag.replica].alert_state if lag.replica in previous else ALERT_OK
             state = alert_state(lag, table.lag_threshold_seconds)
@@ -75,6 +91,7 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
                                      lambda: alerts.publish(event_type, lag, table.lag_threshold_seconds),
                                      describe=f"type={event_type} table={lag.table} replica={lag.replica}")
             status.put_row(lag, alert_state=state, previous=previous.get(lag.replica))
+            settled.append(state)
             metrics.record_lag(lag)
             level = logging.INFO if lag.status.value in ("healthy", "lagging") else logging.WARNING
             log.log(level, "lag.checked table=%s replica=%s status=%s source_version=%s replica_version=%s "
@@ -85,6 +102,8 @@ def check_replication(runtime, status: StatusStore, alerts: AlertPublisher | Non
             measured.append(lag)
             if table.group:
                 group_lags[table.group].append(lag)
+        if table.group:
+            _mark(runtime, table, topology, lags, heal and all(state == ALERT_OK for state in settled))
     for group in runtime.config.groups:
         record_group_points(runtime, group, group_points(group, group_lags[group.name], group_previous,
                                                          now or datetime.now(timezone.utc)), alerts)
@@ -110,6 +129,53 @@ def record_group_points(runtime, group, points, alerts: AlertPublisher | None) -
         log.info("group.recovery_point group=%s replica=%s recovery_point=%s age_seconds=%s tables=%d behind=%d",
                  group.name, point.replica, iso_ms(point.recovery_point), point.age_seconds, point.tables,
                  point.tables_behind, extra={"group": group.name, "replica": point.replica})
+
+
+def _topology(runtime, table, group_topologies):
+    """A group table's topology from its group's one range query (no row: epoch 0); else a point read."""
+    rows = group_topologies.get(table.group) if table.group else None
+    if rows is None:
+        return runtime.topology(table.name)
+    return rows.get(table.name) or default_topology(table)
+
+
+def _still_idle(runtime, table, topology, replicator, sweeps) -> IdleMark | None:
+    """Its mark when it was idle at its last full check, under this topology, not too long ago, is still
+    found by the sweep, and the primary has no commit after the one it was idle at (one HEAD request)."""
+    mark = runtime.groups.idle(table.name)
+    if mark is None or (mark.primary, mark.epoch) != (topology.primary, topology.epoch):
+        return None
+    if time.monotonic() - mark.marked_at > FULL_CHECK_SECONDS or _dropped(table, topology, sweeps):
+        return None
+    try:
+        if replicator.source_store.log_entry(commit_name(mark.version + 1)) is not None:
+            return None
+    except ReplicationError:
+        return None  # the full check reports what is wrong
+    return mark
+
+
+def _record_idle(replicator, status, now, version: int) -> list[ReplicaLag]:
+    """Every replica healthy at the version it was marked idle at: its status row (CheckedAt and CaughtUpAt
+    now, what readers bound staleness with) and metrics; no alert can change (it was ok when marked)."""
+    mark_now = now or datetime.now(timezone.utc)
+    lags = []
+    for name in replicator.replicas:
+        lag = ReplicaLag(replicator.table.name, name, version, version, 0, 0.0, ReplicaHealth.HEALTHY, mark_now)
+        status.put_row(lag, alert_state=ALERT_OK)
+        metrics.record_lag(lag)
+        lags.append(lag)
+    return lags
+
+
+def _mark(runtime, table, topology, lags, eligible: bool) -> None:
+    """After a full check: idle when it healed, every alert state is ok (none waits to be sent again) and
+    every replica is healthy at the primary's head."""
+    heads = {lag.source_version for lag in lags}
+    idle = eligible and bool(lags) and all(lag.status == ReplicaHealth.HEALTHY and lag.version_lag == 0
+                                       for lag in lags) and len(heads) == 1 and None not in heads
+    runtime.groups.mark_idle(table.name, IdleMark(heads.pop(), topology.primary, topology.epoch, time.monotonic())
+                             if idle else None)
 
 
 def _dropped(table, topology, sweeps) -> bool:

@@ -96,6 +96,20 @@ class TopologyStore(HostTable):
             return default_topology(table)
         return _from_entity(table.name, entity)
 
+    def current_of_group(self, group: str) -> dict[str, Topology] | None:
+        """Every current row of a group's tables (names `<group>:...`) in one range query: a lag check
+        over many idle tables reads them at once instead of one point read each. A table without a row
+        is not in it (epoch 0). None when the ReplicationTopology table is missing (the caller reads
+        per table, where the promotion markers decide)."""
+        try:
+            with self._errors(f"reading the topology of group {group}"):
+                entities = list(self._table.query_entities(
+                    "PartitionKey ge @lo and PartitionKey lt @hi and RowKey eq @row",
+                    parameters={"lo": f"{group}:", "hi": f"{group};", "row": ROW_KEY}))
+        except ResourceNotFoundError:
+            return None
+        return {e["PartitionKey"]: _from_entity(e["PartitionKey"], e) for e in entities}
+
     def _missing_table(self, table: TableConfig) -> Topology:
         """No ReplicationTopology table at all: epoch 0 only if no location holds a promotion marker.
 

@@ -24,6 +24,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class IdleMark:
+    """A group table every replica of which was last measured at the primary's head `version` (under
+    `primary` at `epoch`), with no event for it since: the lag check then only asks the primary whether
+    version + 1 exists."""
+
+    version: int
+    primary: str
+    epoch: int
+    marked_at: float  # time.monotonic() of the full check that marked it
+
+
+@dataclass(frozen=True)
 class Sweep:
     """What one discovery sweep of a group saw: its tables' relative paths, and where it looked."""
 
@@ -68,6 +80,7 @@ class GroupCatalog:
         self._stores = stores
         self._lock = threading.Lock()
         self._known: dict[str, dict[str, str]] = {g.name: {} for g in config.groups}
+        self._idle: dict[str, IdleMark] = {}
 
     def claim(self, table: TableConfig, relative: str) -> bool | None:
         """Remember a group table an event named: True when new, False when known, None when another
@@ -80,6 +93,18 @@ class GroupCatalog:
                 members[table.name] = relative
                 return True
             return False if holder == relative else None
+
+    def mark_idle(self, name: str, mark: IdleMark | None) -> None:
+        """Remember (or with None forget) that a table was idle and caught up at its last full check."""
+        with self._lock:
+            if mark is None:
+                self._idle.pop(name, None)
+            else:
+                self._idle[name] = mark
+
+    def idle(self, name: str) -> IdleMark | None:
+        with self._lock:
+            return self._idle.get(name)
 
     def members(self, group: str) -> list[TableConfig]:
         """The known tables of `group`, by name."""

@@ -73,10 +73,12 @@ class _DeadlineHook:
             options[name] = min(options.get(name) or configured, left)
 
 
-def with_deadline(options: dict) -> dict:
+def with_deadline(options: dict, counter: "RequestCounter | None" = None) -> dict:
     """`options` for an azure-core client of the function app's tables, plus the deadline hook
-    (with the grace for recording an invocation's outcome)."""
-    return {**options, "raw_request_hook": _DeadlineHook(options, grace=deadline.RECORD_GRACE_SECONDS)}
+    (with the grace for recording an invocation's outcome), counting requests when given a counter."""
+    hook = (_DeadlineHook(options, grace=deadline.RECORD_GRACE_SECONDS) if counter is None
+            else _TagRequests(counter, options, grace=deadline.RECORD_GRACE_SECONDS))
+    return {**options, "raw_request_hook": hook}
 
 
 class _TagRequests(_DeadlineHook):
