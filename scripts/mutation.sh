@@ -33,7 +33,8 @@ declare -A TESTS=(
                  $GAPS::test_a_foreign_commit_at_the_event_version_is_reported_diverged
                  $GAPS::test_an_event_naming_an_unusable_version_takes_no_lease
                  tests/test_replicator.py tests/test_event_order.py tests/test_hot_path.py
-                 tests/test_rejected_inputs.py tests/test_readable_first.py tests/test_events.py"
+                 tests/test_rejected_inputs.py tests/test_readable_first.py tests/test_events.py
+                 tests/test_tuning_and_deadline.py::test_a_catch_up_of_many_batches_reads_each_next_batch_ahead_and_writes_every_version_in_order"
   [maintenance]="$GAPS::test_mirror_retention_keeps_every_file_the_replica_head_reads
                  tests/test_retention.py tests/test_retention_policy.py tests/test_purge.py tests/test_snapshots.py"
   [failover]="$GAPS::test_rejoin_refuses_a_quarantine_copy_of_the_same_size_with_other_bytes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 
 from shared import deadline
@@ -36,6 +37,7 @@ from shared.storage.clients import RequestCounter, build_blob_service_client, wi
 from shared.storage.lease import LeaseStore
 
 _runtime_lock = threading.Lock()
+GROUP_REPLICATOR_CACHE = 64  # replicators of group tables kept between invocations (each holds its stores)
 
 
 class ReplicationRuntime:
@@ -71,6 +73,7 @@ class ReplicationRuntime:
         self._host_client = None
         self._topology = None
         self._by_primary: dict[tuple[str, str], TableReplicator] = {}
+        self._group_replicators: OrderedDict[tuple[str, str], TableReplicator] = OrderedDict()
         self._lock = threading.Lock()
         self.settings = {}
         problems = []
@@ -192,10 +195,18 @@ class ReplicationRuntime:
         if primary == table.source.name and table_name in self.replicators:
             return self.replicators[table_name]
         key = (table_name, primary)
+        # A group's tables share a bounded cache (least recently used out): host memory must not grow
+        # with the number of tables a group holds; one is rebuilt from configuration when needed again.
+        cache = self._group_replicators if table.group else self._by_primary
         with self._lock:
-            if key not in self._by_primary:
-                self._by_primary[key] = self._build_replicator(table, primary)
-            return self._by_primary[key]
+            if key in cache:
+                if table.group:
+                    cache.move_to_end(key)
+                return cache[key]
+            replicator = cache[key] = self._build_replicator(table, primary)
+            if table.group and len(cache) > GROUP_REPLICATOR_CACHE:
+                cache.popitem(last=False)
+            return replicator
 
     def topology_async(self, table_name: str):
         """The topology read on a small pool of its own (a future): beside the commit read, and

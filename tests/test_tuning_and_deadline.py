@@ -94,3 +94,30 @@ def test_the_invocation_deadline_stops_a_black_holed_replica_in_its_pool_thread(
     finally:
         lake.close()
         fault.close()
+
+
+def test_a_catch_up_of_many_batches_reads_each_next_batch_ahead_and_writes_every_version_in_order(azurite, request):
+    """batch_versions 3 over ten versions: four batches, each next one read on its own thread while the
+    current one is written (catch_up._Ahead); every version arrives, byte-identical, and a batch whose
+    read fails (a commit missing on the primary) stops the replica below it, with that error."""
+    lake = Lake(azurite, request.node.name)
+    try:
+        lake.environ["REPLICATION_TUNING"] = json.dumps({"batch_versions": 3})
+        lake.write(batch(0, 5), mode="overwrite")
+        for i in range(1, 10):
+            lake.write(batch(5 * i, 5))
+        outcomes = {o.replica: o for o in lake.runtime.replicators["sales"].replicate(None)}
+        assert {r: (o.state, o.head_after, o.error) for r, o in outcomes.items()} == \
+            {r: (ReplicaState.REPLICATED, 9, None) for r in ("westeu", "seasia")}
+        lake.assert_replicas_equal()
+        # Versions 10..16, with 13's commit gone from the primary: the batch reading it fails.
+        for i in range(10, 17):
+            lake.write(batch(5 * i, 5))
+        lake.clients["eastus"].get_blob_client(lake.container, f"{lake.table_path}/_delta_log/{13:020d}.json") \
+            .delete_blob()
+        outcomes = {o.replica: o for o in lake.runtime.replicators["sales"].replicate(None)}
+        assert all("version 13 has no commit on the primary" in str(o.error) for o in outcomes.values()), \
+            {r: o.error for r, o in outcomes.items()}
+        assert [lake.head(a) for a in ("westeu", "seasia")] == [12, 12]  # every version below it, none above
+    finally:
+        lake.close()
