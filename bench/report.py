@@ -88,6 +88,8 @@ def main() -> None:
         lines += network_section(r["network"])
         shutil.copy(HERE / "out" / "lag_vs_distance.png", HERE / "lag_vs_distance.png")
     lines += ["", (HERE / "consolidation_results.md").read_text()]
+    if (HERE / "groups_results.md").exists():  # bench/groups.py (issue 25)
+        lines += ["", (HERE / "groups_results.md").read_text()]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
 
 

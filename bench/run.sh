@@ -17,4 +17,8 @@ fi
 .venv/bin/python -m bench.report  # bench/RESULTS.md and its plots from bench/out/results.json
 quick=()
 for arg in "$@"; do if [[ "$arg" == "--quick" ]]; then quick=(--quick); fi; done
-exec .venv/bin/python -m bench.consolidation "${quick[@]}"
+.venv/bin/python -m bench.consolidation "${quick[@]}"
+if [[ ${#quick[@]} -eq 0 ]]; then
+  .venv/bin/python -m bench.groups  # 1,000 tables in one group (bench/groups_results.md)
+  .venv/bin/python -m bench.report
+fi

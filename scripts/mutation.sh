@@ -36,14 +36,18 @@ declare -A TESTS=(
                  tests/test_rejected_inputs.py tests/test_readable_first.py tests/test_events.py
                  tests/test_tuning_and_deadline.py::test_a_catch_up_of_many_batches_reads_each_next_batch_ahead_and_writes_every_version_in_order"
   [maintenance]="$GAPS::test_mirror_retention_keeps_every_file_the_replica_head_reads
-                 tests/test_retention.py tests/test_retention_policy.py tests/test_purge.py tests/test_snapshots.py"
+                 tests/test_retention.py tests/test_retention_policy.py tests/test_purge.py tests/test_snapshots.py
+                 tests/test_maintenance_lineage.py"
   [failover]="$GAPS::test_rejoin_refuses_a_quarantine_copy_of_the_same_size_with_other_bytes
-              tests/test_topology.py tests/scenarios/test_failover.py"
+              tests/test_topology.py tests/scenarios/test_failover.py tests/test_fence.py tests/test_topology_missing.py
+              tests/scenarios/test_write_fence.py tests/scenarios/test_quarantine_replay.py tests/test_groups_failover.py"
   [consolidation]="$GAPS::test_consolidation_commits_rows_and_their_source_version_together
-                   tests/test_consolidation.py tests/scenarios/test_consolidation_faults.py"
+                   tests/test_consolidation.py tests/scenarios/test_consolidation_faults.py
+                   tests/test_consolidation_identity.py"
   [storage]="$GAPS::test_streaming_copy_memory_does_not_grow_with_the_file_size
              tests/test_hot_path.py tests/test_rejected_inputs.py tests/test_event_order.py
-             tests/test_hardening.py tests/test_secrets.py"
+             tests/test_hardening.py tests/test_secrets.py tests/test_store_conformance.py tests/test_storage_errors.py
+             tests/test_lease.py"
 )
 MODULES=(replication maintenance failover consolidation storage)
 [ "$#" -gt 0 ] && MODULES=("$@")
