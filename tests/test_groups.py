@@ -391,6 +391,13 @@ def test_an_idle_group_table_costs_the_lag_check_a_few_requests_and_a_new_commit
         # replica; per group: the sweep's folders above the tables, one topology query, its points.
         assert counter.by_method.get("HEAD") == 10
         assert counter.count <= 3 * 10 * 2, counter.by_method
+        checked = {m.checked_at for m in idle}
+        assert len(checked) == 1  # (one instant for the run's idle tables)
+        instant = checked.pop()
+        rows = status.list_rows(table=lake.name("db2/t5"))
+        assert sorted((r.replica, r.status, r.source_version, r.replica_version, r.version_lag, r.alert_state,
+                       r.checked_at, r.caught_up_at) for r in rows) == \
+            [(a, "healthy", 0, 0, 0, "ok", instant.isoformat(), instant.isoformat()) for a in ("seasia", "westeu")]
         # A commit nobody delivered an event for: that table alone is measured and healed again.
         lake.write("db1/t4", batch(2, 2))
         counter.reset()

@@ -143,6 +143,8 @@ def _topology(runtime, table, group_topologies):
 def _idle_tables(runtime, tables, topologies, sweeps, status, now) -> dict[str, list[ReplicaLag]]:
     """The group tables still idle, each recorded healthy (their HEADs and status rows on the maintenance
     pool at once: an idle lag check over a thousand tables is bounded by requests in flight, not their sum)."""
+    now = now or datetime.now(timezone.utc)  # one instant for the run's idle tables
+
     def one(table):
         if runtime.groups.idle(table.name) is None:
             return None
@@ -175,12 +177,11 @@ def _record_idle(replicator, status, now, version: int) -> list[ReplicaLag]:
     """Every replica healthy at the version it was marked idle at: its status row (CheckedAt and CaughtUpAt
     now, what readers bound staleness with) and metrics; no alert can change (it was ok when marked)."""
     mark_now = now or datetime.now(timezone.utc)
-    lags = []
-    for name in replicator.replicas:
-        lag = ReplicaLag(replicator.table.name, name, version, version, 0, 0.0, ReplicaHealth.HEALTHY, mark_now)
-        status.put_row(lag, alert_state=ALERT_OK)
+    lags = [ReplicaLag(replicator.table.name, name, version, version, 0, 0.0, ReplicaHealth.HEALTHY, mark_now)
+            for name in replicator.replicas]
+    status.put_healthy(lags)  # one request for all its replicas' rows
+    for lag in lags:
         metrics.record_lag(lag)
-        lags.append(lag)
     return lags
 
 
