@@ -218,7 +218,8 @@ def rejoin_group(runtime, group_name: str, location: str) -> GroupRejoinResult:
         raise PromotionRefused(f"group {group_name!r} is not configured; nothing was changed.") from None
     if location not in [loc.name for loc in group.locations]:
         raise PromotionRefused(f"group {group_name} has no location {location!r}; nothing was changed.")
-    runtime.groups.sweep(group_name)
+    for loc in group.locations:  # every table any location holds: the primary's, and the rejoining one's
+        runtime.groups.sweep(group_name, order=[loc.name])
     result = GroupRejoinResult(group_name, location)
     for t in runtime.groups.members(group_name):
         topology = runtime.topology(t.name)
