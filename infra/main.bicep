@@ -104,6 +104,7 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         { name: 'STATUS_CONNECTION', value: 'AzureWebJobsStorage' }
         { name: 'AzureWebJobsStorage__tableServiceUri', value: hostStorage.properties.primaryEndpoints.table }
         { name: 'ALERT_TOPIC_ENDPOINT', value: alertTopicEndpoint }
+        { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: insights.properties.ConnectionString }
       ], [for s in sources: {
         name: '${s.connection}__blobServiceUri'
         value: 'https://${s.account}.blob.${environment().suffixes.storage}'
@@ -112,6 +113,27 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         value: 'https://${r.value}.blob.${environment().suffixes.storage}'
       }])
     }
+  }
+}
+
+// Application Insights receives the app's metrics (lag per table and replica, recovery point per group and
+// location: shared/telemetry/metrics.py); the workbook charts them (infra/workbook.json).
+resource insights 'Microsoft.Insights/components@2020-02-02' = {
+  name: '${appName}-insights'
+  location: location
+  kind: 'web'
+  properties: { Application_Type: 'web' }
+}
+
+resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
+  name: guid(resourceGroup().id, appName, 'replication-workbook')
+  location: location
+  kind: 'shared'
+  properties: {
+    displayName: '${appName}: replication lag and group recovery points'
+    category: 'workbook'
+    sourceId: insights.id
+    serializedData: loadTextContent('workbook.json')
   }
 }
 

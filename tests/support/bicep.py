@@ -355,6 +355,8 @@ _BUILTINS = {
     "replace": lambda s, a, b: _opaque(s, a, b) or s.replace(a, b),
     "string": lambda v: _opaque(v) or (v if isinstance(v, str) else json.dumps(v)),
     "environment": lambda: {"suffixes": {"storage": "core.windows.net"}},
+    # A file beside the template, read at build time (the tests read and check the file themselves).
+    "loadTextContent": lambda name: _opaque(name) or Opaque(f"loadTextContent({name})"),
     "resourceId": lambda t, *names: _opaque(t, *names) or f"{t}/{'/'.join(names)}",
     "subscriptionResourceId": lambda t, *names: _opaque(t, *names) or f"{t}/{'/'.join(names)}",
 }
