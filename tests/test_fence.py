@@ -119,3 +119,32 @@ def test_the_lag_check_fences_an_old_primary_that_answers_and_never_one_that_rej
             primary.start()
         lake.close()
         primary.close()
+
+
+def test_the_write_fence_refuses_a_new_epoch_under_the_same_primary_and_any_other_primary_when_the_epoch_is_unknown(
+        azurite, request):
+    """The write-time fence (shared/replication/fence.py) checks the primary OR the epoch: after eastus ->
+    westeu -> eastus, eastus is the primary again at epoch 2, and a write replicated from eastus at epoch 0
+    is refused; and a write whose epoch is unknown is refused once another location is the primary."""
+    from shared.errors import WriteFenced
+
+    lake = failover_lake(azurite, request.node.name)
+    name = lake.table_name
+    try:
+        lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+        deliver_new(lake, "eastus", set())
+        fence = lake.runtime.replicators[name].fence  # replicates from the configured source, eastus
+        fence.check(0, replica="westeu", what="commit 1")  # epoch 0, eastus: goes ahead
+        promote(lake.runtime, name, "westeu", force=True)
+        with pytest.raises(WriteFenced) as unknown_epoch:
+            fence.check(None, replica="seasia", what="commit 1")
+        assert (f"table {name}: commit 1 to seasia was not written: it was replicated from eastus, but the primary "
+                "is now westeu (epoch 1)") in str(unknown_epoch.value)
+        promote(lake.runtime, name, "eastus", force=True)
+        assert (lake.runtime.topology(name).primary, lake.runtime.topology(name).epoch) == ("eastus", 2)
+        with pytest.raises(WriteFenced, match=r"replicated from eastus at epoch 0, but the primary is now eastus "
+                                              r"\(epoch 2\)"):
+            fence.check(0, replica="westeu", what="commit 1")
+        fence.check(2, replica="westeu", what="commit 1")  # the current epoch: goes ahead
+    finally:
+        lake.close()

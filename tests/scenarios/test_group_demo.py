@@ -4,6 +4,7 @@ group's recovery point reported and alerted; a consistent group read; a forced c
 promote and a group rejoin that lose nothing; a drill report."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_group_demo_holds_every_step(tmp_path):
     result = subprocess.run([sys.executable, "-m", "devtools.group_demo"], cwd=REPO, capture_output=True, text=True,
-                            timeout=600, env={**__import__("os").environ, "GROUP_DEMO_DIR": str(tmp_path)})
+                            timeout=600, env={**os.environ, "GROUP_DEMO_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
     steps = [line.strip() for line in result.stdout.splitlines() if line.startswith("  ")]
     assert [s.split()[0] for s in steps] == ["ok"] * 13, result.stdout
