@@ -17,7 +17,7 @@ def test_the_group_demo_holds_every_step(tmp_path):
                             timeout=600, env={**os.environ, "GROUP_DEMO_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stdout + result.stderr
     steps = [line.strip() for line in result.stdout.splitlines() if line.startswith("  ")]
-    assert [s.split()[0] for s in steps] == ["ok"] * 13, result.stdout
+    assert [s.split()[0] for s in steps] == ["ok"] * 12, result.stdout
     assert result.stdout.rstrip().endswith("OK")
     drill = json.loads((tmp_path / "drill-lake-to-eastus.json").read_text())
     assert (drill["usable"], len(drill["tables"])) == (True, 51)
