@@ -235,11 +235,14 @@ def _table_path(value: Any, where: str, errors: _Errors) -> str | None:
     return path
 
 
-def _location(obj: Any, where: str, errors: _Errors, *, named: bool) -> LocationConfig | None:
+def _location(obj: Any, where: str, errors: _Errors, *, named: bool, folder: str = "path") -> LocationConfig | None:
+    """A table's location (`folder` "path": its root), or a group's (`folder` "prefix": the folder holding its
+    tables; "" or absent is the whole container). Either way the result's `path` is that folder."""
     if not isinstance(obj, dict):
-        errors.add(where, "expected an object with connection, container and path")
+        errors.add(where, f"expected an object with connection, container and {folder}")
         return None
-    _unknown_keys(obj, _LOCATION_KEYS if named else _LOCATION_KEYS - {"retention"}, where, errors)
+    keys = (_LOCATION_KEYS - {"path"}) | {folder}
+    _unknown_keys(obj, keys if named else keys - {"retention"}, where, errors)
     if named or obj.get("name") is not None:
         name = _name(obj.get("name"), f"{where}.name", errors)
     else:
@@ -260,7 +263,10 @@ def _location(obj: Any, where: str, errors: _Errors, *, named: bool) -> Location
             f"expected a container name (3-63 lowercase letters, digits, '-'), got {container!r}",
         )
         container = None
-    path = _table_path(obj.get("path"), f"{where}.path", errors)
+    if folder == "prefix" and obj.get("prefix", "") in ("", "/"):
+        path = ""
+    else:
+        path = _table_path(obj.get(folder), f"{where}.{folder}", errors)
     retention = None
     if named and obj.get("retention") is not None:
         retention = _retention(obj["retention"], f"{where}.retention", errors)

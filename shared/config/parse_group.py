@@ -11,19 +11,14 @@ from typing import Any
 
 from shared.config.model import DEFAULT_MAX_COMMIT_BYTES, GroupConfig, LocationConfig
 from shared.config.parse import (
-    _CONTAINER_RE,
-    _REGION_RE,
-    _SETTING_RE,
-    DEFAULT_SOURCE_NAME,
     HISTORY_CHOICES,
     _Errors,
+    _location,
     _name,
     _non_negative_int,
     _positive_int,
-    _retention,
     _routing,
     _snapshots,
-    _table_path,
     _unknown_keys,
 )
 
@@ -31,7 +26,6 @@ _GROUP_KEYS = {
     "name", "source", "replicas", "routing", "lag_threshold_seconds", "rpo_threshold_seconds", "include",
     "exclude", "snapshots", "allow_external_files", "max_commit_bytes", "history", "auto_rejoin",
 }
-_PLACE_KEYS = {"name", "connection", "container", "prefix", "region", "retention"}
 
 
 def parse_group(g: Any, where: str, errors: _Errors) -> GroupConfig | None:
@@ -40,14 +34,14 @@ def parse_group(g: Any, where: str, errors: _Errors) -> GroupConfig | None:
         return None
     _unknown_keys(g, _GROUP_KEYS, where, errors)
     name = _name(g.get("name"), f"{where}.name", errors)
-    source = _place(g.get("source"), f"{where}.source", errors, named=False)
+    source = _location(g.get("source"), f"{where}.source", errors, named=False, folder="prefix")
     replicas_raw = g.get("replicas")
     replicas: list[LocationConfig] = []
     if not isinstance(replicas_raw, list) or not replicas_raw:
         errors.add(f"{where}.replicas", "expected a non-empty list of replica locations")
         replicas_raw = []
     for j, r in enumerate(replicas_raw):
-        loc = _place(r, f"{where}.replicas[{j}]", errors, named=True)
+        loc = _location(r, f"{where}.replicas[{j}]", errors, named=True, folder="prefix")
         if loc is not None:
             replicas.append(loc)
     lag = _non_negative_int(g.get("lag_threshold_seconds", 600), f"{where}.lag_threshold_seconds", errors)
@@ -95,38 +89,3 @@ def _globs(value: Any, where: str, errors: _Errors, *, allow_empty: bool) -> tup
                    f"relative to the prefix, like [\"sales/*\"], got {value!r}")
         return None
     return tuple(v.strip("/") for v in value)
-
-
-def _place(obj: Any, where: str, errors: _Errors, *, named: bool) -> LocationConfig | None:
-    """A group's source or replica: a table location whose `path` is the group's prefix."""
-    if not isinstance(obj, dict):
-        errors.add(where, "expected an object with connection, container and prefix")
-        return None
-    _unknown_keys(obj, _PLACE_KEYS if named else _PLACE_KEYS - {"retention"}, where, errors)
-    if named or obj.get("name") is not None:
-        name = _name(obj.get("name"), f"{where}.name", errors)
-    else:
-        name = DEFAULT_SOURCE_NAME
-    region = obj.get("region")
-    if region is not None and (not isinstance(region, str) or not _REGION_RE.match(region)):
-        errors.add(f"{where}.region", f"expected an Azure region name like 'westeu' (lowercase letters and "
-                   f"digits), got {region!r}")
-        region = None
-    connection = obj.get("connection")
-    if not isinstance(connection, str) or not _SETTING_RE.match(connection):
-        errors.add(f"{where}.connection", f"expected the name of an app setting, got {connection!r}")
-        connection = None
-    container = obj.get("container")
-    if not isinstance(container, str) or not _CONTAINER_RE.match(container):
-        errors.add(f"{where}.container", f"expected a container name (3-63 lowercase letters, digits, '-'), "
-                   f"got {container!r}")
-        container = None
-    prefix_raw = obj.get("prefix", "")
-    prefix = "" if prefix_raw in ("", "/") else _table_path(prefix_raw, f"{where}.prefix", errors)
-    retention = None
-    if named and obj.get("retention") is not None:
-        retention = _retention(obj["retention"], f"{where}.retention", errors)
-    if None in (name, connection, container, prefix):
-        return None
-    return LocationConfig(name=name, connection=connection, container=container, path=prefix, retention=retention,
-                          region=region)

@@ -61,6 +61,23 @@ def caught_up_at(lag: ReplicaLag, previous: StatusRow | None) -> str | None:
     return previous.caught_up_at if previous is not None else None
 
 
+def _entity(lag: ReplicaLag, alert_state: str, previous: StatusRow | None) -> dict:
+    """A replica's row as the table stores it."""
+    return {
+        "PartitionKey": lag.table,
+        "RowKey": lag.replica,
+        "SourceVersion": -1 if lag.source_version is None else lag.source_version,
+        "ReplicaVersion": -1 if lag.replica_version is None else lag.replica_version,
+        "VersionLag": lag.version_lag,
+        "LagSeconds": float(lag.lag_seconds),
+        "Status": lag.status.value,
+        "CheckedAt": lag.checked_at.isoformat(),
+        "Detail": lag.detail,
+        "AlertState": alert_state,
+        "CaughtUpAt": caught_up_at(lag, previous) or "",
+    }
+
+
 def _version(value) -> int | None:
     return None if value is None or value == -1 else int(value)
 
@@ -98,19 +115,7 @@ class StatusStore(HostTable):
     def put_row(self, lag: ReplicaLag, *, alert_state: str, previous: StatusRow | None = None) -> None:
         """Upsert the replica's row; `previous` (its last row) carries CaughtUpAt through outages."""
         self._ensure_table()
-        self._table.upsert_entity({
-            "PartitionKey": lag.table,
-            "RowKey": lag.replica,
-            "SourceVersion": -1 if lag.source_version is None else lag.source_version,
-            "ReplicaVersion": -1 if lag.replica_version is None else lag.replica_version,
-            "VersionLag": lag.version_lag,
-            "LagSeconds": float(lag.lag_seconds),
-            "Status": lag.status.value,
-            "CheckedAt": lag.checked_at.isoformat(),
-            "Detail": lag.detail,
-            "AlertState": alert_state,
-            "CaughtUpAt": caught_up_at(lag, previous) or "",
-        }, mode=UpdateMode.MERGE)
+        self._table.upsert_entity(_entity(lag, alert_state, previous), mode=UpdateMode.MERGE)
 
     def put_healthy(self, lags: list[ReplicaLag]) -> None:
         """Upsert the rows of one table's replicas, all healthy (alert state ok, caught up at the check), in
@@ -118,12 +123,7 @@ class StatusStore(HostTable):
         if not lags:
             return
         self._ensure_table()
-        operations = [("upsert", {
-            "PartitionKey": lag.table, "RowKey": lag.replica,
-            "SourceVersion": lag.source_version, "ReplicaVersion": lag.replica_version, "VersionLag": 0,
-            "LagSeconds": 0.0, "Status": ReplicaHealth.HEALTHY.value, "CheckedAt": lag.checked_at.isoformat(),
-            "Detail": "", "AlertState": ALERT_OK, "CaughtUpAt": lag.checked_at.isoformat(),
-        }, {"mode": UpdateMode.MERGE}) for lag in lags]
+        operations = [("upsert", _entity(lag, ALERT_OK, None), {"mode": UpdateMode.MERGE}) for lag in lags]
         with self._errors(f"recording the status of {lags[0].table}"):
             self._table.submit_transaction(operations)
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from shared.config.model import ReplicationConfig, TableConfig
+from shared.config.model import GroupConfig, ReplicationConfig, TableConfig
 from shared.delta.log import LOG_DIR, LogFile, parse_log_name
 from shared.errors import InvalidEvent
 from shared.groups.members import member_of_blob
@@ -161,29 +161,10 @@ def route_event(event: BlobEvent, config: ReplicationConfig, source_accounts: Ma
         InvalidEvent: the account, container or path matches no configured table.
     """
     account_matched = container_matched = False
-    for table in config.tables:
-        for loc in table.locations:
-            if source_accounts.get(loc.connection, "").lower() != event.account.lower():
-                continue
-            account_matched = True
-            if loc.container != event.container:
-                continue
-            container_matched = True
-            root = loc.path + "/"
-            if not event.path.startswith(root):
-                continue
-            rest = event.path[len(root):]
-            if not rest.startswith(LOG_DIR + "/"):
-                return None
-            name = rest[len(LOG_DIR) + 1:]
-            if name.startswith(".") or "/." in name:
-                return None
-            log_file = parse_log_name(name)
-            return CommitRef(table=table, log_file=log_file, location=loc.name) if log_file else None
-    # A group's table: the part between the group's prefix and `/_delta_log/` names it (O(groups),
-    # whatever the number of tables).
-    for group in config.groups:
-        for loc in group.locations:
+    # Tables, then groups: a group's table is named by the part between the group's prefix and
+    # `/_delta_log/` (O(groups), whatever the number of tables).
+    for places in (*config.tables, *config.groups):
+        for loc in places.locations:
             if source_accounts.get(loc.connection, "").lower() != event.account.lower():
                 continue
             account_matched = True
@@ -192,15 +173,21 @@ def route_event(event: BlobEvent, config: ReplicationConfig, source_accounts: Ma
             container_matched = True
             if loc.path and not event.path.startswith(loc.path + "/"):
                 continue
-            found = member_of_blob(group, loc.path, event.path)
-            if found is None:
-                return None  # under the prefix, not a member's log file: data files, excluded tables
-            relative, name = found
+            if isinstance(places, GroupConfig):
+                found = member_of_blob(places, loc.path, event.path)
+                if found is None:
+                    return None  # under the prefix, not a member's log file: data files, excluded tables
+                relative, name = found
+                table = places.member(relative)
+            else:
+                rest = event.path[len(loc.path) + 1:]
+                if not rest.startswith(LOG_DIR + "/"):
+                    return None
+                relative, name, table = None, rest[len(LOG_DIR) + 1:], places
             if name.startswith(".") or "/." in name:
                 return None
             log_file = parse_log_name(name)
-            return CommitRef(table=group.member(relative), log_file=log_file, location=loc.name,
-                             relative=relative) if log_file else None
+            return CommitRef(table=table, log_file=log_file, location=loc.name, relative=relative) if log_file else None
     if not account_matched:
         raise InvalidEvent(f"event for account {event.account!r}, which holds no configured table location")
     if not container_matched:
