@@ -21,6 +21,7 @@ from shared.config.settings import (
     resolve_connection,
     resolve_host_storage,
     resolve_status_connection,
+    resolve_storage_client,
     transport_options,
 )
 from shared.delta.log import TableRoot
@@ -35,6 +36,7 @@ from shared.replication.sequencer import Sequencer
 from shared.storage.factory import Stores
 from shared.storage.clients import RequestCounter, build_blob_service_client, with_deadline
 from shared.storage.lease import LeaseStore
+from shared.storage.object_client import ObjectClients
 
 _runtime_lock = threading.Lock()
 GROUP_REPLICATOR_CACHE = 64  # replicators of group tables kept between invocations (each holds its stores)
@@ -102,7 +104,9 @@ class ReplicationRuntime:
         if problems:
             raise ConfigError("invalid replication configuration; fix these and restart: " + "; ".join(problems))
         self.clients = {name: build_blob_service_client(s, counter=counter) for name, s in self.settings.items()}
-        self.stores = Stores(self.clients)
+        self.storage_client = resolve_storage_client(environ)
+        self.stores = Stores(self.clients, ObjectClients(self.settings, counter=counter)
+                             if self.storage_client == "obstore" else None)
         self.source_accounts = {name: s.account_name for name, s in self.settings.items()}
         # The one owner of the host's thread pools (their tasks carry the invocation's deadline).
         self.executors = Executors(file_workers=self.tuning.file_copy_workers,

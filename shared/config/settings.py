@@ -146,7 +146,12 @@ def _account_from_url(parsed) -> str:
     return host.split(".")[0]
 
 
-def _from_connection_string(name: str, value: str) -> ConnectionSettings:
+def connection_string_parts(name: str, value: str) -> dict[str, str]:
+    """A storage connection string's Key=Value pairs, keys lower-cased (secret values: never log them).
+
+    Raises:
+        ConfigError: not Key=Value pairs separated by ';' (names the setting, never its value).
+    """
     if value == "UseDevelopmentStorage=true":
         value = DEVELOPMENT_STORAGE
     parts: dict[str, str] = {}
@@ -160,6 +165,13 @@ def _from_connection_string(name: str, value: str) -> ConnectionSettings:
                 "separated by ';')"
             )
         parts[key.strip().lower()] = val.strip()
+    return parts
+
+
+def _from_connection_string(name: str, value: str) -> ConnectionSettings:
+    if value == "UseDevelopmentStorage=true":
+        value = DEVELOPMENT_STORAGE
+    parts = connection_string_parts(name, value)
     account = parts.get("accountname")
     endpoint = parts.get("blobendpoint")
     if endpoint:
@@ -248,3 +260,22 @@ def resolve_telemetry(environ: Mapping[str, str] | None = None) -> str | None:
     """The Application Insights connection string (secret), or None: metrics are then not exported."""
     env = os.environ if environ is None else environ
     return (env.get(TELEMETRY_SETTING) or "").strip() or None
+
+
+STORAGE_CLIENT_SETTING = "STORAGE_CLIENT"
+STORAGE_CLIENTS = ("obstore", "sdk")
+
+
+def resolve_storage_client(environ: Mapping[str, str] | None = None) -> str:
+    """STORAGE_CLIENT: "obstore" (the default: the hot path on Rust object_store, a tenth of the CPU per
+    request) or "sdk" (everything through azure-storage-blob, the fallback).
+
+    Raises:
+        ConfigError: any other value.
+    """
+    env = os.environ if environ is None else environ
+    value = (env.get(STORAGE_CLIENT_SETTING) or "").strip().lower() or STORAGE_CLIENTS[0]
+    if value not in STORAGE_CLIENTS:
+        raise ConfigError(f"{STORAGE_CLIENT_SETTING} must be 'obstore' or 'sdk' (unset: obstore); "
+                          f"it is {value[:20]!r}")
+    return value

@@ -173,28 +173,29 @@ class BlobCopier:
         """
         downloader = source._open_download(path)
         size = downloader.size
+        if size <= STREAM_BLOCK_BYTES:
+            if self._store._create_blob(self._store._file_blob(path), downloader.readall(), f"uploading {path}"):
+                return size
+            return self._refused(source, dst, path, expected_size)
         with self._store._storage(f"uploading {path}"):
             try:
-                if size <= STREAM_BLOCK_BYTES:
-                    data = downloader.readall()
-                    try:
-                        dst.upload_blob(data, overwrite=False)
-                    except ResourceNotFoundError:
-                        self._store.ensure_container()
-                        dst.upload_blob(data, overwrite=False)
-                else:
-                    self._store.ensure_container()
-                    blocks = []
-                    for index, chunk in enumerate(downloader.chunks()):
-                        block_id = base64.b64encode(f"{index:08d}".encode()).decode()
-                        dst.stage_block(block_id, chunk, length=len(chunk))
-                        blocks.append(BlobBlock(block_id=block_id))
-                    dst.commit_block_list(blocks, match_condition=MatchConditions.IfMissing)
+                self._store.ensure_container()
+                blocks = []
+                for index, chunk in enumerate(downloader.chunks()):
+                    block_id = base64.b64encode(f"{index:08d}".encode()).decode()
+                    dst.stage_block(block_id, chunk, length=len(chunk))
+                    blocks.append(BlobBlock(block_id=block_id))
+                dst.commit_block_list(blocks, match_condition=MatchConditions.IfMissing)
             except ResourceExistsError:
-                existing = dst.get_blob_properties()
-                if existing.copy and existing.copy.status in ("failed", "aborted"):
-                    raise ReplicaUnreachable(
-                        f"{self._store.description}: {path} holds a failed copy again; it will be retried."
-                    ) from None
-                return self._check_existing(source, dst, path, expected_size, props=existing)
+                return self._refused(source, dst, path, expected_size)
         return size
+
+    def _refused(self, source, dst, path: str, expected_size: int | None) -> int:
+        """The conditional create found a blob at `path`: ours (complete), a failed copy, or a conflict."""
+        with self._store._storage(f"checking {path}"):
+            existing = dst.get_blob_properties()
+            if existing.copy and existing.copy.status in ("failed", "aborted"):
+                raise ReplicaUnreachable(
+                    f"{self._store.description}: {path} holds a failed copy again; it will be retried."
+                ) from None
+            return self._check_existing(source, dst, path, expected_size, props=existing)

@@ -133,9 +133,13 @@ class BlobTableStore:
                 return False
         return True
 
+    def _create_blob(self, blob_name: str, data: bytes, what: str) -> bool:
+        """Create a blob of this container only if absent (the container too if missing): True if
+        created, False if it existed (nothing written)."""
+        return self._upload(self._container.get_blob_client(blob_name), data, what, overwrite=False)
+
     def create_log_file(self, name: str, data: bytes) -> bool:
-        blob = self._container.get_blob_client(self._log_blob(name))
-        return self._upload(blob, data, f"writing _delta_log/{name}", overwrite=False)
+        return self._create_blob(self._log_blob(name), data, f"writing _delta_log/{name}")
 
     def get_last_checkpoint(self) -> LastCheckpoint | None:
         blob = self._container.get_blob_client(self._log_blob(LAST_CHECKPOINT))
@@ -241,8 +245,10 @@ class BlobTableStore:
         """Write table-relative `path` (manifests, markers: never a table's data or log).
 
         Returns False when it exists and `overwrite` is False (nothing written)."""
+        if not overwrite:
+            return self._create_blob(self._file_blob(path), data, f"writing {path}")
         blob = self._container.get_blob_client(self._file_blob(path))
-        return self._upload(blob, data, f"writing {path}", overwrite=overwrite)
+        return self._upload(blob, data, f"writing {path}", overwrite=True)
 
     def first_file(self, prefix: str = "") -> LogEntry | None:
         """The first blob under `<root>/<prefix>` in name order (one single-result listing), or None."""

@@ -49,17 +49,28 @@ def classify(err: Exception, *, connection: str, subject: str, what: str, role: 
         role: the role the operation needs; default from `what` (reads: Reader, writes: Contributor).
     """
     if isinstance(err, (ServiceRequestError, ServiceResponseError)):
-        left = deadline.remaining()
-        if left is not None and left < 1.0:  # the hook capped this attempt's timeouts at what was left
-            return DeadlineExceeded(f"{subject}: the invocation's deadline passed while {what} (the storage "
-                                    f"request was cut at it, {type(err).__name__}); the next attempt resumes the work")
-        return ReplicaUnreachable(f"{subject}: storage did not answer while {what} ({type(err).__name__}); "
-                                  "it will be retried. Check the account is reachable.")
+        return no_answer(type(err).__name__, subject=subject, what=what)
     status = getattr(err, "status_code", None)
     code = getattr(err, "error_code", None)
     if isinstance(err, ClientAuthenticationError) and status is None:
         # The identity got no token (no managed identity, wrong client id): no request was refused.
         status, code = 401, "NoToken"
+    return by_status(status, code, connection=connection, subject=subject, what=what, role=role)
+
+
+def no_answer(kind: str, *, subject: str, what: str) -> ReplicationError:
+    """Our error for a request that got no answer (refused, timed out): retryable, or the deadline's."""
+    left = deadline.remaining()
+    if left is not None and left < 1.0:  # the attempt's timeouts were capped at what was left
+        return DeadlineExceeded(f"{subject}: the invocation's deadline passed while {what} (the storage "
+                                f"request was cut at it, {kind}); the next attempt resumes the work")
+    return ReplicaUnreachable(f"{subject}: storage did not answer while {what} ({kind}); "
+                              "it will be retried. Check the account is reachable.")
+
+
+def by_status(status: int | None, code: str | None, *, connection: str, subject: str, what: str,
+              role: str | None = None) -> ReplicationError:
+    """Our error for a storage answer's HTTP status (either client library's), one policy per status."""
     if status in (401, 403):
         role = role or (WRITE_ROLE if what.startswith(_WRITING) else READ_ROLE)
         hint = access_hint(connection, role)
@@ -85,3 +96,21 @@ def storage_errors(*, connection: str, subject: str, what: str, role: str | None
         raise
     except (ServiceRequestError, ServiceResponseError, HttpResponseError) as err:
         raise classify(err, connection=connection, subject=subject, what=what, role=role) from err
+
+
+def object_store_error(err: Exception, *, connection: str, subject: str, what: str) -> ReplicationError:
+    """Our error for an obstore (object_store) failure other than absent / exists / changed, by its type:
+    401/403 have their own types; every other failure (5xx, throttling, no answer) is one type, so it
+    is retryable, or the deadline's when the invocation's time ran out. Never the library's message
+    (it may carry a URL)."""
+    from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+
+    if isinstance(err, PermissionDeniedError):
+        return by_status(403, "PermissionDenied", connection=connection, subject=subject, what=what)
+    if isinstance(err, UnauthenticatedError):
+        return by_status(401, "Unauthenticated", connection=connection, subject=subject, what=what)
+    left = deadline.remaining()
+    if left is not None and left < 1.0:
+        return no_answer(type(err).__name__, subject=subject, what=what)
+    return ReplicaUnreachable(f"{subject}: storage failed or did not answer while {what} ({type(err).__name__}); "
+                              "it will be retried. Check the account is reachable.")
