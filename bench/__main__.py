@@ -38,6 +38,7 @@ from shared.delta.log import parse_commit
 from shared.app.commit_event import handle_storage_event
 from shared.runtime import ReplicationRuntime
 from shared.storage.clients import RequestCounter
+from bench.network import storage_client
 
 OUT = Path(__file__).resolve().parent / "out"
 REPO = Path(__file__).resolve().parent.parent
@@ -200,7 +201,8 @@ def measure_scaling(az: AzuriteProcess, sizes: list[int], samples: int) -> dict:
     runtime = ReplicationRuntime(parse_config(config_doc("scaling", "scaling")),
                                  {"AzureWebJobsStorage": az.connection_string("devstoreaccount1"),
                                   "EASTUS_STORAGE": az.connection_string("eastus"),
-                                  "WESTEU_STORAGE": az.connection_string("westeu")}, counter=counter)
+                                  "WESTEU_STORAGE": az.connection_string("westeu"),
+                                  "STORAGE_CLIENT": storage_client()}, counter=counter)
     westeu = BlobServiceClient.from_connection_string(az.connection_string("westeu"))
     for c in ("floor", "rclone", "rewrite"):
         westeu.create_container(c)
@@ -250,7 +252,8 @@ def measure_seeding(az: AzuriteProcess, work: Workload) -> dict:
     runtime = ReplicationRuntime(parse_config(config_doc(work.container, "seed")),
                                  {"AzureWebJobsStorage": az.connection_string("devstoreaccount1"),
                                   "EASTUS_STORAGE": az.connection_string("eastus"),
-                                  "WESTEU_STORAGE": az.connection_string("westeu")})
+                                  "WESTEU_STORAGE": az.connection_string("westeu"),
+                                  "STORAGE_CLIENT": storage_client()})
     started = time.perf_counter()
     (outcome,) = runtime.replicators["bench"].replicate(None)
     seconds = time.perf_counter() - started
@@ -292,7 +295,8 @@ def measure_sustained(seconds: float, rate: float) -> dict:
         runtime = ReplicationRuntime(parse_config(doc), {"AzureWebJobsStorage": a.connection_string("devstoreaccount1"),
                                                          "EASTUS_STORAGE": a.connection_string("eastus"),
                                                          "WESTEU_STORAGE": a.connection_string("westeu"),
-                                                         "SEASIA_STORAGE": b.connection_string("seasia")})
+                                                         "SEASIA_STORAGE": b.connection_string("seasia"),
+                                                         "STORAGE_CLIENT": storage_client()})
         committed: dict[int, float] = {}
         done: dict[int, float] = {}
         lock = threading.Lock()
@@ -410,7 +414,7 @@ def main() -> int:
     results: dict = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
                                  "cpus": os.cpu_count(),
                                  "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-                                 "date": time.strftime("%Y-%m-%d")}}
+                                 "date": time.strftime("%Y-%m-%d"), "storage_client": storage_client()}}
     with AzuriteProcess(("eastus", "westeu"), with_table=True) as az:
         scaling = measure_scaling(az, sizes, args.samples)
         results["seeding"] = measure_seeding(az, scaling.pop("work"))

@@ -23,6 +23,7 @@ from pathlib import Path
 from azure.storage.blob import BlobServiceClient
 from deltalake import write_deltalake
 
+from bench.network import storage_client
 from devtools.azurite import AzuriteProcess
 from devtools.events import blob_created_event
 from shared.app.lag_check import check_replication
@@ -87,7 +88,8 @@ def main() -> int:
                            "replicas": [{"name": a, "connection": f"{a.upper()}_STORAGE", "container": container,
                                          "prefix": "lake"} for a in REPLICAS]}]}
         environ = {"AzureWebJobsStorage": az.connection_string("devstoreaccount1"),
-                   **{f"{a.upper()}_STORAGE": az.connection_string(a) for a in ("eastus", *REPLICAS)}}
+                   **{f"{a.upper()}_STORAGE": az.connection_string(a) for a in ("eastus", *REPLICAS)},
+                   "STORAGE_CLIENT": storage_client()}
         counter = RequestCounter()
         baseline = rss_mib()
         runtime = ReplicationRuntime(parse_config(doc), environ, counter=counter)

@@ -27,14 +27,19 @@ def peak_rss_mib() -> float:
 
 def main() -> int:
     job = json.loads(sys.stdin.read())
-    from shared.config.settings import resolve_connection
-    from shared.storage.blob_table_store import BlobTableStore
-    from shared.storage.clients import build_blob_service_client
+    import os
+    from types import SimpleNamespace
 
-    source = BlobTableStore(build_blob_service_client(resolve_connection("SRC", job["env"])), job["container"],
-                            "t", label="source", connection_name="SRC")
-    replica = BlobTableStore(build_blob_service_client(resolve_connection("DST", job["env"])), job["container"],
-                             "t", label="replica", connection_name="DST")
+    from shared.config.settings import resolve_connection
+    from shared.storage.clients import build_blob_service_client
+    from shared.storage.factory import Stores
+    from shared.storage.object_client import ObjectClients
+
+    settings = {name: resolve_connection(name, job["env"]) for name in ("SRC", "DST")}
+    objects = ObjectClients(settings) if os.environ.get("STORAGE_CLIENT", "obstore") == "obstore" else None
+    stores = Stores({name: build_blob_service_client(s) for name, s in settings.items()}, objects)
+    source = stores.table(SimpleNamespace(name="source", connection="SRC", container=job["container"], path="t"))
+    replica = stores.table(SimpleNamespace(name="replica", connection="DST", container=job["container"], path="t"))
     baseline = rss_mib()
     started = time.monotonic()
     copied = replica.copy_file_from(source, job["path"], expected_size=job["size"])

@@ -70,9 +70,7 @@ def test_log_files_are_created_once_and_listed_in_name_order(stores):
     assert [e.name for e in store.list_log(limit=1)] == ["00000000000000000000.json"]
     assert [e.name for e in store.list_log("00000000000000000001")] == ["00000000000000000001.json"]
     entry = store.log_entry("00000000000000000001.json")
-    # object_store's HEAD returns no Content-MD5 (compare.same_commit then reads the bytes)
-    md5 = hashlib.md5(b"one\n").digest() if type(store).__name__ == "BlobTableStore" else None
-    assert (entry.size, entry.content_md5) == (4, md5)
+    assert (entry.size, entry.content_md5) == (4, hashlib.md5(b"one\n").digest())  # compare.same_commit uses it
     assert store.list_log("00000000000000000001")[0].content_md5 == hashlib.md5(b"one\n").digest()
     assert store.log_exists() is True
     assert store.get_log_range("00000000000000000001.json", 1, 2) == (b"ne", 4)
@@ -161,13 +159,22 @@ def test_folders_of_a_location_and_the_container(stores):
 
 
 class _Capture(BaseHTTPRequestHandler):
-    """An account that answers `status` to everything and records each request's method and headers."""
+    """An account that answers `status` to everything (a PUT: 201 when `status` is 404) and records each
+    request's method and headers."""
 
     status = 404
     seen: list
 
     def _reply(self):
         self.seen.append((self.command, dict(self.headers)))
+        if self.command == "PUT" and self.status == 404:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(201)
+            self.send_header("ETag", '"0x1"')
+            self.send_header("Last-Modified", "Sun, 06 Dec 2026 00:00:00 GMT")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(self.status)
         self.send_header("x-ms-error-code", {404: "BlobNotFound", 503: "ServerBusy"}.get(self.status, "Other"))
         self.send_header("Content-Length", "0")
@@ -208,10 +215,20 @@ def test_every_request_carries_the_replicators_client_request_id(fake_account):
     assert store.log_entry(f"{0:020d}.json") is None and store.file_size("p/x.parquet") is None
     with pytest.raises(FileNotFoundError):
         store.get_log_file(f"{0:020d}.json")
-    assert [m for m, _ in seen] == ["HEAD", "HEAD", "GET"]
+    assert len(seen) == 3  # one request each (a commit's entry may be a GET: its bytes give the MD5)
     ids = [{k.lower(): v for k, v in h.items()}.get(CLIENT_REQUEST_ID_HEADER, "") for _, h in seen]
     assert [i.startswith(CLIENT_REQUEST_ID_PREFIX) for i in ids] == [True, True, True]
     assert all(account_key("eastus") not in str(h) for _, h in seen)
+
+
+@pytest.mark.parametrize("fake_account", [(i, 404) for i in IMPLEMENTATIONS], indirect=True, ids=IMPLEMENTATIONS)
+def test_a_create_is_conditional_on_the_wire(fake_account):
+    """A commit or a marker is created with If-None-Match: * (the store never overwrites one)."""
+    store, seen = fake_account
+    assert store.create_log_file(f"{0:020d}.json", b"{}\n") is True
+    assert store.put_file("p/marker.json", b"{}") is True
+    puts = [{k.lower(): v for k, v in h.items()} for m, h in seen if m == "PUT"]
+    assert [p.get("if-none-match") for p in puts] == ["*", "*"]
 
 
 @pytest.mark.parametrize("fake_account", [(i, 503) for i in IMPLEMENTATIONS], indirect=True, ids=IMPLEMENTATIONS)

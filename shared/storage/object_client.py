@@ -166,20 +166,24 @@ class ObjectClients:
         return AzureStore(container, account_name=settings.account_name, endpoint=url, **options)
 
     def call(self, method: str, sync: Callable[[], Any], asynchronous: Callable[[], Any], *, connection: str,
-             container: str, blob: str, subject: str, what: str):
+             container: str, blob: str, subject: str, what: str, conditions: Mapping[str, str] | None = None):
         """Send one request (`method` on `blob` of `container`): `sync()` or, near the deadline,
         `asynchronous()` (a coroutine factory) bounded by it. Absent / exists / changed pass through as
-        obstore's exceptions; anything else is ours."""
-        left = deadline.check(f"{method} ({what})")
-        if self._counter is not None:  # the SDK's raw_request_hook, shown the same (method, URL)
+        obstore's exceptions; anything else is ours. `conditions`: the conditional headers object_store
+        sends for this call (e.g. If-None-Match: * for a create), shown to the request counter."""
+        request = f"{method} ({what})"
+        left = deadline.check(request)
+        if self._counter is not None:  # the SDK's raw_request_hook, shown the same (method, URL, headers)
             url = f"{self._settings[connection].blob_service_url}/{container}/{quote(blob)}"
-            self._counter(_Sent(_HttpRequest(method, url, {CLIENT_REQUEST_ID_HEADER: self._request_id})))
+            headers = {CLIENT_REQUEST_ID_HEADER: self._request_id, **(conditions or {})}
+            self._counter(_Sent(_HttpRequest(method, url, headers)))
         try:
             if left is None or left > LONGEST_CALL_SECONDS:
                 return sync()
             try:
                 return _LOOP.run(asynchronous, left)
             except TimeoutError:
+                deadline.check(request)  # raises the deadline's own DeadlineExceeded
                 raise DeadlineExceeded(f"{subject}: the invocation's deadline passed while {what} (the storage "
                                        "request was cut at it); the next attempt resumes the work") from None
         except PASSTHROUGH:

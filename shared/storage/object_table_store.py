@@ -8,16 +8,17 @@ and deletes (`_last_checkpoint`), conditional block lists (files above 8 MiB), l
 Content-MD5, which the commit comparison uses and object_store's listing does not return) and
 container creation.
 
-One difference callers see: a HEAD through object_store returns no Content-MD5, so `log_entry`'s
-`content_md5` is None and a comparison of two commits of equal size reads their bytes
-(`shared.delta.compare`), as it always has on ADLS accounts. That happens only when a commit is
-already at the version being written (a redelivery, a diverged replica), never per commit.
+object_store's HEAD returns no Content-MD5, which the commit comparison (`shared.delta.compare`) uses:
+`log_entry` of a commit (`.json`, at most 1 MiB) is therefore a GET whose bytes give the MD5 (one
+request, as before); of anything else, a HEAD without MD5 (a comparison then reads the bytes, as it
+always has on ADLS accounts).
 Built only by `shared.storage.factory.Stores`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Iterator
 
 import obstore
@@ -29,6 +30,10 @@ from shared.storage.blob_table_store import BlobTableStore
 from shared.storage.errors import object_store_error
 from shared.storage.object_client import ABSENT, ObjectClients
 from shared.storage.table_store import LOG_DIR, LogEntry
+
+
+_CREATE = {"If-None-Match": "*"}  # what mode="create" sends (tests/test_store_conformance.py sees it on the wire)
+DIGESTED_COMMIT_BYTES = 1024 * 1024  # commits up to this size get their MD5 from `log_entry`'s GET
 
 
 class _ObjectDownload:
@@ -72,9 +77,10 @@ class ObjectTableStore(BlobTableStore):
                                 connection_name=self.connection_name, objects=self._objects)
 
     # -- one request ------------------------------------------------------------------
-    def _call(self, method: str, blob: str, what: str, sync, asynchronous):
+    def _call(self, method: str, blob: str, what: str, sync, asynchronous, conditions=None):
         return self._objects.call(method, sync, asynchronous, connection=self.connection_name,
-                                  container=self.container, blob=blob, subject=self.description, what=what)
+                                  container=self.container, blob=blob, subject=self.description, what=what,
+                                  conditions=conditions)
 
     @contextlib.contextmanager
     def _reading(self, what: str):
@@ -105,8 +111,23 @@ class ObjectTableStore(BlobTableStore):
 
     # -- log ----------------------------------------------------------------------------
     def log_entry(self, name: str) -> LogEntry | None:
-        meta = self._head(self._log_blob(name), f"reading properties of _delta_log/{name}")
-        return None if meta is None else LogEntry(name, meta["size"], meta["last_modified"])
+        """A commit's entry carries the MD5 of its bytes: a GET (one request, like the HEAD it replaces)
+        whose body is read when the commit is at most 1 MiB. object_store's HEAD returns no Content-MD5,
+        and without it every head check (is the replica's head commit the primary's?) would read both
+        commits: two more requests per replicated commit."""
+        what = f"reading properties of _delta_log/{name}"
+        if not name.endswith(".json"):
+            meta = self._head(self._log_blob(name), what)
+            return None if meta is None else LogEntry(name, meta["size"], meta["last_modified"])
+        result = self._get(self._log_blob(name), what)
+        if result is None:
+            return None
+        meta = result.meta
+        if meta["size"] > DIGESTED_COMMIT_BYTES:  # the body is never read: memory stays bounded
+            return LogEntry(name, meta["size"], meta["last_modified"])
+        with self._reading(what):
+            data = bytes(result.bytes())
+        return LogEntry(name, len(data), meta["last_modified"], hashlib.md5(data).digest())  # noqa: S324 - content check
 
     def get_log_file(self, name: str) -> bytes:
         return self.get_file(f"{LOG_DIR}/{name}")
@@ -131,7 +152,8 @@ class ObjectTableStore(BlobTableStore):
 
         def put():
             return self._call("PUT", blob_name, what, lambda: obstore.put(self._store, blob_name, data, mode="create"),
-                              lambda: obstore.put_async(self._store, blob_name, data, mode="create"))
+                              lambda: obstore.put_async(self._store, blob_name, data, mode="create"),
+                              conditions=_CREATE)
 
         try:
             try:

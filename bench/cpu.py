@@ -1,0 +1,150 @@
+"""CPU per replicated commit (issue 26), both storage clients side by side, with the profile's top items.
+
+One append-only table (SyntheticTable: one small parquet file and one commit each), its replica in a
+second Azurite process (copies stream through this process, as across regions). For each client
+(`STORAGE_CLIENT=sdk`, then `obstore`): a fresh runtime, the replica brought to the head, then
+`--commits` commits, each written (not measured) and its event handled (`handle_storage_event`, as
+the function does): this process's CPU time around each handling, its wall time, its storage
+requests, and a profile of the handlings (yappi, CPU clock, every thread: top functions by own time). Writes bench/out/cpu.json
+and bench/cpu_results.md (bench.report includes it in RESULTS.md).
+
+    python -m bench.cpu [--commits 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import yappi
+
+from bench.network import SyntheticTable, _runtime_spec
+from devtools.azurite import AzuriteProcess
+from devtools.events import blob_created_event
+from shared.app.commit_event import handle_storage_event
+from shared.config.parse import parse_config
+from shared.runtime import ReplicationRuntime
+from shared.storage.clients import RequestCounter
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+CLIENTS = ("sdk", "obstore")
+
+
+def _where(stat) -> str:
+    path = stat.module
+    return path.split("site-packages/")[-1] if "site-packages/" in path else path.split("/work/")[-1]
+
+
+def top_items(stats, handled: int, limit: int = 12) -> list[dict]:
+    """The functions with the most own CPU (every thread), per handled commit."""
+    rows = [{"function": f"{_where(s)}:{s.lineno}({s.name})", "own_ms": s.tsub * 1000 / handled,
+             "cumulative_ms": s.ttot * 1000 / handled, "calls": s.ncall / handled} for s in stats]
+    return sorted(rows, key=lambda r: -r["own_ms"])[:limit]
+
+
+PACKAGES = (("azure/storage/blob", "azure-storage-blob"), ("azure/data/tables", "azure-data-tables"),
+            ("azure/core", "azure-core"), ("urllib3", "http (urllib3, requests, http.client)"),
+            ("requests/", "http (urllib3, requests, http.client)"), ("http/client", "http (urllib3, requests, http.client)"),
+            ("obstore", "obstore"), ("opentelemetry", "opentelemetry"), ("logging", "logging"),
+            ("/shared/", "this project (shared/)"), ("concurrent/futures", "thread pools"),
+            ("threading", "thread pools"), ("json", "json"), ("xml", "xml"), ("email", "http (urllib3, requests, http.client)"))
+
+
+def by_package(stats, handled: int) -> dict[str, float]:
+    """Own CPU per commit grouped by package (every thread)."""
+    groups: dict[str, float] = {}
+    for s in stats:
+        key = next((label for needle, label in PACKAGES if needle in s.module), "other (stdlib, built-ins)")
+        groups[key] = groups.get(key, 0.0) + s.tsub * 1000 / handled
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+
+
+def measure(primary: AzuriteProcess, replica: AzuriteProcess, client: str, commits: int) -> dict:
+    table = SyntheticTable(primary, f"cpu{client}")
+    doc, environ = _runtime_spec(primary, replica.port, [("bench", table.container)])
+    environ["STORAGE_CLIENT"] = client
+    counter = RequestCounter()
+    runtime = ReplicationRuntime(parse_config(doc), environ, counter=counter)
+    runtime.replicators["bench"].replicate(None)  # the replica starts at the head
+    for _ in range(5):  # warm: connections, caches
+        v = table.commit()
+        handle_storage_event(runtime, blob_created_event("eastus", table.container, f"t/_delta_log/{v:020d}.json",
+                                                         azurite_port=primary.port))
+    cpu, wall, requests = [], [], []
+    for _ in range(commits):
+        v = table.commit()
+        event = blob_created_event("eastus", table.container, f"t/_delta_log/{v:020d}.json", azurite_port=primary.port)
+        counter.reset()
+        c, t = time.process_time(), time.perf_counter()
+        result = handle_storage_event(runtime, event)
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - t)
+        requests.append(counter.count)
+        assert all(o.error is None and o.head_after == v for o in result.outcomes), result.outcomes
+    # The profile on a second pass (profiling inflates the CPU it measures): CPU clock, every thread.
+    handled = min(commits, 100)
+    yappi.set_clock_type("cpu")
+    yappi.clear_stats()
+    for _ in range(handled):
+        v = table.commit()
+        event = blob_created_event("eastus", table.container, f"t/_delta_log/{v:020d}.json", azurite_port=primary.port)
+        yappi.start(profile_threads=True)
+        handle_storage_event(runtime, event)
+        yappi.stop()
+    stats = list(yappi.get_func_stats())
+    by_method = dict(counter.by_method)
+    runtime.close()
+    return {"client": client, "commits": commits, "cpu_ms_median": statistics.median(cpu) * 1000,
+            "cpu_ms_mean": statistics.mean(cpu) * 1000, "wall_ms_median": statistics.median(wall) * 1000,
+            "requests_per_commit": statistics.median(requests), "last_commit_requests": by_method,
+            "profile_top": top_items(stats, handled), "profile_by_package": by_package(stats, handled)}
+
+
+def report(results: dict) -> str:
+    m = results["machine"]
+    lines = ["## CPU per replicated commit (issue 26)", "",
+             f"`python -m bench.cpu`: one append-only table, its replica in a second Azurite process (copies stream "
+             f"through the process), {results['commits']} commits per client, each event handled as the function "
+             f"does; CPU is this process's ({m['platform']}, {m['cpus']} CPUs).", "",
+             "| storage client | CPU per commit (median) | mean | wall per commit (median) | requests / commit |",
+             "|---|---:|---:|---:|---:|"]
+    for row in results["clients"]:
+        lines.append(f"| {row['client']} | {row['cpu_ms_median']:.2f} ms | {row['cpu_ms_mean']:.2f} ms | "
+                     f"{row['wall_ms_median']:.2f} ms | {row['requests_per_commit']:.0f} |")
+    for row in results["clients"]:
+        lines += ["", f"Profile, `{row['client']}` (own CPU per commit, every thread, under yappi, which inflates it): by package "
+                  + ", ".join(f"{k} {v:.2f} ms" for k, v in row["profile_by_package"].items()) + ".", "",
+                  "| function | own ms / commit | cumulative ms / commit | calls / commit |", "|---|---:|---:|---:|"]
+        lines += [f"| `{r['function']}` | {r['own_ms']:.3f} | {r['cumulative_ms']:.3f} | {r['calls']:.1f} |"
+                  for r in row["profile_top"][:8]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commits", type=int, default=200)
+    parser.add_argument("--clients", default=",".join(CLIENTS))
+    args = parser.parse_args()
+    OUT.mkdir(exist_ok=True)
+    results: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                 "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")},
+                     "commits": args.commits, "clients": []}
+    with AzuriteProcess(("eastus",), with_table=True) as primary, AzuriteProcess(("westeu",)) as replica:
+        for client in args.clients.split(","):
+            row = measure(primary, replica, client, args.commits)
+            print(json.dumps({k: v for k, v in row.items() if k != "profile_top"}), flush=True)
+            results["clients"].append(row)
+    (OUT / "cpu.json").write_text(json.dumps(results, indent=1))
+    (HERE / "cpu_results.md").write_text(report(results))
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
