@@ -140,3 +140,20 @@ def test_bad_region_and_replica_named_like_the_source_are_refused():
         parse_config(doc)
     assert "tables[0].replicas[0].region" in str(err.value)
     assert "tables[0].replicas[1].name: 'primary' is the source's name" in str(err.value)
+
+
+def test_a_ca_bundle_alone_is_passed_to_the_clients_without_trusting_the_environment(tmp_path):
+    """requests trusting the environment scans it for proxies and netrc on every request; a CA bundle
+    alone does not need that, a proxy does. obstore reads no environment: it is given both."""
+    from shared.config.settings import object_client_options, transport_options
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert transport_options({}) == {"use_env_settings": False}
+    assert transport_options({"REQUESTS_CA_BUNDLE": str(bundle)}) == {"use_env_settings": False,
+                                                                      "connection_verify": str(bundle)}
+    assert transport_options({"HTTPS_PROXY": "http://proxy:3128", "REQUESTS_CA_BUNDLE": str(bundle)}) == {}
+    assert object_client_options({}) == {}
+    assert object_client_options({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "localhost",
+                                  "CURL_CA_BUNDLE": str(bundle)}) == {
+        "proxy_url": "http://proxy:3128", "proxy_excludes": "localhost", "root_certificate": bundle.read_text()}

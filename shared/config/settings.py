@@ -30,16 +30,40 @@ DEVELOPMENT_STORAGE = (
 # Proxy variables requests honours. Without any, clients stop "trusting the environment":
 # requests would otherwise stat and read ~/.netrc on every request (storage never
 # authenticates by netrc), a measurable share of each request's CPU.
-PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy",
-                   # and the CA bundles it takes from the environment (a private CA)
-                   "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+# The CA bundles requests takes from the environment (a private CA), in its order.
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 
 def transport_options(environ: Mapping[str, str] | None = None) -> dict:
-    """Options for every storage client's HTTP transport: environment settings only when a proxy
-    or a CA bundle is set."""
+    """Options for every storage client's HTTP transport: environment settings only when a proxy is
+    set. A CA bundle alone is passed as `connection_verify`: trusting the environment would make
+    requests resolve proxies and netrc from it on every request (measured: 10 scans of the environment
+    per replicated commit, the largest single item of the SDK's CPU profile; bench/cpu_results.md)."""
     env = os.environ if environ is None else environ
-    return {} if any(env.get(name) for name in PROXY_VARIABLES) else {"use_env_settings": False}
+    if any(env.get(name) for name in PROXY_VARIABLES):
+        return {}
+    bundle = next((env[name] for name in CA_BUNDLE_VARIABLES if env.get(name)), None)
+    return {"use_env_settings": False, **({"connection_verify": bundle} if bundle else {})}
+
+
+def object_client_options(environ: Mapping[str, str] | None = None) -> dict:
+    """The same environment for obstore's client (it reads none itself): the proxy (HTTPS first) with
+    NO_PROXY's exclusions, and a CA bundle file's certificates as extra trusted roots."""
+    env = os.environ if environ is None else environ
+    options: dict = {}
+    proxy = next((env[name] for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY",
+                                          "http_proxy") if env.get(name)), None)
+    if proxy:
+        options["proxy_url"] = proxy
+        excludes = env.get("NO_PROXY") or env.get("no_proxy")
+        if excludes:
+            options["proxy_excludes"] = excludes
+    bundle = next((env[name] for name in CA_BUNDLE_VARIABLES if env.get(name)), None)
+    if bundle and os.path.isfile(bundle):
+        with open(bundle, encoding="utf-8") as fh:
+            options["root_certificate"] = fh.read()
+    return options
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> ReplicationConfig:

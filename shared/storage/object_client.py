@@ -39,7 +39,7 @@ from obstore.store import AzureStore
 
 from shared import deadline
 from shared.config.model import ConnectionSettings
-from shared.config.settings import connection_string_parts
+from shared.config.settings import connection_string_parts, object_client_options
 from shared.errors import DeadlineExceeded
 from shared.storage.clients import CLIENT_REQUEST_ID_HEADER, CLIENT_REQUEST_ID_PREFIX, RequestCounter
 from shared.storage.errors import object_store_error
@@ -132,6 +132,7 @@ class ObjectClients:
         self._stores: dict[tuple[str, str], AzureStore] = {}
         self._lock = threading.Lock()
         self._request_id = CLIENT_REQUEST_ID_PREFIX + uuid.uuid4().hex
+        self._environment = object_client_options()  # proxy and CA bundle, as the SDK clients take them
 
     def store(self, connection: str, container: str) -> AzureStore:
         key = (connection, container)
@@ -146,7 +147,8 @@ class ObjectClients:
         options: dict[str, Any] = {
             "client_options": {"connect_timeout": CONNECT_TIMEOUT, "timeout": REQUEST_TIMEOUT,
                                "allow_http": url.startswith("http://"),
-                               "default_headers": {CLIENT_REQUEST_ID_HEADER: self._request_id}},
+                               "default_headers": {CLIENT_REQUEST_ID_HEADER: self._request_id},
+                               **self._environment},
             "retry_config": RETRY,
         }
         if settings.connection_string:
