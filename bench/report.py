@@ -21,7 +21,8 @@ def main() -> None:
     lines = [
         "# Benchmark results",
         "",
-        f"Run on {m['date']}: {m['platform']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, Python {m['python']}; "
+        f"Run on {m['date']}: {m['platform']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, "
+        f"storage client {m.get('storage_client', 'sdk')} (STORAGE_CLIENT); "
         "Azurite 3.37.0 on loopback (one process per region where noted). Reproduce with `bash bench/run.sh`; "
         "raw figures in `bench/out/results.json` after a run.",
         "",
@@ -90,6 +91,8 @@ def main() -> None:
     lines += ["", (HERE / "consolidation_results.md").read_text()]
     if (HERE / "groups_results.md").exists():  # bench/groups.py (issue 25)
         lines += ["", (HERE / "groups_results.md").read_text()]
+    if (HERE / "cpu_results.md").exists():  # bench/cpu.py (issue 26)
+        lines += ["", (HERE / "cpu_results.md").read_text()]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
 
 

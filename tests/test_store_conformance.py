@@ -263,3 +263,16 @@ def test_a_file_above_one_block_streams_and_copies_whole(stores):
     assert there.copy_file_from(here, "p/big.parquet") == len(data)
     assert there.digest("p/big.parquet") == (len(data), hashlib.md5(data).hexdigest())
     assert there.copy_file_from(here, "p/big.parquet") == 0
+
+
+def test_obstore_gets_a_container_sas_that_cannot_list_or_delete_and_is_renewed_before_it_expires():
+    """An account key never reaches object_store: it gets read, create and write on one container."""
+    from datetime import datetime, timedelta, timezone
+
+    from shared.storage.object_client import _KeySas
+
+    credential = _KeySas("eastus", account_key("eastus"), "lake")()
+    assert sas_permissions("http://127.0.0.1/eastus/lake?" + credential["sas_token"]) == ("rcw", "c")
+    assert account_key("eastus") not in credential["sas_token"]
+    left = credential["expires_at"] - datetime.now(timezone.utc)  # when obstore asks for a new one
+    assert timedelta(minutes=49) < left <= timedelta(minutes=50)  # valid 60 minutes, renewed 10 early

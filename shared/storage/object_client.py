@@ -10,7 +10,9 @@ conditional block lists.
 Credentials, per connection (the same settings as the SDK clients, `shared.config.settings`):
 - an account key: object_store signs Shared Key over the headers it knows, so a default header (the
   request id below) would break the signature. The key therefore never reaches object_store: it gets
-  a container SAS (read, create, write, list; 1 hour, renewed 10 minutes before expiry) signed here.
+  a container SAS (read, create, write: what its calls need, no list or delete; 1 hour, renewed 10
+  minutes before expiry) signed here. Not create alone: a conditional create of an existing blob is
+  then refused as 403 (seen on Azurite), not 409, and "exists" could no longer be told from "denied".
 - a SAS connection string: its SAS.
 - identity (`__blobServiceUri`): azure-identity's credential, through obstore's provider.
 
@@ -71,7 +73,7 @@ class _KeySas:
 
         expiry = datetime.now(timezone.utc) + SAS_LIFETIME
         sas = generate_container_sas(self._account, self._container, account_key=self._key, expiry=expiry,
-                                     permission=ContainerSasPermissions(read=True, create=True, write=True, list=True))
+                                     permission=ContainerSasPermissions(read=True, create=True, write=True))
         return {"sas_token": sas, "expires_at": expiry - SAS_RENEW_BEFORE}
 
 
