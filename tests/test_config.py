@@ -154,6 +154,8 @@ def test_a_ca_bundle_alone_is_passed_to_the_clients_without_trusting_the_environ
                                                                       "connection_verify": str(bundle)}
     assert transport_options({"HTTPS_PROXY": "http://proxy:3128", "REQUESTS_CA_BUNDLE": str(bundle)}) == {}
     assert object_client_options({}) == {}
+    assert object_client_options({"HTTP_PROXY": "http://proxy:3128"}) == {}  # an https endpoint: not its proxy
+    assert object_client_options({"HTTP_PROXY": "http://proxy:3128"}, scheme="http") == {"proxy_url": "http://proxy:3128"}
     assert object_client_options({"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "localhost",
                                   "CURL_CA_BUNDLE": str(bundle)}) == {
         "proxy_url": "http://proxy:3128", "proxy_excludes": "localhost", "root_certificate": bundle.read_text()}

@@ -47,13 +47,14 @@ def transport_options(environ: Mapping[str, str] | None = None) -> dict:
     return {"use_env_settings": False, **({"connection_verify": bundle} if bundle else {})}
 
 
-def object_client_options(environ: Mapping[str, str] | None = None) -> dict:
-    """The same environment for obstore's client (it reads none itself): the proxy (HTTPS first) with
+def object_client_options(environ: Mapping[str, str] | None = None, *, scheme: str = "https") -> dict:
+    """The same environment for obstore's client (it reads none itself): the proxy for the endpoint's
+    scheme, as requests picks it (HTTPS_PROXY for https, HTTP_PROXY for http, then ALL_PROXY), with
     NO_PROXY's exclusions, and a CA bundle file's certificates as extra trusted roots."""
     env = os.environ if environ is None else environ
     options: dict = {}
-    proxy = next((env[name] for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY",
-                                          "http_proxy") if env.get(name)), None)
+    names = (f"{scheme.upper()}_PROXY", f"{scheme.lower()}_proxy", "ALL_PROXY", "all_proxy")
+    proxy = next((env[name] for name in names if env.get(name)), None)
     if proxy:
         options["proxy_url"] = proxy
         excludes = env.get("NO_PROXY") or env.get("no_proxy")

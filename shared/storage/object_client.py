@@ -28,6 +28,7 @@ could take; closer to the deadline it runs on this module's event loop thread an
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from dataclasses import dataclass
@@ -78,16 +79,18 @@ class _KeySas:
 
 
 class _Loop:
-    """One event loop thread for calls near the deadline (started on first use)."""
+    """One event loop thread for calls near the deadline (started on first use, again in a forked child,
+    which has no thread of its parent's)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
 
     def run(self, make: Callable[[], Any], timeout: float):
         with self._lock:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
+            if self._loop is None or self._pid != os.getpid():
+                self._loop, self._pid = asyncio.new_event_loop(), os.getpid()
                 threading.Thread(target=self._loop.run_forever, name="obstore-deadline", daemon=True).start()
 
         async def call():  # the coroutine is made on the loop's thread (obstore needs a running loop)
@@ -134,7 +137,6 @@ class ObjectClients:
         self._stores: dict[tuple[str, str], AzureStore] = {}
         self._lock = threading.Lock()
         self._request_id = CLIENT_REQUEST_ID_PREFIX + uuid.uuid4().hex
-        self._environment = object_client_options()  # proxy and CA bundle, as the SDK clients take them
 
     def store(self, connection: str, container: str) -> AzureStore:
         key = (connection, container)
@@ -150,7 +152,8 @@ class ObjectClients:
             "client_options": {"connect_timeout": CONNECT_TIMEOUT, "timeout": REQUEST_TIMEOUT,
                                "allow_http": url.startswith("http://"),
                                "default_headers": {CLIENT_REQUEST_ID_HEADER: self._request_id},
-                               **self._environment},
+                               # the proxy and CA bundle of the environment, as the SDK clients take them
+                               **object_client_options(scheme=url.split(":", 1)[0])},
             "retry_config": RETRY,
         }
         if settings.connection_string:
@@ -181,17 +184,19 @@ class ObjectClients:
             url = f"{self._settings[connection].blob_service_url}/{container}/{quote(blob)}"
             headers = {CLIENT_REQUEST_ID_HEADER: self._request_id, **(conditions or {})}
             self._counter(_Sent(_HttpRequest(method, url, headers)))
+        near = left is not None and left <= LONGEST_CALL_SECONDS
         try:
-            if left is None or left > LONGEST_CALL_SECONDS:
-                return sync()
-            try:
-                return _LOOP.run(asynchronous, left)
-            except TimeoutError:
-                deadline.check(request)  # raises the deadline's own DeadlineExceeded
-                raise DeadlineExceeded(f"{subject}: the invocation's deadline passed while {what} (the storage "
-                                       "request was cut at it); the next attempt resumes the work") from None
+            return _LOOP.run(asynchronous, left) if near else sync()
         except PASSTHROUGH:
             raise
-        except BaseError as err:
-            # Not chained: object_store's message names the request's URL, which may carry a SAS.
-            raise object_store_error(err, connection=connection, subject=subject, what=what) from None
+        except TimeoutError if near else ():  # the loop's wait: the deadline passed (not a request's own)
+            failure = None
+        except (BaseError, OSError) as err:
+            failure = object_store_error(err, connection=connection, subject=subject, what=what)
+        # Raised outside the handler, so it carries no context: object_store's message names the
+        # request's URL (redacted under a SAS, but never relied on).
+        if failure is None:
+            deadline.check(request)  # the deadline's own error
+            failure = DeadlineExceeded(f"{subject}: the invocation's deadline passed while {what} (the storage "
+                                       "request was cut at it); the next attempt resumes the work")
+        raise failure

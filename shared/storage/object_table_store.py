@@ -1,8 +1,11 @@
 """TableStore whose hot path goes through obstore (Rust object_store), the rest through the SDK.
 
-Heads, commit and file reads (whole, ranged, streamed), conditional creates (commits, small file
-copies, markers) are object_store requests (`shared.storage.object_client`): a tenth of the SDK's CPU
-each. What object_store cannot do stays on the inherited `BlobTableStore` path, unchanged:
+Heads, reads of commits and files up to 8 MiB (whole or ranged, each body read within its request's
+call, so the deadline bounds it), conditional creates (commits, small file copies, markers) are
+object_store requests (`shared.storage.object_client`): a tenth of the SDK's CPU each. Larger files
+are read through the SDK's chunked download (object_store's timeout covers a whole body, which a
+slow multi-GiB stream would exceed). What object_store cannot do stays on the inherited
+`BlobTableStore` path, unchanged:
 cross-account Copy Blob and its SAS, the copy status of a pending copy, ETag-conditional overwrites
 and deletes (`_last_checkpoint`), conditional block lists (files above 8 MiB), listings (they carry
 Content-MD5, which the commit comparison uses and object_store's listing does not return) and
@@ -17,44 +20,42 @@ Built only by `shared.storage.factory.Stores`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from typing import Iterator
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, BaseError
+from obstore.exceptions import AlreadyExistsError, PreconditionError
 
-from shared.errors import DataFileMissing
+from shared.errors import DataFileMissing, ReplicaUnreachable
 from shared.storage.blob_copy import STREAM_BLOCK_BYTES
 from shared.storage.blob_table_store import BlobTableStore
-from shared.storage.errors import object_store_error
 from shared.storage.object_client import ABSENT, ObjectClients
 from shared.storage.table_store import LOG_DIR, LogEntry
 
 
 _CREATE = {"If-None-Match": "*"}  # what mode="create" sends (tests/test_store_conformance.py sees it on the wire)
 DIGESTED_COMMIT_BYTES = 1024 * 1024  # commits up to this size get their MD5 from `log_entry`'s GET
+# Bodies up to this size are read inside the request's call (bounded by its timeout and the deadline);
+# larger files go through the SDK's chunked download, whose read timeout applies per chunk.
+WHOLE_BODY_BYTES = STREAM_BLOCK_BYTES
 
 
-class _ObjectDownload:
-    """An open GET: its size, then its bytes whole or chunk by chunk (at most one 8 MiB chunk held)."""
+class _Read:
+    """A body read whole within its request: the size, the bytes (None when larger than asked for)."""
 
-    def __init__(self, store: "ObjectTableStore", result, what: str) -> None:
-        self._store, self._result, self._what = store, result, what
-        self.size = result.meta["size"]
+    def __init__(self, meta: dict, data: bytes | None) -> None:
+        self.meta, self.data = meta, data
+        self.size = meta["size"]
 
+    # the downloader interface the copier and `iter_file` use (one chunk: the whole small body)
     def readall(self) -> bytes:
-        with self._store._reading(self._what):
-            return bytes(self._result.bytes())
+        return self.data
 
     def chunks(self) -> Iterator[bytes]:
-        with self._store._reading(self._what):
-            for chunk in self._result.stream(min_chunk_size=STREAM_BLOCK_BYTES):
-                yield bytes(chunk)
+        yield self.data
 
     def readinto(self, fileobj) -> int:
-        for chunk in self.chunks():
-            fileobj.write(chunk)
+        fileobj.write(self.data)
         return self.size
 
 
@@ -82,17 +83,6 @@ class ObjectTableStore(BlobTableStore):
                                   container=self.container, blob=blob, subject=self.description, what=what,
                                   conditions=conditions)
 
-    @contextlib.contextmanager
-    def _reading(self, what: str):
-        """Failures while reading a response's body (a stream cut mid-way) become ours."""
-        try:
-            yield
-        except ABSENT:
-            raise
-        except BaseError as err:  # not chained: object_store's message names the URL (maybe a SAS)
-            raise object_store_error(err, connection=self.connection_name, subject=self.description,
-                                     what=what) from None
-
     def _head(self, blob: str, what: str):
         """The blob's ObjectMeta, or None when absent."""
         try:
@@ -101,11 +91,22 @@ class ObjectTableStore(BlobTableStore):
         except ABSENT:
             return None
 
-    def _get(self, blob: str, what: str, options: dict | None = None):
-        """An open GET (obstore's GetResult), or None when absent."""
+    def _read(self, blob: str, what: str, *, limit: int = WHOLE_BODY_BYTES, options: dict | None = None) -> _Read | None:
+        """One GET, its body read within the same call when at most `limit` bytes (else left unread:
+        the connection is dropped, memory stays bounded); None when absent."""
+
+        def sync():
+            result = obstore.get(self._store, blob, options=options)
+            meta = result.meta
+            return _Read(meta, bytes(result.bytes()) if meta["size"] <= limit or options else None)
+
+        async def asynchronous():
+            result = await obstore.get_async(self._store, blob, options=options)
+            meta = result.meta
+            return _Read(meta, bytes(await result.bytes_async()) if meta["size"] <= limit or options else None)
+
         try:
-            return self._call("GET", blob, what, lambda: obstore.get(self._store, blob, options=options),
-                              lambda: obstore.get_async(self._store, blob, options=options))
+            return self._call("GET", blob, what, sync, asynchronous)
         except ABSENT:
             return None
 
@@ -119,50 +120,54 @@ class ObjectTableStore(BlobTableStore):
         if not name.endswith(".json"):
             meta = self._head(self._log_blob(name), what)
             return None if meta is None else LogEntry(name, meta["size"], meta["last_modified"])
-        result = self._get(self._log_blob(name), what)
-        if result is None:
+        read = self._read(self._log_blob(name), what, limit=DIGESTED_COMMIT_BYTES)
+        if read is None:
             return None
-        meta = result.meta
-        if meta["size"] > DIGESTED_COMMIT_BYTES:  # the body is never read: memory stays bounded
-            return LogEntry(name, meta["size"], meta["last_modified"])
-        with self._reading(what):
-            data = bytes(result.bytes())
-        return LogEntry(name, len(data), meta["last_modified"], hashlib.md5(data).digest())  # noqa: S324 - content check
+        md5 = None if read.data is None else hashlib.md5(read.data).digest()  # noqa: S324 - content check
+        return LogEntry(name, read.size, read.meta["last_modified"], md5)
 
     def get_log_file(self, name: str) -> bytes:
         return self.get_file(f"{LOG_DIR}/{name}")
 
     def get_log_range(self, name: str, offset: int, length: int) -> tuple[bytes, int] | None:
-        what = f"reading _delta_log/{name}"
-        result = self._get(self._log_blob(name), what, {"range": (offset, offset + length)})
-        if result is None:
-            return None
-        with self._reading(what):
-            return bytes(result.bytes()), result.meta["size"]  # meta: the whole file's
+        read = self._read(self._log_blob(name), f"reading _delta_log/{name}",
+                          options={"range": (offset, offset + length)})
+        return None if read is None else (read.data, read.size)  # size: the whole file's
 
     def read_log_file_into(self, name: str, fileobj) -> int:
-        what = f"reading _delta_log/{name}"
-        result = self._get(self._log_blob(name), what)
-        if result is None:
+        read = self._read(self._log_blob(name), f"reading _delta_log/{name}")
+        if read is None:
             raise FileNotFoundError(f"{self.description}: _delta_log/{name} does not exist")
-        return _ObjectDownload(self, result, what).readinto(fileobj)
+        if read.data is None:  # a large checkpoint: the SDK's chunked download
+            return super().read_log_file_into(name, fileobj)
+        return read.readinto(fileobj)
 
     def _create_blob(self, blob_name: str, data: bytes, what: str) -> bool:
-        """Create only if absent (If-None-Match: *); the container too when it is missing."""
+        """Create only if absent (If-None-Match: *); the container too when it is missing. False when
+        the blob exists (409, or 412 from the condition)."""
 
         def put():
-            return self._call("PUT", blob_name, what, lambda: obstore.put(self._store, blob_name, data, mode="create"),
-                              lambda: obstore.put_async(self._store, blob_name, data, mode="create"),
-                              conditions=_CREATE)
+            self._call("PUT", blob_name, what, lambda: obstore.put(self._store, blob_name, data, mode="create"),
+                       lambda: obstore.put_async(self._store, blob_name, data, mode="create"), conditions=_CREATE)
 
+        missing = False
         try:
+            put()
+            return True
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        except ABSENT:  # the container is missing (a new replica's first write)
+            missing = True
+        # Outside the handler: nothing raised from here carries obstore's exception as its context.
+        if missing:
+            self.ensure_container()
             try:
                 put()
-            except ABSENT:  # the container is missing (a new replica's first write)
-                self.ensure_container()
-                put()
-        except AlreadyExistsError:
-            return False
+            except (AlreadyExistsError, PreconditionError):
+                return False
+            except ABSENT:
+                raise ReplicaUnreachable(f"{self.description}: writing {what.split(' ', 1)[-1]} found no "
+                                         "container even after creating it; it will be retried.") from None
         return True
 
     # -- files --------------------------------------------------------------------------
@@ -171,22 +176,21 @@ class ObjectTableStore(BlobTableStore):
         return None if meta is None else meta["size"]
 
     def get_file(self, path: str) -> bytes:
-        what = f"reading {path}"
-        result = self._get(self._file_blob(path), what)
-        if result is None:
+        read = self._read(self._file_blob(path), f"reading {path}")
+        if read is None:
             raise FileNotFoundError(f"{self.description}: {path} does not exist")
-        with self._reading(what):
-            return bytes(result.bytes())
+        return read.data if read.data is not None else super().get_file(path)
 
-    def _open_download(self, path: str) -> _ObjectDownload:
-        what = f"reading {path}"
-        result = self._get(self._file_blob(path), what)
-        if result is None:
+    def _open_download(self, path: str):
+        """A small file read whole (one request); a larger one through the SDK's chunked download (one
+        more request, against 8 MiB and up of transfer), whose read timeout applies per chunk."""
+        read = self._read(self._file_blob(path), f"reading {path}")
+        if read is None:
             raise DataFileMissing(
                 f"{self.description}: {path} is missing; a commit references it. If the "
                 "primary was vacuumed past this version, re-seed the replica."
             )
-        return _ObjectDownload(self, result, what)
+        return read if read.data is not None else super()._open_download(path)
 
     def iter_file(self, path: str) -> Iterator[bytes]:
         yield from self._open_download(path).chunks()
