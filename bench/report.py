@@ -180,8 +180,9 @@ def network_section(n: dict) -> list[str]:
             copies = row.get("copies", "streamed").split(" ")[0]
             lines.append(f"| backfill >= 1x rclone on loopback, {row['shape']}, {copies} | {ratio:.2f}x | "
                          f"{verdict(ratio >= 1.0)} |")
-    lines.append(f"| sustained >= 50 commits/s at p99 <= 1 s, none missed | highest rate kept up: "
-                 f"{max(kept) if kept else 0:.0f}/s | {verdict(bool(kept) and max(kept) >= 50)} |")
+    lines.append(f"| sustained >= 50 commits/s at p99 <= 1 s, none missed (issue 26: >= 200) | highest rate kept up: "
+                 f"{max(kept) if kept else 0:.0f}/s | {verdict(bool(kept) and max(kept) >= 50)}; issue 26: "
+                 f"{verdict(bool(kept) and max(kept) >= 200)} |")
     lines += [
         "",
         "Where a row is not met:",

@@ -374,8 +374,17 @@ def test_the_timer_and_the_http_routes_serve_a_group(azurite, request, monkeypat
 def test_an_idle_group_table_costs_the_lag_check_a_few_requests_and_a_new_commit_is_still_measured(azurite, request):
     from shared.storage.clients import RequestCounter
 
+    class Recording(RequestCounter):
+        def __init__(self):
+            super().__init__()
+            self.paths: list[tuple[str, str]] = []
+
+        def __call__(self, request):
+            super().__call__(request)
+            self.paths.append((request.http_request.method, request.http_request.url.split("?")[0]))
+
     lake = GroupLake(azurite, request.node.name)
-    counter = RequestCounter()
+    counter = Recording()
     runtime = ReplicationRuntime(parse_config(lake.config_doc), lake.environ, counter=counter)
     relatives = [f"db{i % 3}/t{i}" for i in range(10)]
     try:
@@ -385,11 +394,15 @@ def test_an_idle_group_table_costs_the_lag_check_a_few_requests_and_a_new_commit
         first = check_replication(runtime, status, None)
         assert sorted((m.status.value, m.replica_version) for m in first) == [("healthy", 0)] * 20
         counter.reset()
+        del counter.paths[:]
         idle = check_replication(runtime, status, None)
         assert sorted((m.status.value, m.replica_version) for m in idle) == [("healthy", 0)] * 20
-        # Per table: one HEAD of the primary's next commit, one listing by the sweep, one status row per
-        # replica; per group: the sweep's folders above the tables, one topology query, its points.
-        assert counter.by_method.get("HEAD") == 10
+        # Per table: one request for the primary's next commit (a HEAD; through obstore a GET: it returns
+        # the MD5 a HEAD lacks), one listing by the sweep, one status row per replica; per group: the
+        # sweep's folders above the tables, one topology query, its points.
+        next_commit = [(m, u) for m, u in counter.paths if "/eastus/" in u and u.endswith(f"/_delta_log/{1:020d}.json")]
+        assert len(next_commit) == 10 and {m for m, _ in next_commit} == {
+            "GET" if runtime.storage_client == "obstore" else "HEAD"}
         assert counter.count <= 3 * 10 * 2, counter.by_method
         checked = {m.checked_at for m in idle}
         assert len(checked) == 1  # (one instant for the run's idle tables)

