@@ -196,6 +196,13 @@ class _Capture(BaseHTTPRequestHandler):
         pass
 
 
+def answering(status: int, put_status: int | None = None):
+    """Run the test once per implementation against a fake account answering `status` (PUT: `put_status`)."""
+    answer = (status,) if put_status is None else (status, put_status)
+    return pytest.mark.parametrize("fake_account", [(i, *answer) for i in IMPLEMENTATIONS], indirect=True,
+                                   ids=IMPLEMENTATIONS)
+
+
 @pytest.fixture
 def fake_account(request):
     """(a store of `implementation` on a local HTTP server answering `status`, the requests it saw)."""
@@ -219,7 +226,7 @@ def fake_account(request):
         clients["EASTUS_STORAGE"].close()
 
 
-@pytest.mark.parametrize("fake_account", [(i, 404) for i in IMPLEMENTATIONS], indirect=True, ids=IMPLEMENTATIONS)
+@answering(404)
 def test_every_request_carries_the_replicators_client_request_id(fake_account):
     """The Event Grid subscriptions drop events of writes whose clientRequestId has this prefix."""
     store, seen = fake_account
@@ -232,7 +239,7 @@ def test_every_request_carries_the_replicators_client_request_id(fake_account):
     assert all(account_key("eastus") not in str(h) for _, h in seen)
 
 
-@pytest.mark.parametrize("fake_account", [(i, 404) for i in IMPLEMENTATIONS], indirect=True, ids=IMPLEMENTATIONS)
+@answering(404)
 def test_a_create_is_conditional_on_the_wire(fake_account):
     """A commit or a marker is created with If-None-Match: * (the store never overwrites one)."""
     store, seen = fake_account
@@ -242,7 +249,7 @@ def test_a_create_is_conditional_on_the_wire(fake_account):
     assert [p.get("if-none-match") for p in puts] == ["*", "*"]
 
 
-@pytest.mark.parametrize("fake_account", [(i, 503) for i in IMPLEMENTATIONS], indirect=True, ids=IMPLEMENTATIONS)
+@answering(503)
 def test_a_busy_account_is_retryable_and_the_error_names_no_secret_and_no_url(fake_account):
     store, seen = fake_account
     with pytest.raises(ReplicaUnreachable) as info:
@@ -256,7 +263,7 @@ def test_a_busy_account_is_retryable_and_the_error_names_no_secret_and_no_url(fa
     assert len(seen) == 3  # the first attempt and two retries
 
 
-@pytest.mark.parametrize("fake_account", [(i, 403) for i in IMPLEMENTATIONS], indirect=True, ids=IMPLEMENTATIONS)
+@answering(403)
 def test_a_refused_request_is_access_denied_naming_the_connection_and_the_role(fake_account):
     store, seen = fake_account
     with pytest.raises(AccessDenied) as info:
@@ -266,14 +273,14 @@ def test_a_refused_request_is_access_denied_naming_the_connection_and_the_role(f
     assert not info.value.retryable and len(seen) == 1  # not retried: waiting cannot grant a role
 
 
-@pytest.mark.parametrize("fake_account", [(i, 404, 412) for i in IMPLEMENTATIONS], indirect=True, ids=IMPLEMENTATIONS)
+@answering(404, 412)
 def test_a_create_refused_by_its_condition_reports_the_file_present(fake_account):
     store, seen = fake_account
     assert store.create_log_file(f"{0:020d}.json", b"{}\n") is False
     assert [m for m, _ in seen] == ["PUT"]
 
 
-@pytest.mark.parametrize("fake_account", [(i, 404) for i in IMPLEMENTATIONS], indirect=True, ids=IMPLEMENTATIONS)
+@answering(404)
 def test_a_create_near_the_deadline_is_conditional_on_the_wire_too(fake_account):
     """Near the deadline obstore's calls run on its event loop, bounded by it: the same request."""
     store, seen = fake_account
@@ -284,7 +291,7 @@ def test_a_create_near_the_deadline_is_conditional_on_the_wire_too(fake_account)
         [("PUT", "*"), ("GET" if type(store).__name__ == "ObjectTableStore" else "HEAD", None)]
 
 
-@pytest.mark.parametrize("fake_account", [(i, 404) for i in IMPLEMENTATIONS], indirect=True, ids=IMPLEMENTATIONS)
+@answering(404)
 def test_nothing_is_sent_once_the_invocations_deadline_has_passed(fake_account):
     store, seen = fake_account
     with deadline.within(0.0, "replicate_commit for sales"):
