@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -39,7 +40,11 @@ from shared.storage.lease import LeaseStore
 from shared.storage.object_client import ObjectClients
 
 _runtime_lock = threading.Lock()
-GROUP_REPLICATOR_CACHE = 64  # replicators of group tables kept between invocations (each holds its stores)
+GROUP_REPLICATOR_CACHE = 64
+# How long a fresh topology read routes later events of its table without another read. In steady
+# state each commit's write fence refreshes it; the bound limits how long files of a location
+# deposed meanwhile could be copied (never its commits: the fence refuses those).
+ROUTING_TRUST_SECONDS = 30.0  # replicators of group tables kept between invocations (each holds its stores)
 
 
 class ReplicationRuntime:
@@ -74,6 +79,8 @@ class ReplicationRuntime:
         self._leases = None
         self._host_client = None
         self._topology = None
+        # The last topology a fresh read returned, per table (see `routing_topology`).
+        self._known_topologies: dict[str, tuple[object, float]] = {}
         self._by_primary: dict[tuple[str, str], TableReplicator] = {}
         self._group_replicators: OrderedDict[tuple[str, str], TableReplicator] = OrderedDict()
         self._lock = threading.Lock()
@@ -167,10 +174,10 @@ class ReplicationRuntime:
         return self._topology
 
     def topology(self, table_name: str):
-        """The table's primary and epoch, read now (one point read; never cached).
+        """The table's primary and epoch, read now (one point read; never a cached answer).
 
         Without the function app's storage configured there is nothing to read: the configured
-        source is the primary at epoch 0.
+        source is the primary at epoch 0. Every answer is remembered for `remembered_topology`.
 
         Raises:
             ReplicaUnreachable: the function app's table storage did not answer.
@@ -183,8 +190,33 @@ class ReplicationRuntime:
         try:
             store = self.topology_store()
         except ConfigError:
-            return default_topology(table)
-        return store.get(table)
+            topology = default_topology(table)
+        else:
+            topology = store.get(table)
+        with self._lock:
+            self._known_topologies[table_name] = (topology, time.monotonic())
+        return topology
+
+    def remembered_topology(self, table_name: str, location: str):
+        """The last fresh read of this process for routing an event from `location`, when it is at most
+        ROUTING_TRUST_SECONDS old and names `location` the primary; else None (read it afresh).
+
+        Why this is safe: routing decides only where to read from. Every write is still preceded by
+        the write fence's fresh read (fence.py), which refuses a stale epoch, and the caller handles
+        the event again with a fresh read when it did (`forget_topology`). An answer that does *not*
+        name `location` is never trusted: after a promote to `location` it would drop its events.
+        """
+        with self._lock:
+            known = self._known_topologies.get(table_name)
+        if known is not None and known[0].primary == location and \
+                time.monotonic() - known[1] <= ROUTING_TRUST_SECONDS:
+            return known[0]
+        return None
+
+    def forget_topology(self, table_name: str) -> None:
+        """Drop the remembered topology (a write fence refused its epoch)."""
+        with self._lock:
+            self._known_topologies.pop(table_name, None)
 
     def replicator(self, table_name: str, topology=None) -> TableReplicator:
         """The replicator from the table's current primary (`topology`, else read now) to every

@@ -72,7 +72,7 @@ def test_concurrent_events_of_one_table_take_the_fast_path_in_version_order(lake
 def test_the_steady_state_sends_one_head_per_replica_and_none_to_the_primary(lake, client):
     """Per commit and replica: one request for version N-1 on the replica (a HEAD; through obstore a GET,
     whose bytes give the MD5 its HEAD lacks), the file's GET and PUT, the topology read of the write
-    fence, the commit's PUT. The primary's N-1 is not asked again: this process read it at this epoch."""
+    fence, the commit's PUT; routing reads no topology (the fence's last read names this primary). The primary's N-1 is not asked again: this process read it at this epoch."""
     from shared.config.parse import parse_config
     from shared.app.commit_event import handle_storage_event
     from shared.runtime import ReplicationRuntime
@@ -93,6 +93,9 @@ def test_the_steady_state_sends_one_head_per_replica_and_none_to_the_primary(lak
             assert outcome_states == [ReplicaState.REPLICATED] * 2
             # Plus one topology point read per replica right before its commit PUT (the write fence).
             assert runtime.replicators["sales"].fence.reads - fence_reads == 2
+            # And no other: the event was routed by the fence's last fresh read (the same primary).
+            topology = [m for m, a, p, *_ in audit.requests if p.startswith("ReplicationTopology(")]
+            assert topology == ["GET", "GET"], i
             log = f"{lake.table_path}/_delta_log/"
             seen = sorted((method, account, path.split("/", 1)[1].removeprefix(log))
                           for method, account, path, *_ in audit.requests

@@ -15,7 +15,7 @@ from shared.failover.rejoin import quarantine_root
 from shared.maintenance.retention import apply_replica_retention
 from shared.runtime import ReplicationRuntime
 from shared.storage.clients import CLIENT_REQUEST_ID_PREFIX
-from tests.support.failover import deliver_new, failover_lake
+from tests.support.failover import deliver_new, events_of, failover_lake, write_to
 from tests.support.lake import batch
 
 
@@ -145,3 +145,64 @@ def test_planned_promote_measures_a_commit_that_landed_before_the_flip_and_fence
     assert result.as_json()["oldPrimaryVersionsBeyondPromotion"] == 1
     assert (result.fence_version, result.old_primary_head) == (3, 3)
     assert flake.head("eastus") == 3 and flake.head("westeu") == 1
+
+
+def _flip_elsewhere(lake, *primaries: str) -> None:
+    """Promotes made by another operator's process (its own runtime); this one has not read them."""
+    other = ReplicationRuntime(parse_config(lake.config_doc), lake.environ)
+    try:
+        for primary in primaries:
+            other.topology_store().flip(other.topology(lake.table_name), primary, lake.head("westeu"))
+    finally:
+        other.close()
+
+
+def test_an_event_routed_by_a_remembered_topology_a_promote_ended_is_fenced(flake):
+    """Routing trusts this process's last fresh read when it names the event's location; a promote made
+    elsewhere since then ends that epoch: the write fence refuses the commit, as for an invocation
+    that raced the promote, and nothing of it reaches any replica."""
+    from shared.app.commit_event import EventDisposition
+    from shared.errors import WriteFenced
+    from shared.replication.outcome import ReplicaState
+
+    runtime = flake.runtime
+    remembered = runtime.remembered_topology(flake.table_name, "eastus")
+    assert (remembered.primary, remembered.epoch) == ("eastus", 0)  # the fence's last fresh read
+    assert runtime.remembered_topology(flake.table_name, "westeu") is None  # never trusted for another location
+    _flip_elsewhere(flake, "westeu")
+    heads = {name: flake.head(name) for name in ("westeu", "seasia")}
+    assert heads == {"westeu": 1, "seasia": 1}
+    write_to(flake, "eastus", batch(900, 5), partition_by=["region"])  # a writer still on the deposed primary
+    (event,) = [e for e in events_of(flake, "eastus") if e["subject"].endswith(f"{2:020d}.json")]
+    result = flake.deliver(event)
+    assert (result.disposition, result.version) == (EventDisposition.HANDLED, 2)
+    assert sorted((o.replica, o.state, type(o.error)) for o in result.outcomes) == [
+        ("seasia", ReplicaState.ERROR, WriteFenced), ("westeu", ReplicaState.ERROR, WriteFenced)]
+    assert result.retryable_failures == []
+    assert {name: flake.head(name) for name in ("westeu", "seasia")} == heads
+    assert runtime.remembered_topology(flake.table_name, "eastus") is None
+    assert runtime.remembered_topology(flake.table_name, "westeu").epoch == 1
+    # The next event from eastus is routed by a fresh read: fenced before anything is read or copied.
+    result = flake.deliver(event)
+    assert result.disposition == EventDisposition.FENCED
+    assert "is not the primary (westeu) at epoch 1" in result.reason
+
+
+def test_an_event_whose_location_is_primary_again_at_a_later_epoch_is_handled_again_from_a_fresh_read(flake):
+    """Remembered eastus at epoch 0; elsewhere westeu was promoted and then eastus again (epoch 2). The
+    fence refuses epoch 0's writes; the event is handled again at epoch 2 and replicated."""
+    from shared.app.commit_event import EventDisposition
+    from shared.replication.outcome import ReplicaState
+
+    assert flake.runtime.remembered_topology(flake.table_name, "eastus").epoch == 0
+    _flip_elsewhere(flake, "westeu", "eastus")
+    flake.write(batch(900, 5), partition_by=["region"])
+    (event,) = [e for e in events_of(flake, "eastus") if e["subject"].endswith(f"{2:020d}.json")]
+    fence_reads = flake.runtime.replicators[flake.table_name].fence.reads
+    result = flake.deliver(event)
+    assert (result.disposition, result.version) == (EventDisposition.HANDLED, 2)
+    assert sorted((o.replica, o.state, o.head_after) for o in result.outcomes) == [
+        ("seasia", ReplicaState.REPLICATED, 2), ("westeu", ReplicaState.REPLICATED, 2)]
+    assert flake.runtime.replicators[flake.table_name].fence.reads - fence_reads == 4  # refused twice, then passed
+    assert flake.runtime.remembered_topology(flake.table_name, "eastus").epoch == 2
+    flake.assert_replicas_equal()

@@ -14,7 +14,7 @@ from typing import Any
 
 from shared.cost.transfer import record_replicated_bytes
 from shared.delta.log import LogFileKind
-from shared.errors import InvalidEvent, ReplicationError
+from shared.errors import InvalidEvent, ReplicationError, WriteFenced
 from shared.maintenance.retention import purge_after_vacuum
 from shared.replication.events import parse_event, route_event
 from shared.replication.outcome import ReplicaOutcome
@@ -44,12 +44,17 @@ class EventResult:
         return [o for o in self.outcomes if o.retryable]
 
 
-def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any]) -> EventResult:
+def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any], *,
+                         remembered: bool = True) -> EventResult:
     """Replicate what one BlobCreated/BlobRenamed event names.
 
     An event for version N means "bring every replica up to at least N". Duplicate,
     reordered and lost events converge because each replica's position is read from the
     replica itself.
+
+    Args:
+        remembered: route with this process's last fresh topology read when it names the event's
+            location (runtime.remembered_topology); False reads it afresh.
 
     Returns:
         The disposition and, when handled, one outcome per replica; never raises for a
@@ -84,7 +89,8 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
     # The commit is read from where the event says while the topology is read: a read of a
     # location that turns out not to be the primary is discarded, and nothing is written
     # before the topology is known.
-    reading = runtime.topology_async(ref.table.name)
+    known = runtime.remembered_topology(ref.table.name, ref.location) if remembered else None
+    reading = runtime.topology_async(ref.table.name) if known is None else None
     replicator = runtime.replicator_from(ref.table.name, ref.location)
     source = replicator.source_log()
     if ref.log_file.kind == LogFileKind.COMMIT:
@@ -92,7 +98,7 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
             source.commit(ref.version)
         except Exception:  # noqa: BLE001 - replicate() reads it again and reports the error
             pass
-    topology = reading.result()
+    topology = known if reading is None else reading.result()
     if ref.location != topology.primary:
         # After a promote the old primary (or a replica's own write) must never feed the others.
         log.warning("event.fenced table=%s location=%s primary=%s epoch=%d file=%s", ref.table.name, ref.location,
@@ -104,6 +110,16 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
                                   f"{topology.epoch}")
     outcomes = replicator.replicate(ref.version, log_file_kind=ref.log_file.kind,
                                     source=source.at_epoch(topology.epoch))
+    if known is not None and any(isinstance(o.error, WriteFenced) for o in outcomes):
+        # The remembered topology was stale (a promote since): its writes were refused. When the
+        # location is the primary again at a later epoch, the event is handled again from that fresh
+        # read; otherwise the refusals stand, as for an invocation that raced the promote.
+        runtime.forget_topology(ref.table.name)
+        if runtime.topology(ref.table.name).primary == ref.location:
+            log.info("event.rerouted table=%s file=%s stale_epoch=%d", ref.table.name, ref.log_file.name,
+                     topology.epoch, extra={"table": ref.table.name, "log_file": ref.log_file.name})
+            record_replicated_bytes(runtime, ref.table.name, outcomes)
+            return handle_storage_event(runtime, envelope, remembered=False)
     record_replicated_bytes(runtime, ref.table.name, outcomes)
     if any(o.vacuum_versions for o in outcomes):
         # A VACUUM on the primary: purge the same files from those replicas now, not at the daily timer.
