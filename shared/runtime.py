@@ -79,6 +79,7 @@ class ReplicationRuntime:
         self._leases = None
         self._host_client = None
         self._topology = None
+        self._row_reader_built = None
         # The last topology a fresh read returned, per table (see `routing_topology`).
         self._known_topologies: dict[str, tuple[object, float]] = {}
         self._by_primary: dict[tuple[str, str], TableReplicator] = {}
@@ -170,8 +171,21 @@ class ReplicationRuntime:
             from shared.failover.topology import TopologyStore
 
             # The markers decide when the table itself is missing (replaced host storage).
-            self._topology = TopologyStore(self.table_service(), markers=PromotionMarkers(self))
+            self._topology = TopologyStore(self.table_service(), markers=PromotionMarkers(self),
+                                           rows=self._row_reader)
         return self._topology
+
+    def _row_reader(self, table_client):
+        """The topology's lean point read (shared/storage/table_row.py), unless a proxy is configured
+        (then the SDK, which honours it, reads every row)."""
+        from shared.storage.table_row import RowReader
+
+        options = transport_options(self._environ)
+        if "use_env_settings" not in options:
+            return None
+        self._row_reader_built = RowReader(table_client, counter=self.counter,
+                                           ca_bundle=options.get("connection_verify"))
+        return self._row_reader_built
 
     def topology(self, table_name: str):
         """The table's primary and epoch, read now (one point read; never a cached answer).
@@ -370,6 +384,8 @@ class ReplicationRuntime:
             client.close()
         if self._host_client is not None:
             self._host_client.close()
+        if self._row_reader_built is not None:
+            self._row_reader_built.close()
 
 
 _runtime: ReplicationRuntime | None = None

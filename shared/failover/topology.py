@@ -28,6 +28,7 @@ from azure.data.tables import TableServiceClient, TableTransactionError, UpdateM
 from shared.config.model import TableConfig
 from shared.errors import TopologyConflict, TopologyUnavailable
 from shared.storage.host_table import HostTable
+from shared.storage.table_row import ABSENT, NOT_ANSWERED
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,13 @@ class TopologyStore(HostTable):
             (`shared.failover.markers.PromotionMarkers`); None: a missing table is epoch 0.
     """
 
-    def __init__(self, service: TableServiceClient, *, table_name: str = TOPOLOGY_TABLE, markers=None) -> None:
+    def __init__(self, service: TableServiceClient, *, table_name: str = TOPOLOGY_TABLE, markers=None,
+                 rows=None) -> None:
         super().__init__(service, table_name)
         self._markers = markers
+        # The hot path's point read (the write fence's, before every commit write), without the SDK's
+        # pipeline (shared/storage/table_row.py): `rows(table_client)`. None: every read through the SDK.
+        self._rows = rows(self._table) if rows is not None else None
 
     def get(self, table: TableConfig) -> Topology:
         """The table's current topology (one point read); the configured default without a row.
@@ -87,6 +92,13 @@ class TopologyStore(HostTable):
                 marker says the table was promoted (or a location that could hold one does not
                 answer): epoch 0 would name a deposed primary.
         """
+        if self._rows is not None:
+            found = self._rows.get(table.name, ROW_KEY)
+            if found is ABSENT:
+                return default_topology(table)
+            if found is not NOT_ANSWERED:
+                columns, etag = found
+                return _from_columns(table.name, columns, etag)
         try:
             with self._errors(f"reading the topology of table {table.name}"):
                 entity = self._table.get_entity(table.name, ROW_KEY)
@@ -273,10 +285,21 @@ def _columns(t: Topology) -> dict:
 
 
 def _from_entity(table_name: str, entity) -> Topology:
-    version = entity.get("PromotedAtVersion")
+    return _from_columns(table_name, entity, entity.metadata.get("etag"))
+
+
+def _number(value) -> int | None:
+    """A column's integer: a 64-bit number comes as an EntityProperty from the SDK, as a string from a
+    read without type metadata (table_row.py)."""
+    value = getattr(value, "value", value)
+    return None if value is None else int(value)
+
+
+def _from_columns(table_name: str, columns, etag: str | None) -> Topology:
+    version = _number(columns.get("PromotedAtVersion"))
     return Topology(
-        table=table_name, primary=entity["Primary"], epoch=int(entity.get("Epoch", 0)),
-        promoted_at_version=None if version is None or version == -1 else int(version),
-        promoted_at=entity.get("PromotedAt") or None, previous_primary=entity.get("PreviousPrimary") or None,
-        etag=entity.metadata.get("etag"),
+        table=table_name, primary=columns["Primary"], epoch=_number(columns.get("Epoch", 0)),
+        promoted_at_version=None if version is None or version == -1 else version,
+        promoted_at=columns.get("PromotedAt") or None, previous_primary=columns.get("PreviousPrimary") or None,
+        etag=etag,
     )

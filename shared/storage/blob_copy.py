@@ -47,7 +47,12 @@ class BlobCopier:
     def copy_file(self, source, path: str, *, expected_size: int | None = None, bulk: bool = False,
                   probe: bool = False) -> int:
         """Copy table-relative `path` from `source` (another store) into this copier's store."""
-        dst = self._store._container.get_blob_client(self._store._file_blob(path))
+        # Latency path (one commit): small files stream, done when the PUT returns. Bulk path
+        # (catch-up, seeding): one Copy Blob request per file halves the requests sent.
+        small = not bulk and expected_size is not None and expected_size <= SMALL_FILE_BYTES
+        # The SDK's blob client only where its requests are sent: building one costs more CPU than
+        # a small file's whole copy through obstore.
+        dst = self._dst(path) if probe or not small else None
         if probe:
             # Likely there already (history whose files a seed copied): one HEAD answers,
             # where a copy attempt would read, send and then fail.
@@ -58,9 +63,6 @@ class BlobCopier:
                     pass
                 else:
                     return self._check_existing(source, dst, path, expected_size, props=props)
-        # Latency path (one commit): small files stream, done when the PUT returns. Bulk path
-        # (catch-up, seeding): one Copy Blob request per file halves the requests sent.
-        small = not bulk and expected_size is not None and expected_size <= SMALL_FILE_BYTES
         if not small and self._may_copy_server_side(source):
             url = source.signed_read_url(path, size=expected_size)
             if url is None:
@@ -70,15 +72,17 @@ class BlobCopier:
                 copied = self._server_side_copy(source, dst, url, path, expected_size)
                 if copied is not None:
                     return copied
-        return self._stream_copy(source, dst, path, expected_size)
+        return self._stream_copy(source, path, expected_size)
+
+    def _dst(self, path: str):
+        return self._store._container.get_blob_client(self._store._file_blob(path))
 
     def copy_log_file(self, source, name: str, *, expected_size: int | None = None) -> int:
         """Copy `_delta_log/<name>` so that it appears only complete: one conditional PUT, or a
         streamed block list committed once. Never an asynchronous Copy Blob, whose pending
         destination is already listed and would let a reader open a partial checkpoint."""
         path = f"{LOG_DIR}/{name}"
-        dst = self._store._container.get_blob_client(self._store._file_blob(path))
-        return self._stream_copy(source, dst, path, expected_size)
+        return self._stream_copy(source, path, expected_size)
 
     def _source_key(self, source) -> str:
         return source.account_name + "|" + source._service.url.split("?")[0]
@@ -155,7 +159,7 @@ class BlobCopier:
             # A failed copy leaves an unusable blob; replacing it (only if unchanged) loses
             # nothing. The replacement streams: no second SAS that could expire again.
             dst.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified)
-            return self._stream_copy(source, dst, path, expected_size)
+            return self._stream_copy(source, path, expected_size)
         want = expected_size if expected_size is not None else source.file_size(path)
         if want is not None and props.size != want:
             raise ReplicaDiverged(
@@ -165,7 +169,7 @@ class BlobCopier:
             )
         return 0
 
-    def _stream_copy(self, source, dst, path: str, expected_size: int | None) -> int:
+    def _stream_copy(self, source, path: str, expected_size: int | None) -> int:
         """Download and upload through this process, one 8 MiB block in flight at a time.
 
         Memory stays bounded by the block size whatever the file size; the blob appears only
@@ -176,7 +180,8 @@ class BlobCopier:
         if size <= STREAM_BLOCK_BYTES:
             if self._store._create_blob(self._store._file_blob(path), downloader.readall(), f"uploading {path}"):
                 return size
-            return self._refused(source, dst, path, expected_size)
+            return self._refused(source, path, expected_size)
+        dst = self._dst(path)
         with self._store._storage(f"uploading {path}"):
             try:
                 self._store.ensure_container()
@@ -187,11 +192,12 @@ class BlobCopier:
                     blocks.append(BlobBlock(block_id=block_id))
                 dst.commit_block_list(blocks, match_condition=MatchConditions.IfMissing)
             except ResourceExistsError:
-                return self._refused(source, dst, path, expected_size)
+                return self._refused(source, path, expected_size)
         return size
 
-    def _refused(self, source, dst, path: str, expected_size: int | None) -> int:
+    def _refused(self, source, path: str, expected_size: int | None) -> int:
         """The conditional create found a blob at `path`: ours (complete), a failed copy, or a conflict."""
+        dst = self._dst(path)
         with self._store._storage(f"checking {path}"):
             existing = dst.get_blob_properties()
             if existing.copy and existing.copy.status in ("failed", "aborted"):

@@ -1,0 +1,101 @@
+"""The write fence's lean point read (shared/storage/table_row.py) against Azurite's Table service: it answers
+the row and the absent row exactly as azure-data-tables does, signed by key or SAS, and hands everything
+else (a refused credential, a missing table, no answer) to the SDK path unchanged."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.data.tables import (AccountSasPermissions, EdmType, EntityProperty, ResourceTypes, TableServiceClient, UpdateMode,
+                               generate_account_sas)
+
+from devtools.azurite import DEVSTORE_ACCOUNT, DEVSTORE_KEY, free_port
+from shared.config.model import LocationConfig, TableConfig
+from shared.errors import AccessDenied, ReplicaUnreachable
+from shared.failover.topology import ROW_KEY, TopologyStore, default_topology
+from shared.storage.table_row import ABSENT, NOT_ANSWERED, RowReader
+
+
+class Requests:
+    """A request counter (the runtime's raw_request_hook shape): the URLs sent."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    def __call__(self, request) -> None:
+        self.urls.append(request.http_request.url)
+
+
+def _table(name: str) -> TableConfig:
+    return TableConfig(name=name, source=LocationConfig(name="eastus", connection="EASTUS_STORAGE", container="c",
+                                                        path="t"), replicas=())
+
+
+@pytest.fixture
+def tables(azurite):
+    with TableServiceClient.from_connection_string(azurite.connection_string(DEVSTORE_ACCOUNT)) as service:
+        yield service
+
+
+def test_a_row_and_an_absent_row_read_as_the_sdk_reads_them(tables):
+    name = "t" + uuid.uuid4().hex[:10]
+    requests = Requests()
+    lean = TopologyStore(tables, rows=lambda client: RowReader(client, counter=requests))
+    sdk = TopologyStore(tables)
+    assert lean.get(_table(name)) == sdk.get(_table(name)) == default_topology(_table(name))
+    flipped = sdk.flip(sdk.get(_table(name)), "westeu", 7)
+    read = lean.get(_table(name))
+    assert read == sdk.get(_table(name)) == flipped  # etag included
+    assert (read.primary, read.epoch, read.promoted_at_version, read.previous_primary) == ("westeu", 1, 7, "eastus")
+    assert lean._rows.answered == 2
+    assert [url.rsplit("/", 1)[1] for url in requests.urls] == [
+        f"ReplicationTopology(PartitionKey='{name}',RowKey='{ROW_KEY}')"] * 2
+    # The ETag it read guards a flip as the SDK's does: the next promote from it wins.
+    assert lean.flip(read, "seasia", 9).epoch == 2
+    # 64-bit numbers arrive without type metadata as strings: still the same values.
+    tables.get_table_client("ReplicationTopology").upsert_entity(
+        {"PartitionKey": name, "RowKey": ROW_KEY, "Primary": "seasia", "Epoch": 2,
+         "PromotedAtVersion": EntityProperty(2**40, EdmType.INT64)}, mode=UpdateMode.MERGE)
+    read = lean.get(_table(name))
+    assert read == sdk.get(_table(name)) and read.promoted_at_version == 2**40
+
+
+def test_a_sas_connection_is_answered_and_a_refused_key_goes_to_the_sdk_which_says_why(azurite, tables):
+    name = "t" + uuid.uuid4().hex[:10]
+    TopologyStore(tables).flip(default_topology(_table(name)), "westeu", 1)
+    sas = generate_account_sas(AzureNamedKeyCredential(DEVSTORE_ACCOUNT, DEVSTORE_KEY),
+                               ResourceTypes(service=True, object=True), AccountSasPermissions(read=True),
+                               datetime.now(timezone.utc) + timedelta(hours=1))
+    endpoint = f"http://127.0.0.1:{azurite.table_port}/{DEVSTORE_ACCOUNT}"
+    with TableServiceClient.from_connection_string(f"TableEndpoint={endpoint};SharedAccessSignature={sas}") as by_sas:
+        store = TopologyStore(by_sas, rows=RowReader)
+        assert (store.get(_table(name)).primary, store._rows.answered) == ("westeu", 1)
+    wrong = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + \
+        "d3Jvbmc=" * 11 + ";TableEndpoint=" + endpoint
+    with TableServiceClient.from_connection_string(wrong) as refused:
+        reader = RowReader(refused.get_table_client("ReplicationTopology"))
+        assert reader.get(name, ROW_KEY) is NOT_ANSWERED  # 403: not this reader's to explain
+        with pytest.raises(AccessDenied, match="ReplicationTopology"):
+            TopologyStore(refused, rows=RowReader).get(_table(name))
+
+
+def test_a_missing_table_is_the_sdks_and_no_answer_cools_off(azurite):
+    with TableServiceClient.from_connection_string(azurite.connection_string(DEVSTORE_ACCOUNT)) as service:
+        missing = RowReader(service.get_table_client("NoSuchTable" + uuid.uuid4().hex[:8]))
+        assert missing.get("t", ROW_KEY) is NOT_ANSWERED  # TableNotFound: the markers decide (markers.py)
+        assert RowReader(service.get_table_client("ReplicationTopology")).get("absent-row", ROW_KEY) is ABSENT
+    dead = f"DefaultEndpointsProtocol=http;AccountName={DEVSTORE_ACCOUNT};AccountKey={DEVSTORE_KEY};" \
+           f"TableEndpoint=http://127.0.0.1:{free_port()}/{DEVSTORE_ACCOUNT}"
+    requests = Requests()
+    with TableServiceClient.from_connection_string(dead, retry_total=0) as service:
+        reader = RowReader(service.get_table_client("ReplicationTopology"), counter=requests)
+        assert reader.get("t", ROW_KEY) is NOT_ANSWERED
+        assert reader.get("t", ROW_KEY) is NOT_ANSWERED
+        assert len(requests.urls) == 1  # the second read did not ask a host that did not answer
+        # Keys it would have to escape are the SDK's too, without a request.
+        assert reader.get("it's", ROW_KEY) is NOT_ANSWERED and len(requests.urls) == 1
+        with pytest.raises(ReplicaUnreachable):
+            TopologyStore(service, rows=lambda client: reader).get(_table("t"))
