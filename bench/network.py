@@ -28,6 +28,7 @@ import time
 import types
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from azure.storage.blob import (
     BlobServiceClient,
@@ -256,7 +257,18 @@ def _write_commits(spec: dict, out, seconds: float, rate: float, tables: int) ->
         t.start()
     for t in threads:
         t.join()
+    out.put(("cpu", time.process_time()))
     out.put(None)
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _emulators_cpu(*processes: AzuriteProcess) -> float:
+    return sum(_process_cpu(p.pid) for a in processes for p in (a.process, a.table_process) if p is not None)
 
 
 def _host_process(doc: dict, environ: dict, events, done, threads: int) -> None:
@@ -286,8 +298,10 @@ def _host_process(doc: dict, environ: dict, events, done, threads: int) -> None:
 
 
 def measure_throughput(primary: AzuriteProcess, replica: AzuriteProcess, rates: list[float], seconds: float,
-                       tables: int = 4, processes: int = 1, threads: int = 6) -> list[dict]:
-    """Synthetic writers (another process) on `tables` tables at each total rate. The host has
+                       tables: int | None = None, processes: int = 1, threads: int = 6) -> list[dict]:
+    """Synthetic writers (another process) on `tables` tables at each total rate (default: one table per
+    12.5 commits/s, at least 4: a writer thread per table sends its two PUTs in turn, and four of them
+    could not send more than about 55 commits/s through a busy emulator). The host has
     `processes` Python worker processes (FUNCTIONS_WORKER_PROCESS_COUNT, default 1), each
     running `threads` invocations at once (the Python worker's default pool on 2 cores:
     min(32, cores + 4) = 6); each event goes to the next worker in turn, as the host
@@ -302,8 +316,9 @@ def measure_throughput(primary: AzuriteProcess, replica: AzuriteProcess, rates: 
     results = []
     context = multiprocessing.get_context("spawn")
     for rate in rates:
+        tables_now = tables or max(4, int(rate // 12.5))
         tag = f"tp{int(rate)}"
-        synth = [SyntheticTable(primary, f"{tag}t{i}") for i in range(tables)]
+        synth = [SyntheticTable(primary, f"{tag}t{i}") for i in range(tables_now)]
         names = [(f"t{i}", s.container) for i, s in enumerate(synth)]
         runtime = _runtime(primary, replica.port, names)
         for name, _ in names:
@@ -320,12 +335,17 @@ def measure_throughput(primary: AzuriteProcess, replica: AzuriteProcess, rates: 
                 "versions": [s.version for s in synth], "template": synth[0].template, "old_path": synth[0].old_path,
                 "parquet": synth[0].parquet}
         out = context.Queue()
-        writers = context.Process(target=_write_commits, args=(spec, out, seconds, rate, tables))
+        emulators_before = _emulators_cpu(primary, replica)
+        writers = context.Process(target=_write_commits, args=(spec, out, seconds, rate, tables_now))
         writers.start()
         committed: dict = {}
         started = None
+        writers_cpu = 0.0
         turns = itertools.cycle(inboxes)
         while (item := out.get()) is not None:
+            if item[0] == "cpu":
+                writers_cpu = item[1]
+                continue
             i, v, at = item
             started = started or at
             committed[(i, v)] = at
@@ -348,27 +368,34 @@ def measure_throughput(primary: AzuriteProcess, replica: AzuriteProcess, rates: 
                 done_at[key] = value
         for host in hosts:
             host.join()
+        emulators_cpu = _emulators_cpu(primary, replica) - emulators_before
         lags = [done_at[k] - committed[k] for k in committed if k in done_at]
         missed = [k for k in committed if k not in done_at]
         row = {"target_rate": rate, "achieved_rate": len(committed) / written, "commits": len(committed),
-               "tables": tables, "processes": processes, "p50_lag": pct(lags, 0.5), "p99_lag": pct(lags, 0.99),
-               "max_lag": max(lags), "missed": len(missed), "cpu_ms_per_commit": cpu * 1000 / len(committed)}
+               "tables": tables_now, "processes": processes, "p50_lag": pct(lags, 0.5), "p99_lag": pct(lags, 0.99),
+               "max_lag": max(lags), "missed": len(missed), "cpu_ms_per_commit": cpu * 1000 / len(committed),
+               "emulators_cpu_ms_per_commit": emulators_cpu * 1000 / len(committed),
+               "writers_cpu_ms_per_commit": writers_cpu * 1000 / len(committed),
+               "storage_client": storage_client()}
         row["kept_up"] = not missed and row["p99_lag"] <= 1.0 and row["achieved_rate"] >= 0.9 * rate
         print("throughput:", json.dumps(row), flush=True)
         results.append(row)
     return results
 
 
-def run(*, quick: bool) -> dict:
+def run(*, quick: bool, phases: set[str] = frozenset({"lag", "readable", "throughput"})) -> dict:
     out: dict = {"lag": [], "readable": [], "throughput": []}
-    with AzuriteProcess(("eastus",), with_table=True) as primary, AzuriteProcess(("westeu",)) as replica:
-        for rtt in (0, 30, 100):
+    with contextlib.ExitStack() as stack:
+        if "lag" in phases:
+            primary = stack.enter_context(AzuriteProcess(("eastus",), with_table=True))
+            replica = stack.enter_context(AzuriteProcess(("westeu",)))
+        for rtt in (0, 30, 100) if "lag" in phases else ():
             row = measure_lag(primary, replica, rtt, 8 if quick else 30)
             print("lag:", json.dumps(row), flush=True)
             out["lag"].append(row)
     # Fresh emulators for each phase: Azurite slows as it accumulates blobs, which is not what
     # these phases measure.
-    for shape, compact_every in (("compacted", 50), ("append-only", None)):
+    for shape, compact_every in (("compacted", 50), ("append-only", None)) if "readable" in phases else ():
         with AzuriteProcess(("eastus", "westeu"), with_table=True) as primary, \
                 AzuriteProcess(("westeu",)) as replica:
             table = build_table(primary, f"ready{shape[0]}", 300 if quick else 1000, compact_every)
@@ -376,7 +403,45 @@ def run(*, quick: bool) -> dict:
                 row = measure_readable(primary, where, rtt, table, shape)
                 print("readable:", json.dumps(row), flush=True)
                 out["readable"].append(row)
-    for rate in [50, 100] if quick else [50, 100, 150, 200, 250]:
+    for rate in ([50, 100] if quick else [50, 100, 150, 200, 250]) if "throughput" in phases else ():
         with AzuriteProcess(("eastus",), with_table=True) as primary, AzuriteProcess(("westeu",)) as replica:
             out["throughput"] += measure_throughput(primary, replica, [rate], 8 if quick else 30)
     return out
+
+
+def main() -> int:
+    """`python -m bench.network --phases throughput,readable`: measure those phases again into
+    bench/out/results.json (the other figures stay from the last full run); the report names the
+    phases re-measured, with the commit and date, under the run's line."""
+    import argparse
+    import platform
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m bench.network", description=main.__doc__.splitlines()[0])
+    parser.add_argument("--phases", default="throughput", help="comma-separated: lag, readable, throughput")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = sorted(set(phases) - {"lag", "readable", "throughput"})
+    if unknown:
+        print(f"unknown phase(s) {', '.join(unknown)}: choose from lag, readable, throughput", file=sys.stderr)
+        return 2
+    path = Path(__file__).resolve().parent / "out" / "results.json"
+    if not path.exists():
+        print(f"{path} is missing: run `bash bench/run.sh` once first", file=sys.stderr)
+        return 2
+    results = json.loads(path.read_text())
+    measured = run(quick=args.quick, phases=set(phases))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=path.parent).stdout.strip()
+    for phase in phases:
+        results["network"][phase] = measured[phase]
+    results.setdefault("remeasured", []).append({
+        "phases": phases, "commit": commit, "date": time.strftime("%Y-%m-%d"), "storage_client": storage_client(),
+        "platform": platform.platform(), "cpus": os.cpu_count()})
+    path.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

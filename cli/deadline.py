@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from shared import deadline as shared_deadline
+
 REQUEST_CONNECT_SECONDS = 5.0
 REQUEST_READ_SECONDS = 30.0
 _MIN_REQUEST_SECONDS = 0.05
@@ -204,7 +206,11 @@ def run_bounded(command: str, seconds: float, call):
 
     def target() -> None:
         try:
-            outcome["value"] = call()
+            # The library's own deadline too (shared/deadline.py): requests that do not go through
+            # `requests` (object_store's, in Rust) are cut by it, not left to their 60 s timeout. A
+            # second later than the command's, so that the command's own timeout is what is reported.
+            with shared_deadline.within(seconds + 1.0, f"the {command} command"):
+                outcome["value"] = call()
         except BaseException as err:  # noqa: BLE001 - handed to the main thread, which reports it
             outcome["error"] = err
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -31,7 +30,7 @@ from shared.errors import ConfigError
 from shared.executors import Executors
 from shared.groups.catalog import GroupCatalog
 from shared.groups.members import split_name
-from shared.replication.fence import WriteFence
+from shared.replication.fence import RememberedTopologies, WriteFence
 from shared.replication.replicator import TableReplicator
 from shared.replication.sequencer import Sequencer
 from shared.storage.factory import Stores
@@ -40,11 +39,7 @@ from shared.storage.lease import LeaseStore
 from shared.storage.object_client import ObjectClients
 
 _runtime_lock = threading.Lock()
-GROUP_REPLICATOR_CACHE = 64
-# How long a fresh topology read routes later events of its table without another read. In steady
-# state each commit's write fence refreshes it; the bound limits how long files of a location
-# deposed meanwhile could be copied (never its commits: the fence refuses those).
-ROUTING_TRUST_SECONDS = 30.0  # replicators of group tables kept between invocations (each holds its stores)
+GROUP_REPLICATOR_CACHE = 64  # replicators of group tables kept between invocations (each holds its stores)
 
 
 class ReplicationRuntime:
@@ -80,8 +75,7 @@ class ReplicationRuntime:
         self._host_client = None
         self._topology = None
         self._row_reader_built = None
-        # The last topology a fresh read returned, per table (see `routing_topology`).
-        self._known_topologies: dict[str, tuple[object, float]] = {}
+        self.remembered = RememberedTopologies()  # every fresh read, for routing (fence.py)
         self._by_primary: dict[tuple[str, str], TableReplicator] = {}
         self._group_replicators: OrderedDict[tuple[str, str], TableReplicator] = OrderedDict()
         self._lock = threading.Lock()
@@ -207,30 +201,16 @@ class ReplicationRuntime:
             topology = default_topology(table)
         else:
             topology = store.get(table)
-        with self._lock:
-            self._known_topologies[table_name] = (topology, time.monotonic())
+        self.remembered.put(table_name, topology)
         return topology
 
     def remembered_topology(self, table_name: str, location: str):
-        """The last fresh read of this process for routing an event from `location`, when it is at most
-        ROUTING_TRUST_SECONDS old and names `location` the primary; else None (read it afresh).
-
-        Why this is safe: routing decides only where to read from. Every write is still preceded by
-        the write fence's fresh read (fence.py), which refuses a stale epoch, and the caller handles
-        the event again with a fresh read when it did (`forget_topology`). An answer that does *not*
-        name `location` is never trusted: after a promote to `location` it would drop its events.
-        """
-        with self._lock:
-            known = self._known_topologies.get(table_name)
-        if known is not None and known[0].primary == location and \
-                time.monotonic() - known[1] <= ROUTING_TRUST_SECONDS:
-            return known[0]
-        return None
+        """The last fresh read, if it may route an event from `location` (fence.RememberedTopologies)."""
+        return self.remembered.routing(table_name, location)
 
     def forget_topology(self, table_name: str) -> None:
         """Drop the remembered topology (a write fence refused its epoch)."""
-        with self._lock:
-            self._known_topologies.pop(table_name, None)
+        self.remembered.forget(table_name)
 
     def replicator(self, table_name: str, topology=None) -> TableReplicator:
         """The replicator from the table's current primary (`topology`, else read now) to every

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from shared import failpoints
@@ -65,3 +66,41 @@ class WriteFence:
                 f"{self.primary}{at}, but the primary is now {topology.primary} (epoch {topology.epoch}); a "
                 f"promote happened while this invocation ran. Nothing of the ended epoch is written; {then}.")
         failpoints.hit(failpoints.FENCE_CHECKED, replica=replica, what=what)
+
+
+# How long a fresh topology read routes later events of its table without another read. In the steady
+# state each commit's write fence refreshes it; the bound limits how long files of a location deposed
+# meanwhile could be copied (never its commits: the fence refuses those).
+ROUTING_TRUST_SECONDS = 30.0
+
+
+class RememberedTopologies:
+    """The last fresh topology read of this process, per table (one small entry per table), for routing.
+
+    Why routing by it is safe: routing decides only where to read from. Every write is still preceded
+    by the write fence's fresh read, which refuses a stale epoch, and the event is then handled again
+    from a fresh read (shared/app/commit_event.py). An answer that does *not* name the event's location
+    is never trusted: after a promote to that location it would drop the new primary's events.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[object, float]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, table: str, topology) -> None:
+        with self._lock:
+            self._known[table] = (topology, time.monotonic())
+
+    def routing(self, table: str, location: str):
+        """The remembered topology when it names `location` the primary and is at most
+        ROUTING_TRUST_SECONDS old; else None (read it afresh)."""
+        with self._lock:
+            known = self._known.get(table)
+        if known is not None and known[0].primary == location and \
+                time.monotonic() - known[1] <= ROUTING_TRUST_SECONDS:
+            return known[0]
+        return None
+
+    def forget(self, table: str) -> None:
+        with self._lock:
+            self._known.pop(table, None)

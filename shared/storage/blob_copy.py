@@ -52,10 +52,10 @@ class BlobCopier:
         small = not bulk and expected_size is not None and expected_size <= SMALL_FILE_BYTES
         # The SDK's blob client only where its requests are sent: building one costs more CPU than
         # a small file's whole copy through obstore.
-        dst = self._dst(path) if probe or not small else None
         if probe:
             # Likely there already (history whose files a seed copied): one HEAD answers,
             # where a copy attempt would read, send and then fail.
+            dst = self._dst(path)
             with self._store._storage(f"checking {path}"):
                 try:
                     props = dst.get_blob_properties()
@@ -69,7 +69,7 @@ class BlobCopier:
                 self._stream_from(source, "no read-only single-blob credential can be derived from a SAS "
                                           "connection string")
             else:
-                copied = self._server_side_copy(source, dst, url, path, expected_size)
+                copied = self._server_side_copy(source, self._dst(path), url, path, expected_size)
                 if copied is not None:
                     return copied
         return self._stream_copy(source, path, expected_size)
