@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shared import deadline as shared_deadline
+from shared.storage import table_row
 
 REQUEST_CONNECT_SECONDS = 5.0
 REQUEST_READ_SECONDS = 30.0
@@ -149,6 +150,9 @@ def set_deadline(seconds: float | None) -> None:
     global _deadline, _last_failed, _active
     install()
     _active = True
+    # Every request of a command passes through `requests` (above), so that a timed-out command names
+    # the endpoint it waited on; the hot path's lean table read would bypass that.
+    table_row.set_enabled(False)
     _deadline = None if seconds is None else Deadline(seconds)
     _last_failed = None
     with _lock:
@@ -173,6 +177,7 @@ def deactivate() -> None:
     """The command is over: later requests of this process (an importer's, not the CLI's) are not capped."""
     global _deadline, _active
     _active, _deadline = False, None
+    table_row.set_enabled(True)
 
 
 def timed_out_message(command: str, seconds: float) -> str:

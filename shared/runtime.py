@@ -75,6 +75,7 @@ class ReplicationRuntime:
         self._host_client = None
         self._topology = None
         self._row_reader_built = None
+        self._topology_lock = threading.Lock()
         self.remembered = RememberedTopologies()  # every fresh read, for routing (fence.py)
         self._by_primary: dict[tuple[str, str], TableReplicator] = {}
         self._group_replicators: OrderedDict[tuple[str, str], TableReplicator] = OrderedDict()
@@ -160,13 +161,14 @@ class ReplicationRuntime:
 
     def topology_store(self):
         """The ReplicationTopology table (STATUS_CONNECTION), built on first use."""
-        if self._topology is None:
-            from shared.failover.markers import PromotionMarkers
-            from shared.failover.topology import TopologyStore
+        with self._topology_lock:  # built once: each build would open a RowReader's connections
+            if self._topology is None:
+                from shared.failover.markers import PromotionMarkers
+                from shared.failover.topology import TopologyStore
 
-            # The markers decide when the table itself is missing (replaced host storage).
-            self._topology = TopologyStore(self.table_service(), markers=PromotionMarkers(self),
-                                           rows=self._row_reader)
+                # The markers decide when the table itself is missing (replaced host storage).
+                self._topology = TopologyStore(self.table_service(), markers=PromotionMarkers(self),
+                                               rows=self._row_reader)
         return self._topology
 
     def _row_reader(self, table_client):

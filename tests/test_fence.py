@@ -148,3 +148,19 @@ def test_the_write_fence_refuses_a_new_epoch_under_the_same_primary_and_any_othe
         fence.check(2, replica="westeu", what="commit 1")  # the current epoch: goes ahead
     finally:
         lake.close()
+
+
+def test_a_late_read_of_an_earlier_epoch_does_not_bring_a_deposed_primary_back_into_routing():
+    """A topology read that started before a promote and finished after a newer read: routing keeps the
+    newer epoch (the fence would still refuse the old one's commits, but its files could be copied)."""
+    from shared.failover.topology import Topology
+    from shared.replication.fence import RememberedTopologies
+
+    remembered = RememberedTopologies()
+    remembered.put("sales", Topology("sales", "westeu", 1))
+    remembered.put("sales", Topology("sales", "eastus", 0))  # the late answer
+    assert remembered.routing("sales", "eastus") is None
+    assert remembered.routing("sales", "westeu") == Topology("sales", "westeu", 1)
+    remembered.forget("sales")  # a refused epoch: the next fresh read is remembered whatever its epoch
+    remembered.put("sales", Topology("sales", "eastus", 0))
+    assert remembered.routing("sales", "eastus") == Topology("sales", "eastus", 0)

@@ -99,3 +99,61 @@ def test_a_missing_table_is_the_sdks_and_no_answer_cools_off(azurite):
         assert reader.get("it's", ROW_KEY) is NOT_ANSWERED and len(requests.urls) == 1
         with pytest.raises(ReplicaUnreachable):
             TopologyStore(service, rows=lambda client: reader).get(_table("t"))
+
+
+def test_a_kept_alive_connection_the_service_closed_is_replaced_once_and_the_deadline_holds(tables):
+    import socket
+
+    from shared import deadline
+    from shared.errors import DeadlineExceeded
+
+    reader = RowReader(tables.get_table_client("ReplicationTopology"))
+    assert reader.get("absent-row", ROW_KEY) is ABSENT
+    # The service closing an idle kept-alive connection, as seen from this side: the next send fails.
+    reader._local.connection.sock.shutdown(socket.SHUT_RDWR)
+    assert reader.get("absent-row", ROW_KEY) is ABSENT  # on a new connection, not handed to the SDK
+    assert reader.answered == 2
+    # Past the deadline and the grace the function app's tables get for recording an outcome.
+    with deadline.within(-deadline.RECORD_GRACE_SECONDS - 1, "a test invocation"):
+        with pytest.raises(DeadlineExceeded, match="a test invocation"):
+            reader.get("absent-row", ROW_KEY)
+    assert reader.answered == 2
+
+
+def test_reads_from_many_threads_each_on_their_own_connection(tables):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import threading
+
+    reader = RowReader(tables.get_table_client("ReplicationTopology"))
+    threads = set()
+
+    def read(i: int):
+        threads.add(threading.get_ident())
+        return reader.get(f"absent-{i % 5}", ROW_KEY)
+
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(read, range(200)))
+    assert found == [ABSENT] * 200 and reader.answered == 200
+    assert len(reader._connections) == len(threads)
+    opened = list(reader._connections)
+    assert all(c.sock is not None for c in opened)
+    reader.close()
+    assert all(c.sock is None for c in opened) and not reader._connections
+
+
+def test_a_cli_command_reads_the_topology_through_the_sdk(tables):
+    """While a CLI command runs every request goes through `requests` (cli/deadline.py names the endpoint a
+    timed-out command waited on); the lean read steps aside and comes back after."""
+    from cli.deadline import deactivate, run_bounded, set_deadline
+
+    reader = RowReader(tables.get_table_client("ReplicationTopology"))
+    set_deadline(5)
+    try:
+        assert reader.get("absent-row", ROW_KEY) is NOT_ANSWERED
+        # The worker runs under the library's deadline too (object_store's requests are cut by it).
+        left = run_bounded("test", 5, lambda: __import__("shared.deadline").deadline.remaining())
+        assert left is not None and 4 < left <= 6
+    finally:
+        deactivate()
+    assert reader.get("absent-row", ROW_KEY) is ABSENT

@@ -115,7 +115,7 @@ def handle_storage_event(runtime: ReplicationRuntime, envelope: Mapping[str, Any
         # location is the primary again at a later epoch, the event is handled again from that fresh
         # read; otherwise the refusals stand, as for an invocation that raced the promote.
         runtime.forget_topology(ref.table.name)
-        if runtime.topology(ref.table.name).primary == ref.location:
+        if _primary_now(runtime, ref.table.name) == ref.location:
             log.info("event.rerouted table=%s file=%s stale_epoch=%d", ref.table.name, ref.log_file.name,
                      topology.epoch, extra={"table": ref.table.name, "log_file": ref.log_file.name})
             record_replicated_bytes(runtime, ref.table.name, outcomes)
@@ -137,5 +137,14 @@ def _status_or_none(runtime: ReplicationRuntime):
     """The status store when the function app's storage is configured; purges are recorded there."""
     try:
         return runtime.status_store()
+    except ReplicationError:
+        return None
+
+
+def _primary_now(runtime: ReplicationRuntime, table: str) -> str | None:
+    """The primary read now; None when it cannot be read (the refusals stand: nothing of the event was
+    written, and the lag check brings the replicas up from whichever location is the primary)."""
+    try:
+        return runtime.topology(table).primary
     except ReplicationError:
         return None

@@ -96,7 +96,7 @@ class TopologyStore(HostTable):
             found = self._rows.get(table.name, ROW_KEY)
             if found is ABSENT:
                 return default_topology(table)
-            if found is not NOT_ANSWERED:
+            if found is not NOT_ANSWERED and "Primary" in found[0]:
                 columns, etag = found
                 return _from_columns(table.name, columns, etag)
         try:

@@ -88,8 +88,12 @@ class RememberedTopologies:
         self._lock = threading.Lock()
 
     def put(self, table: str, topology) -> None:
+        """Remember a fresh read, unless one of a later epoch is remembered: a read that started
+        before a promote and finished after a newer one must not bring the deposed primary back."""
         with self._lock:
-            self._known[table] = (topology, time.monotonic())
+            known, now = self._known.get(table), time.monotonic()
+            if known is None or topology.epoch >= known[0].epoch or now - known[1] > ROUTING_TRUST_SECONDS:
+                self._known[table] = (topology, now)
 
     def routing(self, table: str, location: str):
         """The remembered topology when it names `location` the primary and is at most

@@ -25,7 +25,6 @@ import ssl
 import threading
 import time
 import uuid
-import weakref
 from email.utils import formatdate
 from urllib.parse import quote, urlsplit
 
@@ -35,6 +34,13 @@ from shared.storage.object_client import _HttpRequest, _Sent
 
 NOT_ANSWERED = object()  # the SDK must ask (see the module's docstring)
 ABSENT = None  # the service answered: no such row
+_enabled = True  # off while a CLI command runs (cli/deadline.py: its requests all pass through `requests`)
+
+
+def set_enabled(enabled: bool) -> None:
+    """Switch the lean reads on or off for this process (off: every read through the SDK)."""
+    global _enabled
+    _enabled = enabled
 
 # Keys this reader signs itself; anything else (quotes, percent signs, non-ASCII) goes through the SDK.
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.:~-]{1,255}$")
@@ -73,7 +79,7 @@ class RowReader:
         self._counter = counter
         self._context = ssl.create_default_context(cafile=ca_bundle) if self._scheme == "https" else None
         self._local = threading.local()
-        self._connections: weakref.WeakSet = weakref.WeakSet()
+        self._connections: set = set()  # every thread's, for close(): at most one per thread that read
         self._cool_until = 0.0
         self.answered = 0  # reads this reader answered itself (200 or 404 ResourceNotFound)
 
@@ -84,7 +90,8 @@ class RowReader:
         Raises:
             DeadlineExceeded: the invocation's deadline passed (as the SDK's hook raises it).
         """
-        if not (_PLAIN_KEY.match(partition) and _PLAIN_KEY.match(row)) or time.monotonic() < self._cool_until:
+        if not _enabled or not (_PLAIN_KEY.match(partition) and _PLAIN_KEY.match(row)) or \
+                time.monotonic() < self._cool_until:
             return NOT_ANSWERED
         path = f"{self._base_path}/{self._table}(PartitionKey='{quote(partition)}',RowKey='{quote(row)}')"
         url = f"{self._scheme}://{self._host}{path}"
@@ -104,12 +111,22 @@ class RowReader:
             self._cool_until = time.monotonic() + COOL_OFF_SECONDS
             return NOT_ANSWERED
         if status == 200:
-            self.answered += 1
-            return json.loads(body), etag
+            try:
+                columns = json.loads(body)
+            except ValueError:  # not the service's JSON (a proxy's page): the SDK says what it is
+                return NOT_ANSWERED
+            if not isinstance(columns, dict):
+                return NOT_ANSWERED
+            self._answered()
+            return columns, etag
         if status == 404 and b'"ResourceNotFound"' in body:
-            self.answered += 1
+            self._answered()
             return ABSENT  # the table exists, the row does not (TableNotFound is the SDK's to handle)
         return NOT_ANSWERED
+
+    def _answered(self) -> None:
+        with self._token_lock:
+            self.answered += 1
 
     def _headers(self, path: str) -> dict:
         date = formatdate(usegmt=True)
@@ -148,10 +165,11 @@ class RowReader:
                 connection.request("GET", path, headers=headers)
                 response = connection.getresponse()
                 return response.status, response.getheader("ETag"), response.read()
-            except BaseException:
+            except Exception as err:
                 connection.close()  # a half-used connection is never reused
                 self._local.connection = None
-                if fresh:
+                # Only a kept-alive connection the service closed is tried again; a timeout is the answer.
+                if fresh or not isinstance(err, ConnectionError):
                     raise
         raise AssertionError("unreachable")
 
@@ -166,6 +184,6 @@ class RowReader:
     def close(self) -> None:
         """Close every thread's connection."""
         with self._token_lock:
-            connections, self._connections = list(self._connections), weakref.WeakSet()
+            connections, self._connections = list(self._connections), set()
         for connection in connections:
             connection.close()
