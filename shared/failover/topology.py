@@ -6,8 +6,9 @@ PromotedAt and PreviousPrimary: the current primary. Beside it, one row per prom
 primary's lineage after any number of failovers. A flip writes both in one entity-group
 transaction: the current row only under an ETag condition (created the first time), the history
 row only if absent, so of two operators promoting at once exactly one wins and the history never
-misses an epoch. It lives in the function app's storage, next to ReplicationStatus, and is read
-once per invocation, never cached.
+misses an epoch. It lives in the function app's storage, next to ReplicationStatus. Every write to
+a replica is preceded by a point read of it (the write fence); routing may use the last such read
+of this process (shared/replication/fence.py, RememberedTopologies); a write never does.
 
 Without a row the configured source is the primary at epoch 0, but only while nothing says a
 promotion happened: when the ReplicationTopology *table* is missing (host storage replaced or the
