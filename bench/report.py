@@ -27,7 +27,7 @@ def main() -> None:
         "raw figures in `bench/out/results.json` after a run.",
         *[f"Re-measured since, on {again['date']} at commit {again['commit']} (storage client "
           f"{again['storage_client']}, `python -m bench.network --phases {','.join(again['phases'])}`): the "
-          f"{', '.join(again['phases'])} phase(s) of the network benchmark below; every other figure is from the "
+          f"{', '.join(again['phases'])} phase(s) of the network benchmark below; what no such line names is from the "
           "run above." for again in r.get("remeasured", [])],
         "",
         "## Per-commit time against table size",
