@@ -164,3 +164,16 @@ def test_a_late_read_of_an_earlier_epoch_does_not_bring_a_deposed_primary_back_i
     remembered.forget("sales")  # a refused epoch: the next fresh read is remembered whatever its epoch
     remembered.put("sales", Topology("sales", "eastus", 0))
     assert remembered.routing("sales", "eastus") == Topology("sales", "eastus", 0)
+
+
+def test_remembered_topologies_are_bounded_least_recently_read_out(monkeypatch):
+    from shared.failover.topology import Topology
+    from shared.replication import fence
+
+    monkeypatch.setattr(fence, "REMEMBERED_TABLES", 3)
+    remembered = fence.RememberedTopologies()
+    for name in ("a", "b", "c"):
+        remembered.put(name, Topology(name, "eastus", 0))
+    remembered.put("a", Topology("a", "eastus", 0))  # read again: the most recent now
+    remembered.put("d", Topology("d", "eastus", 0))
+    assert [n for n in "abcd" if remembered.routing(n, "eastus") is not None] == ["a", "c", "d"]

@@ -113,6 +113,7 @@ def test_a_kept_alive_connection_the_service_closed_is_replaced_once_and_the_dea
     reader._local.connection.sock.shutdown(socket.SHUT_RDWR)
     assert reader.get("absent-row", ROW_KEY) is ABSENT  # on a new connection, not handed to the SDK
     assert reader.answered == 2
+    assert len(reader._connections) == 1  # the closed one is not kept for close()
     # Past the deadline and the grace the function app's tables get for recording an outcome.
     with deadline.within(-deadline.RECORD_GRACE_SECONDS - 1, "a test invocation"):
         with pytest.raises(DeadlineExceeded, match="a test invocation"):

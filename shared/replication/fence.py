@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable
 
 from shared import failpoints
@@ -72,6 +73,8 @@ class WriteFence:
 # state each commit's write fence refreshes it; the bound limits how long files of a location deposed
 # meanwhile could be copied (never its commits: the fence refuses those).
 ROUTING_TRUST_SECONDS = 30.0
+# Tables remembered at most (a group may hold thousands): past it, the least recently read goes first.
+REMEMBERED_TABLES = 4096
 
 
 class RememberedTopologies:
@@ -84,7 +87,7 @@ class RememberedTopologies:
     """
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[object, float]] = {}
+        self._known: OrderedDict[str, tuple[object, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def put(self, table: str, topology) -> None:
@@ -94,6 +97,9 @@ class RememberedTopologies:
             known, now = self._known.get(table), time.monotonic()
             if known is None or topology.epoch >= known[0].epoch or now - known[1] > ROUTING_TRUST_SECONDS:
                 self._known[table] = (topology, now)
+                self._known.move_to_end(table)
+                if len(self._known) > REMEMBERED_TABLES:
+                    self._known.popitem(last=False)
 
     def routing(self, table: str, location: str):
         """The remembered topology when it names `location` the primary and is at most

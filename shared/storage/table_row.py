@@ -42,6 +42,7 @@ def set_enabled(enabled: bool) -> None:
     global _enabled
     _enabled = enabled
 
+
 # Keys this reader signs itself; anything else (quotes, percent signs, non-ASCII) goes through the SDK.
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.:~-]{1,255}$")
 TIMEOUT_SECONDS = 5.0  # connect and read, each (the SDK path that may follow has its own)
@@ -168,6 +169,8 @@ class RowReader:
             except Exception as err:
                 connection.close()  # a half-used connection is never reused
                 self._local.connection = None
+                with self._token_lock:
+                    self._connections.discard(connection)
                 # Only a kept-alive connection the service closed is tried again; a timeout is the answer.
                 if fresh or not isinstance(err, ConnectionError):
                     raise
