@@ -177,3 +177,41 @@ def test_remembered_topologies_are_bounded_least_recently_read_out(monkeypatch):
     remembered.put("a", Topology("a", "eastus", 0))  # read again: the most recent now
     remembered.put("d", Topology("d", "eastus", 0))
     assert [n for n in "abcd" if remembered.routing(n, "eastus") is not None] == ["a", "c", "d"]
+
+
+def test_what_this_process_wrote_to_a_replica_is_not_trusted_into_another_epoch(azurite, request):
+    """The steady state skips reading the replica's previous commit when this process wrote it there
+    (replicator.py, `_written`); but only at the epoch it was written: after eastus -> westeu -> eastus the
+    replica's head is read again (while westeu was the primary its log was not this process's to know)."""
+    from shared.config.parse import parse_config
+    from shared.replication.outcome import ReplicaState
+    from shared.runtime import ReplicationRuntime
+    from tests.test_hot_path import GatedRequests
+
+    lake = failover_lake(azurite, request.node.name)
+    name = lake.table_name
+    prefix = f"{azurite.endpoint('seasia')}/{lake.container}/{lake.table_path}/_delta_log/"
+    recorder = GatedRequests(prefix, "none")
+    lake._runtime = ReplicationRuntime(parse_config(lake.config_doc), lake.environ, counter=recorder)
+    seen: set = set()
+    try:
+        lake.write(batch(0, 5), mode="overwrite", partition_by=["region"])
+        lake.write(batch(100, 5))
+        deliver_new(lake, "eastus", seen)
+        lake.write(batch(200, 5))
+        recorder.requests.clear()
+        deliver_new(lake, "eastus", seen)
+        assert [m for m, _ in recorder.on_replica()] == ["PUT"]  # commit 2 alone: 1 was written at epoch 0
+        promote(lake.runtime, name, "westeu", force=True)
+        promote(lake.runtime, name, "eastus", force=True)
+        assert lake.runtime.topology(name).epoch == 2
+        lake.write(batch(300, 5))
+        recorder.requests.clear()
+        (result,) = deliver_new(lake, "eastus", seen)
+        # westeu holds the fence the second promote placed on it (version 3) until it rejoins.
+        assert [(o.replica, o.state) for o in result.outcomes] == [
+            ("westeu", ReplicaState.DIVERGED), ("seasia", ReplicaState.REPLICATED)]
+        probe = "GET" if lake.runtime.storage_client == "obstore" else "HEAD"
+        assert sorted(recorder.on_replica()) == [(probe, f"{2:020d}.json"), ("PUT", f"{3:020d}.json")]
+    finally:
+        lake.close()

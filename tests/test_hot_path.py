@@ -48,11 +48,14 @@ def test_file_copies_start_before_the_replica_head_lookup_finishes(azurite, requ
     lake = Lake(azurite, request.node.name)
     prefix = f"{azurite.endpoint('westeu')}/{lake.container}/{lake.table_path}"
     recorder = GatedRequests(prefix, f"{0:020d}.json")
-    lake._runtime = ReplicationRuntime(parse_config(lake.config_doc), lake.environ, counter=recorder)
     try:
         lake.write(batch(0, 5), mode="overwrite")
         lake.deliver_all(lake.events())
         assert lake.head("westeu") == 0
+        # Another process (or a restart) handles the next commit: it never wrote version 0 there, so it
+        # looks the replica's head up (test_a_commit_after_one_this_process_wrote_is_not_looked_up: none).
+        lake.close_runtime()
+        lake._runtime = ReplicationRuntime(parse_config(lake.config_doc), lake.environ, counter=recorder)
         lake.write(batch(100, 5))
         (event,) = [e for e in lake.events() if e["subject"].endswith(f"{1:020d}.json")]
         recorder.requests.clear()
@@ -71,6 +74,48 @@ def test_file_copies_start_before_the_replica_head_lookup_finishes(azurite, requ
         # the commit came only after both.
         assert head_lookup < file_puts[0] < commit_put
         assert rows(lake.table("westeu", 1).to_pyarrow_table()) == rows(lake.table("eastus", 1).to_pyarrow_table())
+    finally:
+        lake.close()
+
+
+def test_a_commit_after_one_this_process_wrote_is_not_looked_up(azurite, request):
+    """The steady state: the previous commit was written to the replica by this process at this epoch,
+    so the next one sends the replica its file and its commit, nothing else; once the trust runs out,
+    the replica's head is read again (a new epoch: test_fence.py)."""
+    from shared.delta import source_log
+
+    lake = Lake(azurite, request.node.name)
+    prefix = f"{azurite.endpoint('westeu')}/{lake.container}/{lake.table_path}"
+    recorder = GatedRequests(prefix, "none")
+    lake._runtime = ReplicationRuntime(parse_config(lake.config_doc), lake.environ, counter=recorder)
+    probe = "GET" if lake.runtime.storage_client == "obstore" else "HEAD"
+
+    def next_commit(n: int) -> list[tuple[str, str]]:
+        lake.write(batch(100 * n, 5))
+        (event,) = [e for e in lake.events() if e["subject"].endswith(f"{n:020d}.json")]
+        recorder.requests.clear()
+        result = lake.deliver(event)
+        assert [(o.replica, o.state, o.error, o.head_after) for o in result.outcomes] == [
+            ("westeu", ReplicaState.REPLICATED, None, n), ("seasia", ReplicaState.REPLICATED, None, n)]
+        return [(m, "file" if LOG not in u else u.rsplit("/", 1)[1]) for m, u in recorder.on_replica()]
+
+    try:
+        lake.write(batch(0, 5), mode="overwrite")
+        lake.deliver_all(lake.events())
+        assert next_commit(1) == [("PUT", "file"), ("PUT", f"{1:020d}.json")]
+        assert next_commit(2) == [("PUT", "file"), ("PUT", f"{2:020d}.json")]
+        # Trust runs out (as after 30 s without a commit): the replica's head is read again.
+        trusted = source_log.TRUST_SECONDS
+        for written in lake.runtime.replicators["sales"]._written.values():
+            written.trust_seconds = 0.0
+        try:
+            assert sorted(next_commit(3)) == sorted([(probe, f"{2:020d}.json"), ("PUT", "file"),
+                                                     ("PUT", f"{3:020d}.json")])
+        finally:
+            for written in lake.runtime.replicators["sales"]._written.values():
+                written.trust_seconds = trusted
+        assert next_commit(4) == [("PUT", "file"), ("PUT", f"{4:020d}.json")]
+        assert rows(lake.table("westeu", 4).to_pyarrow_table()) == rows(lake.table("eastus", 4).to_pyarrow_table())
     finally:
         lake.close()
 

@@ -155,3 +155,83 @@ def test_a_cli_command_reads_the_topology_through_the_sdk(tables):
     finally:
         deactivate()
     assert reader.get("absent-row", ROW_KEY) is ABSENT
+
+
+class _CannedServer:
+    """A loopback socket that answers each request on one connection with the next canned bytes (the
+    framings a service may choose, which Azurite does not: it always sends chunked)."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        import socket
+        import threading
+
+        self.answers, self.requests = list(answers), []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            buffer = b""
+            for answer in self.answers:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                request, _, buffer = buffer.partition(b"\r\n\r\n")
+                self.requests.append(request)
+                if answer:
+                    conn.sendall(answer)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(5)
+
+
+def test_the_lean_connection_reads_each_framing_and_refuses_what_it_does_not_know():
+    import http.client
+
+    from shared.storage.table_row import MAX_RESPONSE_BYTES, _Connection
+
+    body = b'{"Primary":"westeu"}'
+    server = _CannedServer([
+        b"HTTP/1.1 200 OK\r\nETag: W/\"e1\"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+        b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\nX-T: y\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    ])
+    try:
+        connection = _Connection("127.0.0.1", server.port, f"127.0.0.1:{server.port}", 5.0, None)
+        assert connection.get("/a/T(PartitionKey='p',RowKey='r')", {"x-ms-date": "d"}, 5.0) == (200, 'W/"e1"', body)
+        assert connection.get("/a/b", {}, 5.0) == (404, None, b'{"a": 1}')  # the same connection, kept alive
+        assert connection.get("/a/c", {}, 5.0) == (200, None, b"{}") and connection.sock is None  # the service ends it
+        first = server.requests[0].split(b"\r\n")
+        assert first[0] == b"GET /a/T(PartitionKey='p',RowKey='r') HTTP/1.1"
+        assert set(first[1:]) == {b"Host: 127.0.0.1:%d" % server.port, b"Accept-Encoding: identity", b"x-ms-date: d"}
+    finally:
+        server.close()
+    refused = [
+        b"HTTP/1.1 200 OK\r\n\r\n{}",  # no length: read to the end, which a kept-alive connection never reaches
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_RESPONSE_BYTES + 1),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"ICY 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ]
+    for answer in refused:
+        server = _CannedServer([answer])
+        try:
+            connection = _Connection("127.0.0.1", server.port, "h", 5.0, None)
+            with pytest.raises(http.client.HTTPException):
+                connection.get("/a/b", {}, 2.0)
+        finally:
+            server.close()
+    server = _CannedServer([b""])  # the service closes without answering (an idle connection it ended)
+    try:
+        connection = _Connection("127.0.0.1", server.port, "h", 5.0, None)
+        with pytest.raises(ConnectionError):
+            connection.get("/a/b", {}, 2.0)
+    finally:
+        server.close()

@@ -140,6 +140,12 @@ class _BoundedCache:
                     self._futures.pop(old)
                     self._total -= self._sizes.pop(old)
 
+    def holds(self, key: object) -> bool:
+        """A value for `key` is computed and held."""
+        with self._lock:
+            future = self._futures.get(key)
+        return future is not None and future.done() and future.exception() is None
+
     @property
     def held_bytes(self) -> int:
         with self._lock:
@@ -297,6 +303,15 @@ class SourceLog:
 
     def commit_files(self, version: int) -> list[ReferencedFile]:
         return self.commit(version).files
+
+    def holds_commit(self, version: int) -> bool:
+        """The commit at `version` was read by this view and is still held (no request to get it)."""
+        return self._commits.holds(("commit", version))
+
+    def knows_entry(self, version: int) -> bool:
+        """`commit_entry(version)` would answer from a remembered digest, without a request."""
+        return (self._digests is not None and self._epoch is not None
+                and self._digests.get(self._epoch, version) is not None)
 
     def commit_entry(self, version: int) -> LogEntry | None:
         """The primary's commit blob properties (one HEAD), or None when it is gone; size and

@@ -106,6 +106,12 @@ class TableReplicator:
         self.fence = fence  # None: no topology to check (a replicator outside a runtime)
         self._sequencer = sequencer or Sequencer()
         self._digests = CommitDigests()
+        # Per replica: the commits this process created there, or found there with the primary's bytes,
+        # per epoch. The next commit's event then needs no read of the replica's previous one: within an
+        # epoch a replica's commit is never removed or replaced (rejoin and a lifted fence act on other
+        # epochs' lineages; retention only removes expired history), and the write fence, read before
+        # the commit, ends the epoch's trust. Trusted for TRUST_SECONDS, as the primary's digests are.
+        self._written = {name: CommitDigests(capacity=256) for name in replicas}
         self._leases = leases
         self.source_store = source
         self.replicas = replicas
@@ -156,8 +162,10 @@ class TableReplicator:
         # the replicas' heads are being looked up: it takes those round trips off the path.
         # SourceLog computes each read once, in whichever thread asks first, so a queued
         # read-ahead never blocks a replica task.
-        if plan.one_version:
-            prefetch = [pool.submit(source.commit_bytes, target), pool.submit(source.commit_entry, target - 1)]
+        if plan.one_version:  # what is in hand already (the event's commit, a remembered digest) needs no task
+            prefetch = [pool.submit(read, v) for read, v, held in ((source.commit_bytes, target, source.holds_commit),
+                                                                   (source.commit_entry, target - 1, source.knows_entry))
+                        if not held(v)]
         else:
             prefetch = [pool.submit(source.entries_for, max(target - 1, 0), target)]
         if version is not None and log_file_kind == LogFileKind.COMMIT:
@@ -172,8 +180,12 @@ class TableReplicator:
                 for f in prefetch:
                     f.exception()
                 return rejected
-        futures = [pool.submit(self._replicate_one, name, store, source, plan) for name, store in self.replicas.items()]
-        outcomes = [f.result() for f in futures]
+        if len(self.replicas) == 1:  # one replica: its task runs here (a thread hop less per commit)
+            outcomes = [self._replicate_one(name, store, source, plan) for name, store in self.replicas.items()]
+        else:
+            futures = [pool.submit(self._replicate_one, name, store, source, plan)
+                       for name, store in self.replicas.items()]
+            outcomes = [f.result() for f in futures]
         for f in prefetch:
             f.exception()  # errors were (or will be) raised where the result is used
         return outcomes
@@ -220,16 +232,20 @@ class TableReplicator:
         started = time.monotonic()
         target = plan.target
         outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE, progress=plan.progress)
-        w = ReplicaWriter(self.table, name, store, source, outcome, self._files, self.fence)
+        written = self._written.get(name)
+        w = ReplicaWriter(self.table, name, store, source, outcome, self._files, self.fence, written=written)
         # The hot path: the commit's files start copying now, while the replica's head is looked
         # up and checked. They are invisible until their commit exists, which waits for the checks;
         # a replica that turns out diverged or already there costs at most this commit's files.
-        early = self._start_early_copies(store, source, target) if plan.one_version else None
+        # When this process wrote the previous commit there, nothing is looked up: the copies run here.
+        early = (self._start_early_copies(store, source, target)
+                 if plan.one_version and _known(written, source, target - 1) is None else None)
         ordered = contextlib.ExitStack()
         try:
             if plan.one_version:  # after the lower versions in flight here: then this one is the next
                 ordered.enter_context(self._sequencer.turn(store.location_key, target))
-            head, entries = self._locate_head(store, target, expect_next=plan.one_version)
+            head, entries = self._locate_head(store, target, expect_next=plan.one_version,
+                                              known=_known(written, source, target - 1))
             outcome.head_before = head
             if early is not None and not (head is not None and head == target - 1):
                 w.finish_copies(early)  # settled before anything else; catch-up redoes failures
@@ -332,16 +348,19 @@ class TableReplicator:
         except CommitNotFound:
             pass  # a version defined by a checkpoint alone, or cleaned up: catch-up decides
 
-    def _locate_head(self, store: TableStore, target: int, *,
-                     expect_next: bool = False) -> tuple[int | None, list[LogEntry]]:
+    def _locate_head(self, store: TableStore, target: int, *, expect_next: bool = False,
+                     known: LogEntry | None = None) -> tuple[int | None, list[LogEntry]]:
         """Two HEAD requests (in parallel) answer the common cases; otherwise search listings.
 
-        `expect_next` (an event for a new commit): one HEAD, of target-1. When it is there the
-        replica is taken to be at target-1; if it already holds target (a duplicate event), the
-        conditional commit write finds it and compares it, as the second HEAD would have.
+        `expect_next` (an event for a new commit): one HEAD, of target-1, or none when this process
+        wrote target-1 there at this epoch (`known`). When it is there the replica is taken to be at
+        target-1; if it already holds target (a duplicate event), the conditional commit write finds
+        it and compares it, as the second HEAD would have.
         """
         if target == 0:
             return find_head(store, target)
+        if expect_next and known is not None:
+            return target - 1, [known]
         if expect_next:
             before = store.log_entry(commit_name(target - 1))
             return (target - 1, [before]) if before is not None else find_head(store, target)
@@ -383,3 +402,12 @@ class TableReplicator:
             return  # the primary cleaned up this commit; nothing left to compare with
         if not same_commit(mine, theirs, lambda: store.get_log_file(mine.name), lambda: source.commit_bytes(head)):
             raise diverged(name, self.table.name, head)
+
+
+def _known(written: CommitDigests | None, source: SourceLog, version: int) -> LogEntry | None:
+    """The replica's commit at `version` as this process wrote it there at the source's epoch (size and
+    MD5, no request), or None."""
+    if written is None or source.epoch is None or version < 0:
+        return None
+    digest = written.get(source.epoch, version)
+    return None if digest is None else LogEntry(commit_name(version), digest[0], content_md5=digest[1])

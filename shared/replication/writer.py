@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Callable
 
 from shared import failpoints
 from shared.config.model import TableConfig
 from shared.delta.compare import diverged
 from shared.delta.log import LogFileKind, ReferencedFile, commit_name, crc_name, parse_log_name, version_prefix
-from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
+from shared.delta.source_log import CommitDigests, SourceCommit, SourceLog, complete_checkpoints
 from shared.errors import CommitNotFound, ReplicationError
 from shared.replication.fence import WriteFence
 from shared.replication.outcome import ReplicaOutcome, is_vacuum_end, unexpected
@@ -52,7 +52,7 @@ class ReplicaWriter:
     """
 
     def __init__(self, table: TableConfig, name: str, store: TableStore, source: SourceLog, outcome: ReplicaOutcome,
-                 files: ThreadPoolExecutor, fence: WriteFence | None) -> None:
+                 files: ThreadPoolExecutor, fence: WriteFence | None, *, written: CommitDigests | None = None) -> None:
         self.table = table
         self.name = name
         self.store = store
@@ -60,6 +60,7 @@ class ReplicaWriter:
         self.outcome = outcome
         self.files = files
         self.fence = fence
+        self.written = written  # the commits this process wrote to this replica (replicator.py), or None
         self.log = ReplicaLog(log, {"table": table.name, "replica": name})
 
     # -- copies -----------------------------------------------------------------------
@@ -101,6 +102,14 @@ class ReplicaWriter:
                    bulk: bool = False) -> dict[str, ReplicationError]:
         """Copy data files in parallel; returns path -> error for the ones that failed."""
         unique = {f.path: f for f in files}
+        if len(unique) == 1:  # one file (most commits): copied in this thread, a thread hop less
+            (f,) = unique.values()
+            done: Future = Future()
+            try:
+                done.set_result(self.store.copy_file_from(self.source.store, f.path, expected_size=f.size, bulk=bulk))
+            except Exception as err:  # noqa: BLE001 - reported by finish_copies, as a pool's copy would be
+                done.set_exception(err)
+            return self.finish_copies({done: f.path}, failpoint=failpoint)
         copies = {self.files.submit(self.store.copy_file_from, self.source.store, f.path, expected_size=f.size,
                                     bulk=bulk): f.path
                   for f in unique.values()}
@@ -138,13 +147,20 @@ class ReplicaWriter:
         if not self.store.create_log_file(commit_name(version), data):
             if self.store.get_log_file(commit_name(version)) != data:
                 raise diverged(self.name, self.table.name, version)
+            self._wrote(version, data)
             return False
+        self._wrote(version, data)
         if is_vacuum_end(commit):
             self.outcome.vacuum_versions.append(version)
         self.log.info("commit.replicated table=%s replica=%s version=%d files=%d seconds=%.3f",
                       self.table.name, self.name, version, len(commit.files), time.monotonic() - started,
                       extra={"version": version, "files": len(commit.files)})
         return True
+
+    def _wrote(self, version: int, data: bytes) -> None:
+        """The replica holds the primary's commit `version` (created now, or found identical)."""
+        if self.written is not None and self.source.epoch is not None:
+            self.written.put(self.source.epoch, version, CommitDigests.digest(data))
 
     def copy_checkpoint(self, names: list[str]) -> None:
         """Sidecars first, then the checkpoint parts: a reader never finds a part without its data."""
