@@ -82,7 +82,7 @@ def test_a_commit_after_one_this_process_wrote_is_not_looked_up(azurite, request
     """The steady state: the previous commit was written to the replica by this process at this epoch,
     so the next one sends the replica its file and its commit, nothing else; once the trust runs out,
     the replica's head is read again (a new epoch: test_fence.py)."""
-    from shared.delta import source_log
+    from shared.delta import commit_digests
 
     lake = Lake(azurite, request.node.name)
     prefix = f"{azurite.endpoint('westeu')}/{lake.container}/{lake.table_path}"
@@ -105,7 +105,7 @@ def test_a_commit_after_one_this_process_wrote_is_not_looked_up(azurite, request
         assert next_commit(1) == [("PUT", "file"), ("PUT", f"{1:020d}.json")]
         assert next_commit(2) == [("PUT", "file"), ("PUT", f"{2:020d}.json")]
         # Trust runs out (as after 30 s without a commit): the replica's head is read again.
-        trusted = source_log.TRUST_SECONDS
+        trusted = commit_digests.TRUST_SECONDS
         for written in lake.runtime.replicators["sales"]._written.values():
             written.trust_seconds = 0.0
         try:

@@ -25,6 +25,7 @@ from shared.delta.log import (
     sidecar_name,
     version_prefix,
 )
+from shared.delta.commit_digests import CommitDigests
 from shared.errors import CommitNotFound, InvalidCommit
 from shared.storage.table_store import LogEntry, TableStore
 
@@ -152,44 +153,6 @@ class _BoundedCache:
             return self._total
 
 
-# How long a remembered digest stands in for a HEAD of the primary. Bounded so that a table
-# dropped and re-created at the same path without a promote (same epoch) is asked again soon.
-TRUST_SECONDS = 30.0
-
-
-class CommitDigests:
-    """Size and MD5 of primary commits this process read, per (epoch, version); kept across
-    invocations so the next commit's divergence check needs no HEAD of the primary's previous
-    one. Within an epoch a primary's commit never changes (Delta writes each once; cleanup
-    only deletes), and a promote starts a new epoch; entries are trusted for TRUST_SECONDS."""
-
-    def __init__(self, capacity: int = 1024, *, trust_seconds: float = TRUST_SECONDS) -> None:
-        self.capacity = capacity
-        self.trust_seconds = trust_seconds
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, int], tuple[int, bytes, float]] = OrderedDict()
-
-    @staticmethod
-    def digest(data: bytes) -> tuple[int, bytes]:
-        return len(data), hashlib.md5(data).digest()  # noqa: S324 - a content check, as Content-MD5
-
-    def put(self, epoch: int, version: int, digest: tuple[int, bytes]) -> None:
-        with self._lock:
-            self._entries[(epoch, version)] = (*digest, time.monotonic())
-            self._entries.move_to_end((epoch, version))
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
-
-    def get(self, epoch: int, version: int) -> tuple[int, bytes] | None:
-        """Size and MD5, if read at this epoch in the last `trust_seconds` (the next commit's
-        event, in the steady state); older entries are asked again."""
-        with self._lock:
-            entry = self._entries.get((epoch, version))
-        if entry is None or time.monotonic() - entry[2] > self.trust_seconds:
-            return None
-        return entry[0], entry[1]
-
-
 class SourceLog:
     """Thread-safe reads of the primary's log for one invocation, shared by its replicas.
 
@@ -310,16 +273,14 @@ class SourceLog:
 
     def knows_entry(self, version: int) -> bool:
         """`commit_entry(version)` would answer from a remembered digest, without a request."""
-        return (self._digests is not None and self._epoch is not None
-                and self._digests.get(self._epoch, version) is not None)
+        return self._digests is not None and self._digests.entry(self._epoch, version) is not None
 
     def commit_entry(self, version: int) -> LogEntry | None:
         """The primary's commit blob properties (one HEAD), or None when it is gone; size and
         MD5 only, without a request, when this process read that commit at this epoch."""
-        known = (self._digests.get(self._epoch, version)
-                 if self._digests is not None and self._epoch is not None else None)
+        known = self._digests.entry(self._epoch, version) if self._digests is not None else None
         if known is not None:
-            return LogEntry(commit_name(version), known[0], content_md5=known[1])
+            return known
         return self._once(("entry", version), lambda: self.store.log_entry(commit_name(version)))
 
     def last_checkpoint(self) -> tuple[int, bytes] | None:

@@ -34,11 +34,8 @@ from shared.delta.log import (
     commit_name,
     version_prefix,
 )
-from shared.delta.source_log import (
-    CommitDigests,
-    SourceLog,
-    complete_checkpoints,
-)
+from shared.delta.commit_digests import CommitDigests
+from shared.delta.source_log import SourceLog, complete_checkpoints
 from shared.executors import Executors
 from shared.errors import (
     CommitNotFound,
@@ -106,11 +103,8 @@ class TableReplicator:
         self.fence = fence  # None: no topology to check (a replicator outside a runtime)
         self._sequencer = sequencer or Sequencer()
         self._digests = CommitDigests()
-        # Per replica: the commits this process created there, or found there with the primary's bytes,
-        # per epoch. The next commit's event then needs no read of the replica's previous one: within an
-        # epoch a replica's commit is never removed or replaced (rejoin and a lifted fence act on other
-        # epochs' lineages; retention only removes expired history), and the write fence, read before
-        # the commit, ends the epoch's trust. Trusted for TRUST_SECONDS, as the primary's digests are.
+        # Per replica, the commits this process wrote there (commit_digests.py): the next commit's event
+        # reads nothing of the replica; the write fence, read before that commit, ends an epoch's trust.
         self._written = {name: CommitDigests(capacity=256) for name in replicas}
         self._leases = leases
         self.source_store = source
@@ -232,20 +226,20 @@ class TableReplicator:
         started = time.monotonic()
         target = plan.target
         outcome = ReplicaOutcome(name, ReplicaState.UP_TO_DATE, progress=plan.progress)
-        written = self._written.get(name)
+        written = self._written.get(name) or CommitDigests(capacity=0)  # a replica added since: none known
         w = ReplicaWriter(self.table, name, store, source, outcome, self._files, self.fence, written=written)
         # The hot path: the commit's files start copying now, while the replica's head is looked
         # up and checked. They are invisible until their commit exists, which waits for the checks;
         # a replica that turns out diverged or already there costs at most this commit's files.
         # When this process wrote the previous commit there, nothing is looked up: the copies run here.
         early = (self._start_early_copies(store, source, target)
-                 if plan.one_version and _known(written, source, target - 1) is None else None)
+                 if plan.one_version and written.entry(source.epoch, target - 1) is None else None)
         ordered = contextlib.ExitStack()
         try:
             if plan.one_version:  # after the lower versions in flight here: then this one is the next
                 ordered.enter_context(self._sequencer.turn(store.location_key, target))
             head, entries = self._locate_head(store, target, expect_next=plan.one_version,
-                                              known=_known(written, source, target - 1))
+                                              known=written.entry(source.epoch, target - 1))
             outcome.head_before = head
             if early is not None and not (head is not None and head == target - 1):
                 w.finish_copies(early)  # settled before anything else; catch-up redoes failures
@@ -402,12 +396,3 @@ class TableReplicator:
             return  # the primary cleaned up this commit; nothing left to compare with
         if not same_commit(mine, theirs, lambda: store.get_log_file(mine.name), lambda: source.commit_bytes(head)):
             raise diverged(name, self.table.name, head)
-
-
-def _known(written: CommitDigests | None, source: SourceLog, version: int) -> LogEntry | None:
-    """The replica's commit at `version` as this process wrote it there at the source's epoch (size and
-    MD5, no request), or None."""
-    if written is None or source.epoch is None or version < 0:
-        return None
-    digest = written.get(source.epoch, version)
-    return None if digest is None else LogEntry(commit_name(version), digest[0], content_md5=digest[1])

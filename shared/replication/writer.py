@@ -20,7 +20,8 @@ from shared import failpoints
 from shared.config.model import TableConfig
 from shared.delta.compare import diverged
 from shared.delta.log import LogFileKind, ReferencedFile, commit_name, crc_name, parse_log_name, version_prefix
-from shared.delta.source_log import CommitDigests, SourceCommit, SourceLog, complete_checkpoints
+from shared.delta.commit_digests import CommitDigests
+from shared.delta.source_log import SourceCommit, SourceLog, complete_checkpoints
 from shared.errors import CommitNotFound, ReplicationError
 from shared.replication.fence import WriteFence
 from shared.replication.outcome import ReplicaOutcome, is_vacuum_end, unexpected
