@@ -87,6 +87,7 @@ class SourceCommit:
     version: int
     data: bytes
     files: list[ReferencedFile]
+    digest: tuple[int, bytes]  # size and MD5 of `data` (CommitDigests.digest), computed once per read
 
     @property
     def footprint(self) -> int:
@@ -230,15 +231,15 @@ class SourceLog:
             where = f"table {self.table.name} version {version}"
             actions = parse_commit(data, where=f"{where} on the primary")
             files = referenced_files(actions, self.root, allow_external=self.table.allow_external_files, where=where)
-            self._file_digest(version, data)
-            return SourceCommit(version, data, files)
+            digest = CommitDigests.digest(data)
+            self._file_digest(version, digest)
+            return SourceCommit(version, data, files, digest)
 
         return self._commits.get(("commit", version), read, lambda c: c.footprint)
 
-    def _file_digest(self, version: int, data: bytes) -> None:
+    def _file_digest(self, version: int, digest: tuple[int, bytes]) -> None:
         if self._digests is None:
             return
-        digest = CommitDigests.digest(data)
         with self._lock:
             if self._epoch is None:
                 if len(self._unfiled) < 4:

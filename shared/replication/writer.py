@@ -71,7 +71,8 @@ class ReplicaWriter:
         Each finished copy is counted by `tally(path, bytes copied)` (default: a data file)."""
         tally = tally or self._tally_data_file
         failed: dict[str, ReplicationError] = {}
-        for future in as_completed(copies):
+        # All done already (a copy made in this thread): no waiter to install.
+        for future in copies if all(f.done() for f in copies) else as_completed(copies):
             path = copies[future]
             try:
                 copied = future.result()
@@ -148,9 +149,9 @@ class ReplicaWriter:
         if not self.store.create_log_file(commit_name(version), data):
             if self.store.get_log_file(commit_name(version)) != data:
                 raise diverged(self.name, self.table.name, version)
-            self._wrote(version, data)
+            self._wrote(commit)
             return False
-        self._wrote(version, data)
+        self._wrote(commit)
         if is_vacuum_end(commit):
             self.outcome.vacuum_versions.append(version)
         self.log.info("commit.replicated table=%s replica=%s version=%d files=%d seconds=%.3f",
@@ -158,10 +159,10 @@ class ReplicaWriter:
                       extra={"version": version, "files": len(commit.files)})
         return True
 
-    def _wrote(self, version: int, data: bytes) -> None:
-        """The replica holds the primary's commit `version` (created now, or found identical)."""
+    def _wrote(self, commit: SourceCommit) -> None:
+        """The replica holds the primary's commit (created now, or found identical)."""
         if self.written is not None and self.source.epoch is not None:
-            self.written.put(self.source.epoch, version, CommitDigests.digest(data))
+            self.written.put(self.source.epoch, commit.version, commit.digest)
 
     def copy_checkpoint(self, names: list[str]) -> None:
         """Sidecars first, then the checkpoint parts: a reader never finds a part without its data."""

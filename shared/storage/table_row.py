@@ -149,6 +149,18 @@ class _Connection:
                 raise http.client.HTTPException("a malformed chunk")
 
 
+_date = (0, "")
+
+
+def _http_date() -> str:
+    """The RFC 1123 date for x-ms-date, formatted once per second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True))
+    return _date[1]
+
+
 class RowReader:
     """Point reads of one table of the function app's storage, over one kept-alive connection per thread.
 
@@ -172,7 +184,8 @@ class RowReader:
         self._key = None
         self._sas = None
         if hasattr(self._credential, "named_key"):
-            self._key = base64.b64decode(self._credential.named_key.key)
+            # The key's HMAC state, copied per request: the key's padding is not recomputed each time.
+            self._key = hmac.new(base64.b64decode(self._credential.named_key.key), digestmod=hashlib.sha256)
         elif hasattr(self._credential, "signature"):
             self._sas = self._credential.signature.lstrip("?")
         self._token: tuple[str, float] | None = None
@@ -230,15 +243,16 @@ class RowReader:
             self.answered += 1
 
     def _headers(self, path: str) -> dict:
-        date = formatdate(usegmt=True)
+        date = _http_date()
         headers = {"x-ms-date": date, "x-ms-version": self._version, "DataServiceVersion": "3.0",
                    "Accept": "application/json;odata=nometadata",
                    CLIENT_REQUEST_ID_HEADER: CLIENT_REQUEST_ID_PREFIX + uuid.uuid4().hex}
         if self._key is not None:
             # Shared Key for the Table service, as azure-data-tables signs a GET: verb, Content-MD5,
             # Content-Type, x-ms-date, then the account and the request's (encoded) path.
-            signed = f"GET\n\n\n{date}\n/{self._account}{path}".encode()
-            signature = base64.b64encode(hmac.new(self._key, signed, hashlib.sha256).digest()).decode()
+            mac = self._key.copy()
+            mac.update(f"GET\n\n\n{date}\n/{self._account}{path}".encode())
+            signature = base64.b64encode(mac.digest()).decode()
             headers["Authorization"] = f"SharedKey {self._account}:{signature}"
         elif self._sas is None:
             headers["Authorization"] = f"Bearer {self._bearer()}"
