@@ -215,3 +215,20 @@ def test_what_this_process_wrote_to_a_replica_is_not_trusted_into_another_epoch(
         assert sorted(recorder.on_replica()) == [(probe, f"{2:020d}.json"), ("PUT", f"{3:020d}.json")]
     finally:
         lake.close()
+
+
+def test_a_remembered_topology_routes_only_while_fresh(monkeypatch):
+    """Past ROUTING_TRUST_SECONDS a remembered read routes nothing (the next event reads afresh), and a read
+    of an earlier epoch may replace it (a table re-created from scratch is not held to a dead epoch)."""
+    from shared.failover.topology import Topology
+    from shared.replication import fence
+
+    remembered = fence.RememberedTopologies()
+    remembered.put("sales", Topology("sales", "westeu", 1))
+    assert remembered.routing("sales", "westeu") == Topology("sales", "westeu", 1)
+    monkeypatch.setattr(fence, "ROUTING_TRUST_SECONDS", -1.0)  # every entry is now older than trusted
+    assert remembered.routing("sales", "westeu") is None
+    remembered.put("sales", Topology("sales", "eastus", 0))
+    monkeypatch.setattr(fence, "ROUTING_TRUST_SECONDS", 30.0)
+    assert remembered.routing("sales", "eastus") == Topology("sales", "eastus", 0)
+    assert remembered.routing("sales", "westeu") is None

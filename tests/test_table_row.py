@@ -235,3 +235,35 @@ def test_the_lean_connection_reads_each_framing_and_refuses_what_it_does_not_kno
             connection.get("/a/b", {}, 2.0)
     finally:
         server.close()
+
+
+def test_a_bearer_token_is_reused_until_near_its_expiry_then_renewed():
+    """Identity connections sign the lean read with a token of the SDK client's own credential: asked once,
+    reused, renewed TOKEN_REFRESH_SECONDS before it expires (never sent about to expire)."""
+    import time
+
+    from azure.core.credentials import AccessToken
+    from azure.data.tables import TableClient
+
+    from shared.storage.table_row import TOKEN_REFRESH_SECONDS, TOKEN_SCOPE
+
+    class Credential:  # what azure-identity hands the SDK clients: get_token(scope) -> AccessToken
+        def __init__(self) -> None:
+            self.scopes: list[tuple] = []
+            self.lifetime = 3600
+
+        def get_token(self, *scopes, **kwargs):
+            self.scopes.append(scopes)
+            return AccessToken(f"token-{len(self.scopes)}", int(time.time()) + self.lifetime)
+
+    credential = Credential()
+    client = TableClient(endpoint="https://account.table.core.windows.net", table_name="ReplicationTopology",
+                         credential=credential)  # never contacted: only the headers are built
+    reader = RowReader(client)
+    path = "/ReplicationTopology(PartitionKey='t',RowKey='r')"
+    assert [reader._headers(path)["Authorization"] for _ in range(3)] == ["Bearer token-1"] * 3
+    assert credential.scopes == [(TOKEN_SCOPE,)]
+    credential.lifetime = int(TOKEN_REFRESH_SECONDS) - 60  # each new token is already within the margin
+    reader._token = (reader._token[0], time.time() + TOKEN_REFRESH_SECONDS - 1)
+    assert [reader._headers(path)["Authorization"] for _ in range(2)] == ["Bearer token-2", "Bearer token-3"]
+    assert "x-ms-date" in reader._headers(path) and len(credential.scopes) == 4
