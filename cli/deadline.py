@@ -15,13 +15,14 @@ the Functions host's `functionTimeout` (host.json).
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from shared.storage import table_row
+from shared.storage import object_client, table_row
 
 REQUEST_CONNECT_SECONDS = 5.0
 REQUEST_READ_SECONDS = 30.0
@@ -59,6 +60,10 @@ _names: dict[str, str] = {}  # endpoint -> connection setting name, for messages
 _ids = itertools.count()
 _installed = False
 _active = False  # only while a CLI command runs: a process that imports the CLI (tests) is left alone after
+# The deadline of the command whose worker (or a pool task it started: the runtime's pools carry the
+# submitter's context) sends a request. It outlives the command: an abandoned worker's requests stay
+# capped at its deadline, so they fail fast instead of running out the SDK's own timeouts and retries.
+_command: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("cli_command_deadline", default=None)
 
 
 def endpoint_of(url: str) -> str:
@@ -116,12 +121,16 @@ def install() -> None:
 
     def send(self, request, stream=False, timeout=None, **kwargs):
         global _last_failed
-        if not _active:
+        command = _command.get()
+        if not _active and command is None:
             return original(self, request, stream=stream, timeout=timeout, **kwargs)
-        deadline = _deadline
+        deadline = command or _deadline
         remaining = deadline.remaining() if deadline is not None else None
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         timeout = (_cap(connect, REQUEST_CONNECT_SECONDS, remaining), _cap(read, REQUEST_READ_SECONDS, remaining))
+        if not _active or command not in (None, _deadline):
+            # An abandoned worker of an earlier command: capped, and kept out of the current one's account.
+            return original(self, request, stream=stream, timeout=timeout, **kwargs)
         endpoint = endpoint_of(request.url)
         token = next(_ids)
         with _lock:
@@ -150,8 +159,10 @@ def set_deadline(seconds: float | None) -> None:
     install()
     _active = True
     # Every request of a command passes through `requests` (above), so that a timed-out command names
-    # the endpoint it waited on; the hot path's lean table read would bypass that.
+    # the endpoint it waited on and an abandoned worker's requests end at the deadline; the hot path's
+    # lean table read and object_store (timeouts of 60 s, retries) would bypass both.
     table_row.set_enabled(False)
+    object_client.set_enabled(False)
     _deadline = None if seconds is None else Deadline(seconds)
     _last_failed = None
     with _lock:
@@ -177,6 +188,7 @@ def deactivate() -> None:
     global _deadline, _active
     _active, _deadline = False, None
     table_row.set_enabled(True)
+    object_client.set_enabled(True)
 
 
 def timed_out_message(command: str, seconds: float) -> str:
@@ -207,8 +219,10 @@ def run_bounded(command: str, seconds: float, call):
     """
     set_deadline(seconds)
     outcome: dict = {}
+    command = _deadline
 
     def target() -> None:
+        _command.set(command)  # this thread's context, copied into every pool task it starts
         try:
             outcome["value"] = call()
         except BaseException as err:  # noqa: BLE001 - handed to the main thread, which reports it

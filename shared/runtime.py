@@ -37,6 +37,7 @@ from shared.storage.factory import Stores
 from shared.storage.clients import RequestCounter, build_blob_service_client, with_deadline
 from shared.storage.lease import LeaseStore
 from shared.storage.object_client import ObjectClients
+from shared.storage.object_client import enabled as object_client_enabled
 
 _runtime_lock = threading.Lock()
 GROUP_REPLICATOR_CACHE = 64  # replicators of group tables kept between invocations (each holds its stores)
@@ -107,7 +108,9 @@ class ReplicationRuntime:
         if problems:
             raise ConfigError("invalid replication configuration; fix these and restart: " + "; ".join(problems))
         self.clients = {name: build_blob_service_client(s, counter=counter) for name, s in self.settings.items()}
-        self.storage_client = resolve_storage_client(environ)
+        # A CLI command sends every request through `requests`, whose timeouts its deadline caps and whose
+        # endpoints it names when it times out (cli/deadline.py): object_store's would outlive the command.
+        self.storage_client = resolve_storage_client(environ) if object_client_enabled() else "sdk"
         self.stores = Stores(self.clients, ObjectClients(self.settings, counter=counter)
                              if self.storage_client == "obstore" else None)
         self.source_accounts = {name: s.account_name for name, s in self.settings.items()}

@@ -123,3 +123,28 @@ def test_a_missing_or_malformed_settings_file_is_a_clear_error(tmp_path):
     bad.write_text("[1, 2]")
     malformed = run_cli(None, "--settings", str(bad), "status")
     assert malformed.returncode == 2 and "not a Functions local.settings.json" in malformed.stderr
+
+
+def test_a_cli_command_builds_its_stores_on_the_sdk_so_its_deadline_bounds_every_request(lake):
+    """While a CLI command runs, a runtime it builds sends blob requests through the SDK (`requests`, which
+    cli/deadline.py caps and names); object_store's 60 s timeouts and retries would outlive the command. The
+    function app's runtimes, and any after the command, keep object_store."""
+    from cli.deadline import deactivate, set_deadline
+    from shared.config.parse import parse_config
+    from shared.runtime import ReplicationRuntime
+    from shared.storage.object_table_store import ObjectTableStore
+
+    environ = {**lake.environ, "STORAGE_CLIENT": "obstore"}
+    set_deadline(5)
+    try:
+        during = ReplicationRuntime(parse_config(lake.config_doc), environ)
+    finally:
+        deactivate()
+    after = ReplicationRuntime(parse_config(lake.config_doc), environ)
+    try:
+        assert (during.storage_client, after.storage_client) == ("sdk", "obstore")
+        assert not isinstance(during.replicators["sales"].source_store, ObjectTableStore)
+        assert isinstance(after.replicators["sales"].source_store, ObjectTableStore)
+    finally:
+        during.close()
+        after.close()

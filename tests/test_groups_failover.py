@@ -17,7 +17,7 @@ from shared.errors import PromotionRefused
 from shared.failover.group_promote import GroupRecords, promote_group
 from shared.health.status import StatusStore
 from tests.test_cli import run_cli
-from tests.test_groups import GroupLake, batch, commit_time
+from tests.test_groups import PREFIX, GroupLake, batch, commit_time
 
 
 def heal(lake: GroupLake) -> None:
@@ -129,5 +129,36 @@ def test_a_drill_changes_nothing_and_writes_evidence_of_what_a_failover_would_lo
         rows = {t["table"]: t for t in json.loads(unusable.stdout)["tables"]}
         assert (rows[lake.name("sales/customers")]["readsAtHead"], rows[lake.name("sales/customers")]["problem"]) == \
             (False, "the target holds no version of the table")
+    finally:
+        lake.close()
+
+
+def test_a_group_replica_trimmed_within_the_epoch_never_gets_a_commit_above_a_gap(azurite, request):
+    """A consistent group promote trims the target's log above the recovery point while the epoch is unchanged
+    (under the target's lease, which the hot path does not take). The next commit's event must find the trim
+    (it reads the replica's N-1) and catch the replica up in order, never create N above the gap: a group's
+    tables do not use what this process remembers writing (replicator.py, `_written`)."""
+    lake = GroupLake(azurite, request.node.name)
+    relative = "sales/customers"
+    try:
+        for i in range(3):
+            lake.write(relative, batch(4 * i, 4))
+        for event in lake.events(relative):
+            assert handle_storage_event(lake.runtime, event).disposition == EventDisposition.HANDLED
+        assert lake.version("westeu", relative) == 2
+        # The trim, as _trim_to_point removes versions above the point: highest first, the commit last.
+        log = f"{PREFIX['westeu']}/{relative}/_delta_log/"
+        container = lake.clients["westeu"].get_container_client(lake.container)
+        for v in (2, 1):
+            container.delete_blob(f"{log}{v:020d}.json")
+        lake.write(relative, batch(12, 4))
+        (event,) = [e for e in lake.events(relative) if e["subject"].endswith(f"{3:020d}.json")]
+        result = handle_storage_event(lake.runtime, event)
+        westeu = [o for o in result.outcomes if o.replica == "westeu"]
+        assert [(o.error, o.head_after) for o in westeu] == [(None, 3)]
+        versions = sorted(int(b.name.rsplit("/", 1)[1][:20]) for b in container.list_blobs(name_starts_with=log)
+                          if b.name.endswith(".json") and b.name.rsplit("/", 1)[1][:20].isdigit())
+        assert versions == [0, 1, 2, 3]  # caught up in order: no commit above a gap
+        assert lake.read("westeu", relative) == lake.read("eastus", relative)
     finally:
         lake.close()

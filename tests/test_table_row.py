@@ -219,6 +219,9 @@ def test_the_lean_connection_reads_each_framing_and_refuses_what_it_does_not_kno
         b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_RESPONSE_BYTES + 1),
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"ICY 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 2001 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-2\r\n{}\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\n{}\r\n0\r\n\r\n",
     ]
     for answer in refused:
         server = _CannedServer([answer])

@@ -5,8 +5,10 @@ Two uses, one rule (an entry stands only at its epoch, for TRUST_SECONDS):
 - the primary's commits this process read (`SourceLog`): within an epoch a primary's commit never
   changes (Delta writes each once; cleanup only deletes), and a promote starts a new epoch;
 - per replica, the commits this process wrote there or found there identical (`TableReplicator`):
-  within an epoch a replica's commit is never removed or replaced (rejoin and a lifted fence act on
-  another epoch's lineage; retention removes only expired history).
+  within an epoch this tool removes a replica's commit only by retention (below a newer checkpoint:
+  a late duplicate event may then re-create one there, harmless to readers, who start from the
+  checkpoint) and by a consistent group promote's trim, which is why a group's tables do not use it;
+  rejoin and a lifted fence act on another epoch's lineage.
 The bound covers what happens outside this tool: a table or replica re-created at the same path.
 """
 

@@ -47,6 +47,19 @@ from shared.errors import DeadlineExceeded
 from shared.storage.clients import CLIENT_REQUEST_ID_HEADER, CLIENT_REQUEST_ID_PREFIX, RequestCounter
 from shared.storage.errors import object_store_error
 
+_enabled = True  # off while a CLI command runs (cli/deadline.py): its requests all pass through `requests`
+
+
+def set_enabled(enabled: bool) -> None:
+    """Switch object_store on or off for runtimes built from now on in this process (off: the SDK stores)."""
+    global _enabled
+    _enabled = enabled
+
+
+def enabled() -> bool:
+    return _enabled
+
+
 CONNECT_TIMEOUT = timedelta(seconds=5)
 REQUEST_TIMEOUT = timedelta(seconds=60)
 RETRY = {"max_retries": 2, "retry_timeout": timedelta(seconds=20),

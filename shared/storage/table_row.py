@@ -52,6 +52,7 @@ TIMEOUT_SECONDS = 5.0  # connect and read, each (the SDK path that may follow ha
 COOL_OFF_SECONDS = 30.0  # after no answer, the SDK alone for this long: a dead host is not asked twice
 TOKEN_SCOPE = "https://storage.azure.com/.default"
 TOKEN_REFRESH_SECONDS = 300.0  # renew a bearer token this long before it expires
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
 MAX_RESPONSE_BYTES = 64 * 1024  # a topology row's answer is a few hundred bytes; more is not this reader's
 
 
@@ -86,7 +87,8 @@ class _Connection:
         status_line, *fields = head.split(b"\r\n")
         version, _, rest = status_line.partition(b" ")
         code = rest[:3]
-        if not version.startswith(b"HTTP/1.") or not code.isdigit() or int(code) < 200:
+        if not version.startswith(b"HTTP/1.") or not code.isdigit() or rest[3:4] not in (b" ", b"") \
+                or int(code) < 200:
             raise http.client.HTTPException(f"unexpected status line {status_line[:80]!r}")
         found = {}
         for field in fields:
@@ -134,10 +136,9 @@ class _Connection:
         body = b""
         while True:
             size = self._until(b"\r\n").split(b";", 1)[0].strip()
-            try:
-                count = int(size, 16)
-            except ValueError:
-                raise http.client.HTTPException("a malformed chunk size") from None
+            if not _CHUNK_SIZE.fullmatch(size):  # hex digits only (int() would take "-2", "0x2", "0_2")
+                raise http.client.HTTPException("a malformed chunk size")
+            count = int(size, 16)
             if count == 0:
                 while self._until(b"\r\n"):  # trailers, up to the empty line
                     pass
