@@ -36,8 +36,7 @@ from shared.replication.sequencer import Sequencer
 from shared.storage.factory import Stores
 from shared.storage.clients import RequestCounter, build_blob_service_client, with_deadline
 from shared.storage.lease import LeaseStore
-from shared.storage.object_client import ObjectClients
-from shared.storage.object_client import enabled as object_client_enabled
+from shared.storage.object_client import ObjectClients, enabled as object_client_enabled
 
 _runtime_lock = threading.Lock()
 GROUP_REPLICATOR_CACHE = 64  # replicators of group tables kept between invocations (each holds its stores)

@@ -148,3 +148,42 @@ def test_a_cli_command_builds_its_stores_on_the_sdk_so_its_deadline_bounds_every
     finally:
         during.close()
         after.close()
+
+
+def test_an_abandoned_workers_requests_stay_capped_at_its_commands_deadline_after_the_command():
+    """A command that timed out leaves its worker running (a daemon); once the command is over, that worker's
+    requests are still capped at the command's deadline (they fail at once), never left to the SDK's own
+    timeouts: with a service that accepts and never answers, they would hang."""
+    import threading
+    import time
+
+    import pytest
+    import requests
+
+    from cli.deadline import CommandTimedOut, deactivate, run_bounded
+    from tests.support.outage import BlackHole
+
+    hole = BlackHole()
+    release, finished = threading.Event(), threading.Event()
+    outcome: dict = {}
+
+    def command() -> None:
+        release.wait(10)  # still running when the command's 0.5 s are up
+        started = time.monotonic()
+        try:
+            requests.get(f"http://127.0.0.1:{hole.port}/account/container", timeout=None)
+        except requests.RequestException as err:
+            outcome["error"] = type(err).__name__
+        outcome["seconds"] = time.monotonic() - started
+        finished.set()
+
+    try:
+        with pytest.raises(CommandTimedOut):
+            run_bounded("status", 0.5, command)
+        deactivate()  # the command is over
+        release.set()
+        assert finished.wait(10), "the abandoned worker's request was not capped"
+        assert outcome["error"] in ("ReadTimeout", "ConnectTimeout", "ConnectionError") and outcome["seconds"] < 2
+    finally:
+        release.set()
+        hole.close()
