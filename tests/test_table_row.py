@@ -270,3 +270,112 @@ def test_a_bearer_token_is_reused_until_near_its_expiry_then_renewed():
     reader._token = (reader._token[0], time.time() + TOKEN_REFRESH_SECONDS - 1)
     assert [reader._headers(path)["Authorization"] for _ in range(2)] == ["Bearer token-2", "Bearer token-3"]
     assert "x-ms-date" in reader._headers(path) and len(credential.scopes) == 4
+
+
+class _ConnectionServer:
+    """A loopback socket serving every connection it accepts: each request gets the next of `answers`
+    (None: no answer at all, the request hangs until the client gives up). Counts connections accepted."""
+
+    def __init__(self, answers: list[bytes | None]) -> None:
+        import socket
+        import threading
+
+        self.answers, self.accepted = list(answers), 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.idle = threading.Event()  # set when a request is left unanswered
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                buffer = b""
+                while self.answers:
+                    while b"\r\n\r\n" not in buffer:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        buffer += data
+                    if b"\r\n\r\n" not in buffer:
+                        break  # the client closed this connection: take the next one
+                    _, _, buffer = buffer.partition(b"\r\n\r\n")
+                    answer = self.answers.pop(0)
+                    if answer is None:
+                        self.idle.set()
+                        conn.recv(65536)  # until the client gives up on it
+                        break
+                    conn.sendall(answer)
+
+    def reader(self) -> RowReader:
+        """A RowReader on this server (the SDK's TableClient supplies endpoint and key; it sends nothing)."""
+        conn = (f"DefaultEndpointsProtocol=http;AccountName={DEVSTORE_ACCOUNT};AccountKey={DEVSTORE_KEY};"
+                f"TableEndpoint=http://127.0.0.1:{self.port}/{DEVSTORE_ACCOUNT};")
+        return RowReader(TableServiceClient.from_connection_string(conn).get_table_client("ReplicationTopology"))
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(5)
+
+
+_ABSENT_ANSWER = (b'HTTP/1.1 404 Not Found\r\nContent-Length: 47\r\n\r\n'
+                  b'{"odata.error":{"code":"ResourceNotFound"}}    ')
+
+
+def test_a_timed_out_read_is_not_sent_again_and_the_sdk_asks_from_then_on():
+    """A timeout is the answer (only a kept-alive connection the service closed is tried again): one
+    connection, one wait, then NOT_ANSWERED and the cool-off (the SDK asks meanwhile)."""
+    import time
+
+    from shared import deadline
+
+    server = _ConnectionServer([_ABSENT_ANSWER, None, _ABSENT_ANSWER])
+    try:
+        reader = server.reader()
+        assert reader.get("p", ROW_KEY) is ABSENT  # a kept-alive connection
+        started = time.monotonic()
+        # The read's timeout is what is left of the invocation's deadline (with the recording grace): 0.5 s.
+        with deadline.within(0.5 - deadline.RECORD_GRACE_SECONDS, "a test invocation"):
+            assert reader.get("p", ROW_KEY) is NOT_ANSWERED
+        waited = time.monotonic() - started
+        assert server.idle.is_set() and 0.4 < waited < 0.9, waited  # one timeout, not two
+        assert server.accepted == 1
+        assert reader.get("p", ROW_KEY) is NOT_ANSWERED  # cooling off: not sent
+        assert server.accepted == 1 and reader.answered == 1
+    finally:
+        server.close()
+
+
+def test_connections_the_service_closes_after_answering_are_not_kept():
+    """`Connection: close` answers: each read opens a new connection, and the closed ones are dropped from
+    those close() ends (the set stays at one per thread, whatever the number of reads)."""
+    closing = (b'HTTP/1.1 404 Not Found\r\nContent-Length: 47\r\nConnection: close\r\n\r\n'
+               b'{"odata.error":{"code":"ResourceNotFound"}}    ')
+    server = _ConnectionServer([closing] * 4)
+    try:
+        reader = server.reader()
+        assert [reader.get("p", ROW_KEY) for _ in range(4)] == [ABSENT] * 4
+        assert server.accepted == 4 and reader.answered == 4
+        assert len(reader._connections) == 1
+    finally:
+        server.close()
+
+
+def test_an_answer_followed_by_unasked_bytes_ends_the_connection():
+    """More bytes than the answer (a second response nobody asked for) make the connection unusable: it is
+    closed, so the next read cannot take those bytes for its own answer."""
+    from shared.storage.table_row import _Connection
+
+    extra = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    server = _CannedServer([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}" + extra])
+    try:
+        connection = _Connection("127.0.0.1", server.port, "h", 5.0, None)
+        assert connection.get("/a/b", {}, 5.0) == (200, None, b"{}")
+        assert connection.sock is None
+    finally:
+        server.close()
