@@ -31,7 +31,6 @@ import asyncio
 import os
 import threading
 import uuid
-from dataclasses import dataclass
 from urllib.parse import quote
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -120,19 +119,32 @@ class _Loop:
 _LOOP = _Loop()
 
 
-@dataclass(frozen=True)
 class _HttpRequest:
-    method: str
-    url: str
-    headers: dict
+    """A request as a counter (an SDK raw_request_hook) reads it: `.method`, `.url`, `.headers`. The URL and
+    headers are made only when read: counting by method (the benchmarks) costs no formatting."""
+
+    __slots__ = ("method", "_make")
+
+    def __init__(self, method: str, make: Callable[[], tuple[str, dict]]) -> None:
+        self.method, self._make = method, make
+
+    @property
+    def url(self) -> str:
+        return self._make()[0]
+
+    @property
+    def headers(self) -> dict:
+        return self._make()[1]
 
 
-@dataclass(frozen=True)
 class _Sent:
-    """What a request counter (an SDK raw_request_hook) reads of a request: `.http_request.method`, `.url`
-    and `.headers` (the request id every request carries: the client's default header)."""
+    """What a request counter reads of a request: `.http_request` (the request id every request carries is
+    among its headers: the client's default header)."""
 
-    http_request: _HttpRequest
+    __slots__ = ("http_request",)
+
+    def __init__(self, http_request: _HttpRequest) -> None:
+        self.http_request = http_request
 
 
 class ObjectClients:
@@ -194,9 +206,9 @@ class ObjectClients:
         request = f"{method} ({what})"
         left = deadline.check(request)
         if self._counter is not None:  # the SDK's raw_request_hook, shown the same (method, URL, headers)
-            url = f"{self._settings[connection].blob_service_url}/{container}/{quote(blob)}"
-            headers = {CLIENT_REQUEST_ID_HEADER: self._request_id, **(conditions or {})}
-            self._counter(_Sent(_HttpRequest(method, url, headers)))
+            self._counter(_Sent(_HttpRequest(method, lambda: (
+                f"{self._settings[connection].blob_service_url}/{container}/{quote(blob)}",
+                {CLIENT_REQUEST_ID_HEADER: self._request_id, **(conditions or {})}))))
         near = left is not None and left <= LONGEST_CALL_SECONDS
         try:
             return _LOOP.run(asynchronous, left) if near else sync()

@@ -219,7 +219,7 @@ class RowReader:
         if self._sas:
             path, url = f"{path}?{self._sas}", f"{url}?{self._sas}"
         if self._counter is not None:
-            self._counter(_Sent(_HttpRequest("GET", url, headers)))
+            self._counter(_Sent(_HttpRequest("GET", lambda: (url, headers))))
         try:
             status, etag, body = self._send(path, headers, timeout)
         except (OSError, http.client.HTTPException):
