@@ -16,6 +16,7 @@ from devtools.azurite import DEVSTORE_ACCOUNT, DEVSTORE_KEY, free_port
 from shared.config.model import LocationConfig, TableConfig
 from shared.errors import AccessDenied, ReplicaUnreachable
 from shared.failover.topology import ROW_KEY, TopologyStore, default_topology
+from shared.storage.clients import CLIENT_REQUEST_ID_PREFIX
 from shared.storage.table_row import ABSENT, NOT_ANSWERED, RowReader
 
 
@@ -280,7 +281,7 @@ class _ConnectionServer:
         import socket
         import threading
 
-        self.answers, self.accepted = list(answers), 0
+        self.answers, self.accepted, self.requests = list(answers), 0, []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.idle = threading.Event()  # set when a request is left unanswered
@@ -304,7 +305,8 @@ class _ConnectionServer:
                         buffer += data
                     if b"\r\n\r\n" not in buffer:
                         break  # the client closed this connection: take the next one
-                    _, _, buffer = buffer.partition(b"\r\n\r\n")
+                    request, _, buffer = buffer.partition(b"\r\n\r\n")
+                    self.requests.append(request)
                     answer = self.answers.pop(0)
                     if answer is None:
                         self.idle.set()
@@ -362,6 +364,10 @@ def test_connections_the_service_closes_after_answering_are_not_kept():
         assert [reader.get("p", ROW_KEY) for _ in range(4)] == [ABSENT] * 4
         assert server.accepted == 4 and reader.answered == 4
         assert len(reader._connections) == 1
+        # Each read carries the prefix the Event Grid filters drop, and its own id.
+        ids = [line.split(b": ", 1)[1].decode() for r in server.requests for line in r.split(b"\r\n")
+               if line.lower().startswith(b"x-ms-client-request-id:")]
+        assert len(ids) == 4 == len(set(ids)) and all(i.startswith(CLIENT_REQUEST_ID_PREFIX) for i in ids), ids
     finally:
         server.close()
 
