@@ -1,14 +1,15 @@
 """CPU per replicated commit (issue 26), both storage clients side by side, with the profile's top items.
 
 One append-only table (SyntheticTable: one small parquet file and one commit each), its replica in a
-second Azurite process (copies stream through this process, as across regions). For each client
-(`STORAGE_CLIENT=sdk`, then `obstore`): a fresh runtime, the replica brought to the head, then
-`--commits` commits, each written (not measured) and its event handled (`handle_storage_event`, as
+second Azurite process (copies stream through this process, as across regions). In each of `--rounds`
+rounds, for each client in turn (`STORAGE_CLIENT=sdk`, then `obstore`): a fresh runtime and table, the
+replica brought to the head, then `--commits` commits, each written (not measured) and its event handled (`handle_storage_event`, as
 the function does): this process's CPU time around each handling, its wall time, its storage
-requests, and a profile of the handlings (yappi, CPU clock, every thread: top functions by own time). Writes bench/out/cpu.json
+requests, and (last round) a profile of the handlings (yappi, CPU clock, every thread: top functions by
+own time). The figure is the median over every commit of every round. Writes bench/out/cpu.json
 and bench/cpu_results.md (bench.report includes it in RESULTS.md).
 
-    python -m bench.cpu [--commits 200]
+    python -m bench.cpu [--commits 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -65,8 +67,9 @@ def by_package(stats, handled: int) -> dict[str, float]:
     return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
 
 
-def measure(primary: AzuriteProcess, replica: AzuriteProcess, client: str, commits: int) -> dict:
-    table = SyntheticTable(primary, f"cpu{client}")
+def measure(primary: AzuriteProcess, replica: AzuriteProcess, client: str, commits: int, *, round_: int = 0,
+            profile: bool = True) -> dict:
+    table = SyntheticTable(primary, f"cpu{client}{round_}")
     doc, environ = _runtime_spec(primary, replica.port, [("bench", table.container)])
     environ["STORAGE_CLIENT"] = client
     counter = RequestCounter()
@@ -87,6 +90,13 @@ def measure(primary: AzuriteProcess, replica: AzuriteProcess, client: str, commi
         wall.append(time.perf_counter() - t)
         requests.append(counter.count)
         assert all(o.error is None and o.head_after == v for o in result.outcomes), result.outcomes
+    row = {"client": client, "commits": commits, "cpu_ms": [c * 1000 for c in cpu],
+           "cpu_ms_median": statistics.median(cpu) * 1000, "cpu_ms_mean": statistics.mean(cpu) * 1000,
+           "wall_ms_median": statistics.median(wall) * 1000, "requests_per_commit": statistics.median(requests),
+           "last_commit_requests": dict(counter.by_method)}
+    if not profile:
+        runtime.close()
+        return row
     # The profile on a second pass (profiling inflates the CPU it measures): CPU clock, every thread.
     handled = min(commits, 100)
     yappi.set_clock_type("cpu")
@@ -104,24 +114,47 @@ def measure(primary: AzuriteProcess, replica: AzuriteProcess, client: str, commi
     # is a yappi error, not a cost: it once reported 169 ms per commit for a typing check never called
     # in the window ("[yappi-err] Internal Error. [15]").
     stats = [s for s in yappi.get_func_stats() if s.ncall > 0 and s.tsub <= 3 * window]
-    by_method = dict(counter.by_method)
     runtime.close()
-    return {"client": client, "commits": commits, "cpu_ms_median": statistics.median(cpu) * 1000,
-            "cpu_ms_mean": statistics.mean(cpu) * 1000, "wall_ms_median": statistics.median(wall) * 1000,
-            "requests_per_commit": statistics.median(requests), "last_commit_requests": by_method,
-            "profile_top": top_items(stats, handled), "profile_by_package": by_package(stats, handled)}
+    return {**row, "profile_top": top_items(stats, handled), "profile_by_package": by_package(stats, handled)}
+
+
+def rounds(primary: AzuriteProcess, replica: AzuriteProcess, clients: list[str], commits: int, count: int) -> list[dict]:
+    """`count` rounds, the clients taking turns in each (fresh runtime and table every time), so that
+    what this shared machine does meanwhile falls on both alike; one row per client: the median over
+    every commit of every round, each round's median, and the profile of the last round."""
+    runs: dict[str, list[dict]] = {c: [] for c in clients}
+    for r in range(count):
+        for client in clients:
+            run = measure(primary, replica, client, commits, round_=r, profile=r == count - 1)
+            print(json.dumps({"round": r, **{k: v for k, v in run.items() if k not in ("cpu_ms", "profile_top")}}),
+                  flush=True)
+            runs[client].append(run)
+    rows = []
+    for client, done in runs.items():
+        every = [c for run in done for c in run["cpu_ms"]]
+        last = done[-1]
+        rows.append({**{k: v for k, v in last.items() if k != "cpu_ms"}, "commits": commits * count,
+                     "rounds": count, "cpu_ms_median": statistics.median(every), "cpu_ms_mean": statistics.mean(every),
+                     "round_medians": [run["cpu_ms_median"] for run in done],
+                     "wall_ms_median": statistics.median(run["wall_ms_median"] for run in done)})
+    return rows
 
 
 def report(results: dict) -> str:
     m = results["machine"]
     lines = ["## CPU per replicated commit (issue 26)", "",
              f"`python -m bench.cpu`: one append-only table, its replica in a second Azurite process (copies stream "
-             f"through the process), {results['commits']} commits per client, each event handled as the function "
-             f"does; CPU is this process's ({m['platform']}, {m['cpus']} CPUs).", "",
-             "| storage client | CPU per commit (median) | mean | wall per commit (median) | requests / commit |",
-             "|---|---:|---:|---:|---:|"]
+             f"through the process), {results['commits']} commits per client ({results.get('rounds', 1)} rounds, the "
+             "clients taking turns, each round on a fresh runtime and table: this machine's speed drifts by 10-15% "
+             "over minutes), each event handled as the function does; CPU is this process's "
+             f"({m['platform']}, {m['cpus']} CPUs; run on {m['date']}"
+             + (f" at {m['commit']}" if m.get("commit") else "") + ").", "",
+             "| storage client | CPU per commit (median) | mean | each round's median | wall per commit (median) "
+             "| requests / commit |",
+             "|---|---:|---:|---|---:|---:|"]
     for row in results["clients"]:
-        lines.append(f"| {row['client']} | {row['cpu_ms_median']:.2f} ms | {row['cpu_ms_mean']:.2f} ms | "
+        each = " / ".join(f"{v:.2f}" for v in row.get("round_medians", [row["cpu_ms_median"]]))
+        lines.append(f"| {row['client']} | {row['cpu_ms_median']:.2f} ms | {row['cpu_ms_mean']:.2f} ms | {each} ms | "
                      f"{row['wall_ms_median']:.2f} ms | {row['requests_per_commit']:.0f} |")
     for row in results["clients"]:
         lines += ["", f"Profile, `{row['client']}` (own CPU per commit, every thread, under yappi, which inflates it): by package "
@@ -134,18 +167,18 @@ def report(results: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--commits", type=int, default=200)
+    parser.add_argument("--commits", type=int, default=200, help="commits per client and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, the clients taking turns in each")
     parser.add_argument("--clients", default=",".join(CLIENTS))
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     results: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                 "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")},
-                     "commits": args.commits, "clients": []}
+                                 "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
+                                 "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                          text=True, cwd=HERE).stdout.strip()},
+                     "commits": args.commits * args.rounds, "rounds": args.rounds, "clients": []}
     with AzuriteProcess(("eastus",), with_table=True) as primary, AzuriteProcess(("westeu",)) as replica:
-        for client in args.clients.split(","):
-            row = measure(primary, replica, client, args.commits)
-            print(json.dumps({k: v for k, v in row.items() if k != "profile_top"}), flush=True)
-            results["clients"].append(row)
+        results["clients"] = rounds(primary, replica, args.clients.split(","), args.commits, args.rounds)
     (OUT / "cpu.json").write_text(json.dumps(results, indent=1))
     (HERE / "cpu_results.md").write_text(report(results))
     print(report(results))
