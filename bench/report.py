@@ -141,6 +141,19 @@ def issue26_targets(cpu: dict, r: dict) -> list[str]:
     lines.append(f"| sustained >= 200 commits/s, p99 <= 1 s, none missed | highest kept up: {best:.0f}/s | "
                  f"{verdict(best >= 200)} (emulators' CPU, below) |")
     lines += readable_rows(n) + backfill_rows(n, streamed_only=True)
+    if (HERE / "out" / "catchup_memory.json").exists():  # bench/catchup_memory.py
+        rows = json.loads((HERE / "out" / "catchup_memory.json").read_text())["rows"]
+        above = [row["peak_mib"] - row["baseline_mib"] for row in rows]
+        lines.append("| catch-up memory bounded: peak RSS above baseline <= 64 MiB at every lag | "
+                     + " / ".join(f"{a:.0f} MiB ({row['lag']} versions)" for a, row in zip(above, rows))
+                     + f" | {verdict(bool(rows) and max(above) <= 64)} |")
+        lines += ["", "Catch-up memory (`python -m bench.catchup_memory`, each catch-up in a fresh process, peak RSS "
+                      "from VmHWM): " + "; ".join(
+                          f"{row['lag']} versions of {row['commit_mib']:.2f} MiB commits behind: "
+                          f"{row['peak_mib'] - row['baseline_mib']:.1f} MiB above the baseline of "
+                          f"{row['baseline_mib']:.0f} MiB, caught up in {row['seconds']:.1f} s" for row in rows)
+                  + ". The bound is the catch-up's batches (two of at most 8 MiB of commits in flight) and the "
+                    "commit cache (16 MiB), not the lag."]
     return lines + [""]
 
 

@@ -21,5 +21,6 @@ for arg in "$@"; do if [[ "$arg" == "--quick" ]]; then quick=(--quick); fi; done
 if [[ ${#quick[@]} -eq 0 ]]; then
   .venv/bin/python -m bench.groups  # 1,000 tables in one group (bench/groups_results.md)
   .venv/bin/python -m bench.cpu  # CPU per commit, both storage clients, profiled (bench/cpu_results.md)
+  .venv/bin/python -m bench.catchup_memory  # peak RSS of a catch-up at two lags (bench/out/catchup_memory.json)
   .venv/bin/python -m bench.report
 fi
