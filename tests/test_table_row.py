@@ -16,7 +16,7 @@ from devtools.azurite import DEVSTORE_ACCOUNT, DEVSTORE_KEY, free_port
 from shared.config.model import LocationConfig, TableConfig
 from shared.errors import AccessDenied, ReplicaUnreachable
 from shared.failover.topology import ROW_KEY, TopologyStore, default_topology
-from shared.storage.clients import CLIENT_REQUEST_ID_PREFIX
+from shared.storage.clients import CLIENT_REQUEST_ID_HEADER, CLIENT_REQUEST_ID_PREFIX
 from shared.storage.table_row import ABSENT, NOT_ANSWERED, RowReader
 
 
@@ -314,11 +314,12 @@ class _ConnectionServer:
                         break
                     conn.sendall(answer)
 
-    def reader(self) -> RowReader:
+    def reader(self, counter=None) -> RowReader:
         """A RowReader on this server (the SDK's TableClient supplies endpoint and key; it sends nothing)."""
         conn = (f"DefaultEndpointsProtocol=http;AccountName={DEVSTORE_ACCOUNT};AccountKey={DEVSTORE_KEY};"
                 f"TableEndpoint=http://127.0.0.1:{self.port}/{DEVSTORE_ACCOUNT};")
-        return RowReader(TableServiceClient.from_connection_string(conn).get_table_client("ReplicationTopology"))
+        return RowReader(TableServiceClient.from_connection_string(conn).get_table_client("ReplicationTopology"),
+                         counter=counter)
 
     def close(self) -> None:
         self.listener.close()
@@ -359,8 +360,10 @@ def test_connections_the_service_closes_after_answering_are_not_kept():
     closing = (b'HTTP/1.1 404 Not Found\r\nContent-Length: 47\r\nConnection: close\r\n\r\n'
                b'{"odata.error":{"code":"ResourceNotFound"}}    ')
     server = _ConnectionServer([closing] * 4)
+    shown = []  # what a request counter is shown: each request's URL and request id, as sent
     try:
-        reader = server.reader()
+        reader = server.reader(counter=lambda r: shown.append(
+            (r.http_request.url, r.http_request.headers[CLIENT_REQUEST_ID_HEADER])))
         assert [reader.get("p", ROW_KEY) for _ in range(4)] == [ABSENT] * 4
         assert server.accepted == 4 and reader.answered == 4
         assert len(reader._connections) == 1
@@ -368,6 +371,9 @@ def test_connections_the_service_closes_after_answering_are_not_kept():
         ids = [line.split(b": ", 1)[1].decode() for r in server.requests for line in r.split(b"\r\n")
                if line.lower().startswith(b"x-ms-client-request-id:")]
         assert len(ids) == 4 == len(set(ids)) and all(i.startswith(CLIENT_REQUEST_ID_PREFIX) for i in ids), ids
+        paths = [r.split(b"\r\n", 1)[0].split(b" ")[1].decode() for r in server.requests]
+        assert shown == [(f"http://127.0.0.1:{server.port}{p}", i) for p, i in zip(paths, ids)]
+        assert paths == [f"/{DEVSTORE_ACCOUNT}/ReplicationTopology(PartitionKey='p',RowKey='{ROW_KEY}')"] * 4
     finally:
         server.close()
 

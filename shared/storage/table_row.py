@@ -151,8 +151,9 @@ class _Connection:
                 raise http.client.HTTPException("a malformed chunk")
 
 
-# Each read's x-ms-client-request-id: this process's id and a sequence number (what the service logs
-# beside it); a uuid4 per read costs more CPU than the rest of the headers together.
+# Each read's x-ms-client-request-id: an id made once at import and a sequence number (what the service
+# logs beside it; unique per read within this process, which is all a request id is for here); a uuid4
+# per read costs more CPU than the rest of the headers together.
 _REQUEST_ID = CLIENT_REQUEST_ID_PREFIX + uuid.uuid4().hex
 _request_ids = itertools.count()
 
