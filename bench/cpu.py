@@ -149,7 +149,7 @@ def report(results: dict) -> str:
              "over minutes), each event handled as the function does; CPU is this process's "
              f"({m['platform']}, {m['cpus']} CPUs; run on {m['date']}"
              + (f" at {m['commit']}" if m.get("commit") else "") + ").", "",
-             "| storage client | CPU per commit (median) | mean | each round's median | wall per commit (median) "
+             "| storage client | CPU per commit (median) | mean | each round's median | wall per commit (median of the rounds') "
              "| requests / commit |",
              "|---|---:|---:|---|---:|---:|"]
     for row in results["clients"]:
