@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -111,8 +112,6 @@ def main() -> None:
 def _series_row(per_commit: list[dict]) -> list[str]:
     """The same target over every commit replicated while the table was built (hundreds, not the three
     samples above, which follow each peer's run: rclone and the full rewrite leave the emulator busy)."""
-    import statistics
-
     early = [p["seconds"] for p in per_commit if 1 <= p["version"] <= 50]
     late = [p["seconds"] for p in per_commit if p["version"] > 800]
     if not early or not late:
